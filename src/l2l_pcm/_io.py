@@ -1,0 +1,84 @@
+"""Atomic file writing and safetensors + JSON bundles (never pickle).
+
+A file is written to a temporary sibling and renamed over the target, so a crash, a full disk or a
+kill leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from l2l_pcm.errors import CheckpointError, L2LPCMError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise L2LPCMError(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise L2LPCMError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping) -> Path:
+    """Save named arrays and a JSON-serialisable ``metadata`` dict as one safetensors file.
+
+    The metadata travels inside the safetensors header (as a JSON string under ``"l2l_pcm"``), so a
+    checkpoint is a single file that is either complete or absent.
+    """
+    from safetensors.numpy import save
+
+    arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
+    header = {"l2l_pcm": json.dumps(metadata, sort_keys=True)}
+    return atomic_write_bytes(path, save(arrays, metadata=header))
+
+
+def load_tensors(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Load a file written by :func:`save_tensors`; check its ``kind`` field when given.
+
+    Raises :class:`CheckpointError` naming the file for a missing, truncated or foreign file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"corrupt or truncated checkpoint {path}: {exc}") from None
+    if "l2l_pcm" not in header:
+        raise CheckpointError(f"{path} is a safetensors file but not an l2l-pcm checkpoint (no metadata)")
+    try:
+        metadata = json.loads(header["l2l_pcm"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"corrupt metadata in checkpoint {path}") from None
+    if kind is not None and metadata.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a '{metadata.get('kind')}' checkpoint, expected '{kind}'")
+    return tensors, metadata
