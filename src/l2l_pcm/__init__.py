@@ -1,3 +1,26 @@
-"""l2l-pcm: learning-to-learn on emulated phase-change-memory in-memory-computing hardware."""
+"""l2l-pcm: learning-to-learn on emulated phase-change-memory in-memory-computing hardware.
+
+Layers: :mod:`l2l_pcm.pcm` (device physics) → :mod:`l2l_pcm.chip` (crossbar arrays, placement, clock)
+→ the scenarios :mod:`l2l_pcm.fewshot` and :mod:`l2l_pcm.robot`.
+"""
+
+from l2l_pcm.chip import Chip, ChipConfig, EnergyModel, ReprogramReport
+from l2l_pcm.errors import CheckpointError, ChipCapacityError, ConfigError, DataError, L2LPCMError
+from l2l_pcm.pcm import PCMDevice, quantize, quantize_weights
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "Chip",
+    "ChipCapacityError",
+    "ChipConfig",
+    "ConfigError",
+    "DataError",
+    "EnergyModel",
+    "L2LPCMError",
+    "PCMDevice",
+    "ReprogramReport",
+    "quantize",
+    "quantize_weights",
+]

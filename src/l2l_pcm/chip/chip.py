@@ -1,0 +1,391 @@
+"""The emulated in-memory-computing chip: arrays, placement, programmed state, clock and counters."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_pcm import _io
+from l2l_pcm.chip.crossbar import (
+    LayerState,
+    WeightStatistics,
+    analog_matmul,
+    program_layer,
+    read_statistics,
+    reprogram_layer,
+    uniform_quantize,
+)
+from l2l_pcm.chip.energy import EnergyModel
+from l2l_pcm.chip.layout import LayerPlacement, place_matrix
+from l2l_pcm.errors import CheckpointError, ConfigError
+from l2l_pcm.pcm import PCMDevice, quantize
+
+STATE_KIND = "chip-state"
+STATE_VERSION = 1
+COUNTER_NAMES = ("devices_programmed", "program_events", "rows_programmed", "mvm_vectors", "array_mvms", "macs")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipConfig:
+    """Static description of a chip. Defaults: two 256×256 arrays of differential cells (paper.md §2)."""
+
+    n_arrays: int = 2
+    array_rows: int = 256
+    array_cols: int = 256
+    device: PCMDevice = PCMDevice()
+    update_step: float = 1.0 / 16
+    """Granularity of on-chip weight updates, in weight units (1/16 of w_max)."""
+    dac_bits: int | None = None
+    """Input precision; None = ideal analog inputs."""
+    dac_range: float = 1.0
+    """Inputs are clipped to ±dac_range when ``dac_bits`` is set."""
+    adc_bits: int | None = None
+    """Output precision per tile; None = ideal."""
+    adc_range: float = 32.0
+    """Per-tile outputs are clipped to ±adc_range (weight×input units) when ``adc_bits`` is set."""
+    drift_compensation: bool = False
+    energy: EnergyModel = EnergyModel()
+
+    def __post_init__(self) -> None:
+        for name in ("n_arrays", "array_rows", "array_cols"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"ChipConfig.{name} must be an integer >= 1, got {value!r}")
+        if not (math.isfinite(self.update_step) and 0 < self.update_step <= self.device.w_max):
+            raise ConfigError(f"ChipConfig.update_step must be in (0, w_max], got {self.update_step!r}")
+        for name in ("dac_bits", "adc_bits"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 2 <= value <= 32):
+                raise ConfigError(f"ChipConfig.{name} must be None or an integer in [2, 32], got {value!r}")
+        for name in ("dac_range", "adc_range"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"ChipConfig.{name} must be a finite number > 0, got {value!r}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ChipConfig:
+        data = dict(data)
+        device = {k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("device").items()}
+        return cls(device=PCMDevice(**device), energy=EnergyModel(**data.pop("energy")), **data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReprogramReport:
+    """What one on-chip update did."""
+
+    devices_touched: int
+    pairs_touched: int
+    rows_touched: int
+    devices_in_layer: int
+    energy_pJ: float
+    latency_ns: float
+
+    @property
+    def fraction_touched(self) -> float:
+        return self.devices_touched / self.devices_in_layer
+
+
+@functools.partial(jax.jit, static_argnames=("device", "drift_compensation"))
+def _read_statistics(device, state, now_s, drift_compensation):
+    return read_statistics(device, state, now_s, drift_compensation)
+
+
+@functools.partial(jax.jit, static_argnames=("device",))
+def _program(device, key, weights, now_s):
+    return program_layer(device, key, weights, now_s)
+
+
+@functools.partial(jax.jit, static_argnames=("device",))
+def _reprogram(device, key, state, update, now_s):
+    new_state, touched = reprogram_layer(device, key, state, update, now_s)
+    rows_touched = jnp.sum(jnp.any(touched, axis=(0, 2)))
+    pairs_touched = jnp.sum(jnp.any(touched, axis=0))
+    return new_state, jnp.sum(touched), pairs_touched, rows_touched
+
+
+@functools.partial(jax.jit, static_argnames=("row_blocks", "dac", "adc"))
+def _mvm(inputs, stats, key, row_blocks, dac, adc):
+    if dac is not None:
+        inputs = uniform_quantize(inputs, *dac)
+    if adc is None:  # partial sums of the tiles add up exactly; one matmul is enough
+        return analog_matmul(inputs, stats, key)
+    keys = [None] * len(row_blocks) if key is None else list(jax.random.split(key, len(row_blocks)))
+    total = 0.0
+    for (start, rows), tile_key in zip(row_blocks, keys, strict=True):
+        part = WeightStatistics(stats.mean[start : start + rows], stats.variance[start : start + rows])
+        total = total + uniform_quantize(analog_matmul(inputs[..., start : start + rows], part, tile_key), *adc)
+    return total
+
+
+class Chip:
+    """A PCM in-memory-computing chip with a clock.
+
+    Typical use::
+
+        chip = Chip()
+        chip.place_dense("readout", (56, 5))
+        chip.program("readout", w0, key)
+        chip.advance(3600.0)                      # one hour of drift
+        y = chip.mvm("readout", x, key)           # noisy analog MVM
+        report = chip.reprogram("readout", dw, key)  # quantized, only changed devices
+
+    Every device's programming time is stored, so drift and read noise follow the time elapsed since
+    *that* device was last programmed.
+    """
+
+    def __init__(self, config: ChipConfig | None = None) -> None:
+        self.config = config or ChipConfig()
+        self.now_s = 0.0
+        self.placements: dict[str, LayerPlacement] = {}
+        self.states: dict[str, LayerState] = {}
+        self.counters: dict[str, dict[str, int]] = {}
+        self._free_cols = [self.config.array_cols] * self.config.n_arrays
+        self._stats_cache: dict[str, WeightStatistics] = {}
+
+    # --------------------------------------------------------------------------------- placement
+    def place_dense(self, name: str, shape: tuple[int, int]) -> LayerPlacement:
+        """Reserve room for a dense layer with a (fan_in, fan_out) weight matrix."""
+        return self._place(name, "dense", tuple(int(s) for s in shape), None)
+
+    def place_conv(self, name: str, kernel_shape: tuple[int, int, int, int]) -> LayerPlacement:
+        """Reserve room for a conv layer with an HWIO kernel, stored as its im2col matrix."""
+        if len(kernel_shape) != 4:
+            raise ConfigError(f"conv layer '{name}' needs an HWIO kernel shape (kh, kw, c_in, c_out), got {kernel_shape}")
+        kh, kw, c_in, c_out = (int(s) for s in kernel_shape)
+        return self._place(name, "conv", (kh * kw * c_in, c_out), (kh, kw, c_in, c_out))
+
+    def _place(self, name, kind, shape, kernel_shape) -> LayerPlacement:
+        if name in self.placements:
+            raise ConfigError(f"a layer named '{name}' is already placed on the chip")
+        tiles = place_matrix(name, shape, self._free_cols, self.config.array_rows, self.config.array_cols)
+        placement = LayerPlacement(name, kind, shape, kernel_shape, tiles)
+        self.placements[name] = placement
+        self.counters[name] = dict.fromkeys(COUNTER_NAMES, 0)
+        return placement
+
+    def _placement(self, name: str) -> LayerPlacement:
+        if name not in self.placements:
+            raise ConfigError(f"no layer named '{name}' on the chip (placed: {sorted(self.placements)})")
+        return self.placements[name]
+
+    def _state(self, name: str) -> LayerState:
+        self._placement(name)
+        if name not in self.states:
+            raise ConfigError(f"layer '{name}' is placed but has not been programmed yet")
+        return self.states[name]
+
+    # ------------------------------------------------------------------------------ programming
+    def _as_matrix(self, placement: LayerPlacement, weights, what: str) -> jax.Array:
+        weights = jnp.asarray(weights, dtype=jnp.float32)
+        if placement.kind == "conv" and weights.shape == placement.kernel_shape:
+            weights = conv_kernel_to_matrix(weights)
+        if weights.shape != placement.shape:
+            expected = placement.kernel_shape or placement.shape
+            raise ConfigError(f"{what} for layer '{placement.name}' has shape {tuple(weights.shape)}, expected {expected}")
+        if not bool(jnp.all(jnp.isfinite(weights))):
+            raise ConfigError(f"{what} for layer '{placement.name}' contains NaN or inf")
+        return weights
+
+    def program(self, name: str, weights, key: jax.Array) -> ReprogramReport:
+        """Program all devices of a layer to hold ``weights`` (clipped to ±w_max), with programming noise."""
+        placement = self._placement(name)
+        matrix = self._as_matrix(placement, weights, "weights")
+        self.states[name] = _program(self.config.device, key, matrix, self.now_s)
+        self._stats_cache.pop(name, None)
+        return self._count_programming(placement, placement.devices, placement.devices // 2, placement.shape[0])
+
+    def reprogram(self, name: str, update, key: jax.Array, rounding: str = "stochastic") -> ReprogramReport:
+        """Add a weight update on chip: quantize it to ``update_step``, re-program only changed devices.
+
+        ``rounding`` is "stochastic" (unbiased, the authors' few-shot inner loop) or "nearest" (the
+        authors' robot update).
+        """
+        placement = self._placement(name)
+        state = self._state(name)
+        update = self._as_matrix(placement, update, "update")
+        key_round, key_prog = jax.random.split(key)
+        if rounding not in ("stochastic", "nearest"):
+            raise ConfigError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
+        quantized = quantize(update, self.config.update_step, key_round if rounding == "stochastic" else None)
+        new_state, devices, pairs, rows = _reprogram(self.config.device, key_prog, state, quantized, self.now_s)
+        self.states[name] = new_state
+        self._stats_cache.pop(name, None)
+        return self._count_programming(placement, int(devices), int(pairs), int(rows))
+
+    def _count_programming(self, placement: LayerPlacement, devices: int, pairs: int, rows: int) -> ReprogramReport:
+        counters = self.counters[placement.name]
+        counters["devices_programmed"] += devices
+        counters["program_events"] += 1
+        counters["rows_programmed"] += rows
+        energy = self.config.energy
+        return ReprogramReport(
+            devices_touched=devices,
+            pairs_touched=pairs,
+            rows_touched=rows,
+            devices_in_layer=placement.devices,
+            energy_pJ=energy.programming_energy_pJ(devices),
+            latency_ns=energy.programming_latency_ns(rows),
+        )
+
+    # ------------------------------------------------------------------------------------ clock
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the chip clock (drift and read noise grow with device age)."""
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+            raise ConfigError(f"time to advance must be a finite number of seconds >= 0, got {seconds!r}")
+        if seconds:
+            self.now_s += float(seconds)
+            self._stats_cache.clear()
+
+    # ------------------------------------------------------------------------------------ reads
+    def read_statistics(self, name: str) -> WeightStatistics:
+        """Per-weight mean and read-noise variance of a layer now (cached until the state changes)."""
+        if name not in self._stats_cache:
+            state = self._state(name)
+            self._stats_cache[name] = _read_statistics(
+                self.config.device, state, jnp.float32(self.now_s), self.config.drift_compensation
+            )
+        return self._stats_cache[name]
+
+    def read_weights(self, name: str) -> jax.Array:
+        """The weights a noise-free read would return now (programming noise and drift included)."""
+        return self.read_statistics(name).mean
+
+    def mvm(self, name: str, inputs, key: jax.Array | None) -> jax.Array:
+        """Analog matrix-vector products ``inputs [..., fan_in] @ W``; fresh read noise for every vector.
+
+        ``key=None`` returns the expectation (no read noise). DAC and ADC quantization follow the config.
+        """
+        placement = self._placement(name)
+        inputs = jnp.asarray(inputs, dtype=jnp.float32)
+        if inputs.ndim < 1 or inputs.shape[-1] != placement.shape[0]:
+            raise ConfigError(
+                f"inputs for layer '{name}' have shape {tuple(inputs.shape)}, expected [..., {placement.shape[0]}]"
+            )
+        stats = self.read_statistics(name)
+        cfg = self.config
+        row_blocks = tuple((tile.row_start, tile.rows) for tile in placement.tiles)
+        dac = None if cfg.dac_bits is None else (cfg.dac_bits, cfg.dac_range)
+        adc = None if cfg.adc_bits is None else (cfg.adc_bits, cfg.adc_range)
+        outputs = _mvm(inputs, stats, key, row_blocks, dac, adc)
+        vectors = math.prod(inputs.shape[:-1])
+        counters = self.counters[name]
+        counters["mvm_vectors"] += vectors
+        counters["array_mvms"] += vectors * len(placement.tiles)
+        counters["macs"] += vectors * placement.shape[0] * placement.shape[1]
+        return outputs
+
+    def conv2d(self, name: str, images, key: jax.Array | None, stride: int = 2, padding: int = 1) -> jax.Array:
+        """Convolution of NHWC ``images`` with a conv layer on the chip, as im2col patches through :meth:`mvm`."""
+        placement = self._placement(name)
+        if placement.kind != "conv":
+            raise ConfigError(f"layer '{name}' is a {placement.kind} layer, not a conv layer")
+        kh, kw, c_in, _ = placement.kernel_shape
+        images = jnp.asarray(images, dtype=jnp.float32)
+        if images.ndim != 4 or images.shape[-1] != c_in:
+            raise ConfigError(f"images for conv layer '{name}' must be NHWC with C={c_in}, got {tuple(images.shape)}")
+        patches = image_patches(images, (kh, kw), stride, padding)
+        return self.mvm(name, patches, key)
+
+    # ---------------------------------------------------------------------------------- reports
+    def energy_report(self) -> dict:
+        """Estimated energy (pJ) and latency (ns) per layer from the counters; see :mod:`.energy`."""
+        energy = self.config.energy
+        report = {}
+        for name, counters in self.counters.items():
+            report[name] = {
+                "mvm_energy_pJ": energy.mvm_energy_pJ(counters["macs"]),
+                "mvm_latency_ns": counters["array_mvms"] * energy.mvm_latency_ns
+                / max(len(self.placements[name].tiles), 1),
+                "programming_energy_pJ": energy.programming_energy_pJ(counters["devices_programmed"]),
+                "programming_latency_ns": energy.programming_latency_ns(counters["rows_programmed"]),
+            }
+        return report
+
+    def summary(self) -> dict:
+        """Placement, clock and counters as plain JSON-ready data."""
+        return {
+            "now_s": self.now_s,
+            "free_columns_per_array": list(self._free_cols),
+            "layers": {
+                name: {"shape": list(p.shape), "devices": p.devices, "tiles": [dataclasses.asdict(t) for t in p.tiles],
+                       **self.counters[name]}
+                for name, p in self.placements.items()
+            },
+        }
+
+    # -------------------------------------------------------------------------------- save/load
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the full chip state (conductances, programming times, counters) to one safetensors file."""
+        tensors = {}
+        for name, state in self.states.items():
+            for field, value in state._asdict().items():
+                tensors[f"{name}/{field}"] = np.asarray(value)
+        metadata = {
+            "kind": STATE_KIND,
+            "version": STATE_VERSION,
+            "config": self.config.to_json(),
+            "now_s": self.now_s,
+            "placements": [p.to_json() for p in self.placements.values()],
+            "programmed": sorted(self.states),
+            "counters": self.counters,
+        }
+        _io.save_tensors(path, tensors, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Chip:
+        """Rebuild a chip saved by :meth:`save`; a damaged or foreign file raises :class:`CheckpointError`."""
+        tensors, meta = _io.load_tensors(path, kind=STATE_KIND)
+        try:
+            if meta.get("version") != STATE_VERSION:
+                raise CheckpointError(f"{path}: chip-state version {meta.get('version')} is not supported")
+            chip = cls(ChipConfig.from_json(meta["config"]))
+            for data in meta["placements"]:
+                placement = LayerPlacement.from_json(data)
+                placed = chip._place(placement.name, placement.kind, placement.shape, placement.kernel_shape)
+                if placed.tiles != placement.tiles:
+                    raise CheckpointError(f"{path}: placement of layer '{placement.name}' does not match its tiles")
+            for name in meta["programmed"]:
+                shape = (2, *chip.placements[name].shape)
+                fields = {}
+                for field in LayerState._fields:
+                    array = tensors[f"{name}/{field}"]
+                    if array.shape != shape or not np.all(np.isfinite(array)):
+                        raise CheckpointError(f"{path}: tensor '{name}/{field}' has shape {array.shape} "
+                                              f"or non-finite values, expected finite {shape}")
+                    fields[field] = jnp.asarray(array)
+                chip.states[name] = LayerState(**fields)
+            chip.now_s = float(meta["now_s"])
+            for name, counters in meta["counters"].items():
+                chip.counters[name] = {key: int(counters[key]) for key in COUNTER_NAMES}
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: inconsistent chip state ({type(exc).__name__}: {exc})") from None
+        return chip
+
+
+def conv_kernel_to_matrix(kernel: jax.Array) -> jax.Array:
+    """HWIO kernel → im2col matrix [c_in·kh·kw, c_out], rows in the order of :func:`image_patches`."""
+    kh, kw, c_in, c_out = kernel.shape
+    return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in * kh * kw, c_out)
+
+
+def image_patches(images: jax.Array, window: tuple[int, int], stride: int, padding: int) -> jax.Array:
+    """im2col: NHWC images → [N, H_out, W_out, C·kh·kw] patches (channel-major, as XLA orders them)."""
+    return jax.lax.conv_general_dilated_patches(
+        images,
+        filter_shape=window,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )

@@ -1,0 +1,108 @@
+r"""Pure functions over the programmed state of one layer's devices.
+
+The stateful :class:`l2l_pcm.chip.Chip` is a thin shell around these; they are public so that a
+scenario can vmap them (e.g. one readout per few-shot task) without touching chip internals.
+
+Read-noise trick: every device contributes independent Gaussian read noise to every read, so one MVM
+:math:`y_j = \sum_i x_i (\bar w_{ij} + \sigma_{ij}\xi_{ij})` has exactly the distribution
+:math:`y_j = \sum_i x_i \bar w_{ij} + \sqrt{\sum_i x_i^2 \sigma_{ij}^2}\;\xi_j`. Two dense matmuls and one
+normal per output replace one normal per device and input vector, with no approximation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from l2l_pcm.pcm import PCMDevice
+
+
+class LayerState(NamedTuple):
+    """Programmed state of a layer's differential pairs; every array has shape [2, fan_in, fan_out]."""
+
+    g_target_uS: jax.Array
+    """Conductance each device was last programmed towards (the chip's digital record)."""
+    g_prog_uS: jax.Array
+    """Conductance reached by programming (target + programming noise), before drift."""
+    nu: jax.Array
+    """Drift exponent drawn when the device was last programmed."""
+    programmed_at_s: jax.Array
+    """Chip-clock time of the device's last programming."""
+
+
+class WeightStatistics(NamedTuple):
+    """What a read of the layer returns, per weight: mean (drifted) and variance (read noise)."""
+
+    mean: jax.Array
+    variance: jax.Array
+
+
+def program_layer(device: PCMDevice, key: jax.Array, weights: jax.Array, now_s: float) -> LayerState:
+    """Program every device of a layer to hold ``weights`` [fan_in, fan_out]."""
+    g_target = device.weights_to_conductances(weights)
+    g_prog, nu = device.program(key, g_target)
+    programmed_at = jnp.full(g_target.shape, now_s, dtype=g_prog.dtype)
+    return LayerState(g_target, g_prog, nu, programmed_at)
+
+
+def reprogram_layer(
+    device: PCMDevice, key: jax.Array, state: LayerState, update: jax.Array, now_s: float
+) -> tuple[LayerState, jax.Array]:
+    """Apply an already-quantized weight update, re-programming only the devices it changes.
+
+    The new target of a pair is its previous target plus ``update`` (clipped to ±w_max). A device is
+    re-programmed — fresh programming noise, fresh drift exponent, programming time = ``now_s`` — iff the
+    update of its pair is non-zero and its own target conductance changes (adding 1/16 to a positive
+    weight moves G⁺ only). All other devices keep their state bit for bit. Returns the new state and the
+    boolean mask [2, fan_in, fan_out] of devices touched.
+    """
+    old_weights = device.conductances_to_weights(state.g_target_uS)
+    new_target = device.weights_to_conductances(old_weights + update)
+    touched = (update != 0)[None] & (new_target != state.g_target_uS)
+    g_prog, nu = device.program(key, new_target)
+    new_state = LayerState(
+        g_target_uS=jnp.where(touched, new_target, state.g_target_uS),
+        g_prog_uS=jnp.where(touched, g_prog, state.g_prog_uS),
+        nu=jnp.where(touched, nu, state.nu),
+        programmed_at_s=jnp.where(touched, jnp.asarray(now_s, state.programmed_at_s.dtype), state.programmed_at_s),
+    )
+    return new_state, touched
+
+
+def read_statistics(device: PCMDevice, state: LayerState, now_s: float, drift_compensation: bool) -> WeightStatistics:
+    """Mean and read-noise variance of each weight at chip time ``now_s``.
+
+    Global drift compensation (Joshi et al. 2020) rescales the layer's outputs by one factor: the total
+    conductance right after programming over the total conductance now, as a calibration read of the
+    whole layer would measure it.
+    """
+    age = now_s - state.programmed_at_s
+    g_now = device.drift(state.g_prog_uS, state.nu, age)
+    sigma = device.read_noise_std_uS(state.g_target_uS, g_now, age)
+    scale = device.w_max / device.g_max_uS
+    if drift_compensation:
+        scale = scale * jnp.sum(state.g_prog_uS) / jnp.maximum(jnp.sum(g_now), 1e-12)
+    mean = (g_now[0] - g_now[1]) * scale
+    variance = (sigma[0] ** 2 + sigma[1] ** 2) * scale**2
+    return WeightStatistics(mean, variance)
+
+
+def analog_matmul(inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None) -> jax.Array:
+    """``inputs`` [..., fan_in] times the layer, with read noise drawn independently for every read.
+
+    ``key=None`` gives the noise-free expectation.
+    """
+    outputs = inputs @ stats.mean
+    if key is None:
+        return outputs
+    std = jnp.sqrt((inputs * inputs) @ stats.variance)
+    return outputs + std * jax.random.normal(key, outputs.shape, dtype=outputs.dtype)
+
+
+def uniform_quantize(values: jax.Array, bits: int, full_scale: float) -> jax.Array:
+    """Clip to ±``full_scale`` and round to a symmetric grid of 2^(bits−1)−1 levels per sign (DAC/ADC)."""
+    levels = 2 ** (bits - 1) - 1
+    step = full_scale / levels
+    return jnp.round(jnp.clip(values, -full_scale, full_scale) / step) * step

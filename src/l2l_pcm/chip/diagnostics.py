@@ -1,0 +1,150 @@
+"""Checks a person can read: device statistics against their equations, and a drift demo on the chip."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_pcm.chip.chip import Chip, ChipConfig
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.pcm import PCMDevice
+
+DEFAULT_GRID_uS = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
+READ_CHECK_TIME_S = 3600.0
+DEMO_TIMES_S = (1.0, 10.0, 60.0, 600.0, 3600.0, 36000.0, 86400.0)
+
+
+def device_statistics(
+    device: PCMDevice, key: jax.Array, g_targets_uS=DEFAULT_GRID_uS, samples: int = 100_000
+) -> list[dict]:
+    """Sample the device model at each target conductance and compare with its equations.
+
+    Per target: programming-noise std of g_P − g_T; mean and std of the drift exponent ν (targets are
+    the folded-normal moments of |N(μ_ν, σ_ν)|); read-noise std of one read at
+    t = ``READ_CHECK_TIME_S`` of a device sitting exactly at g_T (so only read noise varies).
+    The grid stays away from 0 and g_max, where clipping to [0, g_max] narrows the programming noise.
+    """
+    if samples < 2:
+        raise ConfigError(f"samples must be >= 2, got {samples}")
+    rows = []
+    for g_target, sample_key in zip(g_targets_uS, jax.random.split(key, len(g_targets_uS)), strict=True):
+        if not 0 < g_target <= device.g_max_uS:
+            raise ConfigError(f"target conductance {g_target} µS is outside (0, g_max={device.g_max_uS}] µS")
+        key_prog, key_read = jax.random.split(sample_key)
+        g = jnp.full((samples,), g_target, dtype=jnp.float32)
+        g_prog, nu = device.program(key_prog, g)
+        zero_nu = jnp.zeros_like(g)
+        g_read = device.read(key_read, g, g, zero_nu, READ_CHECK_TIME_S)
+        nu_mean, nu_std = device.drift_nu_moments(jnp.float32(g_target))
+        read_std = device.read_noise_std_uS(jnp.float32(g_target), jnp.float32(g_target), READ_CHECK_TIME_S)
+        rows.append(
+            {
+                "g_target_uS": float(g_target),
+                "prog_std_target_uS": float(device.prog_noise_std_uS(jnp.float32(g_target))),
+                "prog_std_measured_uS": float(jnp.std(g_prog - g)),
+                "nu_mean_target": float(nu_mean),
+                "nu_mean_measured": float(jnp.mean(nu)),
+                "nu_std_target": float(nu_std),
+                "nu_std_measured": float(jnp.std(nu)),
+                "read_std_target_uS": float(read_std),
+                "read_std_measured_uS": float(jnp.std(g_read - g)),
+                "read_time_s": READ_CHECK_TIME_S,
+                "samples": int(samples),
+            }
+        )
+    return rows
+
+
+@dataclasses.dataclass
+class DriftDemoResult:
+    times_s: list[float]
+    error_mean: list[float]
+    error_std: list[float]
+    error_mean_compensated: list[float]
+    error_std_compensated: list[float]
+    update_rows: list[dict]
+
+
+def drift_demo(key: jax.Array, shape=(256, 128), weight_std: float = 0.3, times_s=DEMO_TIMES_S) -> DriftDemoResult:
+    """Program a random layer, read it as time passes, then apply small updates and count devices touched.
+
+    Weight error = (read weight − target weight)·sign(target): negative means "towards zero", so its
+    mean shows drift and its std the spread from programming and read noise (one noisy read of every
+    weight). Two identical chips are run, one with global drift compensation.
+    """
+    key_w, key_prog, key_read, key_update = jax.random.split(key, 4)
+    target = jnp.clip(weight_std * jax.random.normal(key_w, shape), -1, 1)
+    chips = {}
+    for compensated in (False, True):
+        chip = Chip(ChipConfig(drift_compensation=compensated))
+        chip.place_dense("layer", shape)
+        chip.program("layer", target, key_prog)
+        chips[compensated] = chip
+    result = DriftDemoResult([], [], [], [], [], [])
+    eye = jnp.eye(shape[0], dtype=jnp.float32)
+    for t, read_key in zip(times_s, jax.random.split(key_read, len(times_s)), strict=True):
+        result.times_s.append(float(t))
+        for compensated, chip in chips.items():
+            chip.advance(t - chip.now_s)
+            read = chip.mvm("layer", eye, read_key)  # one noisy read of every weight
+            error = np.asarray((read - target) * jnp.sign(target))
+            if compensated:
+                result.error_mean_compensated.append(float(error.mean()))
+                result.error_std_compensated.append(float(error.std()))
+            else:
+                result.error_mean.append(float(error.mean()))
+                result.error_std.append(float(error.std()))
+    chip = chips[False]
+    for scale, update_key in zip((1e-2, 3e-2, 1e-1), jax.random.split(key_update, 3), strict=True):
+        update = scale * jax.random.normal(update_key, shape)
+        report = chip.reprogram("layer", update, update_key, rounding="nearest")
+        expected = int(jnp.sum(jnp.round(update * 16) != 0))
+        result.update_rows.append(
+            {
+                "update_std": scale,
+                "nonzero_quantized_updates": expected,
+                "pairs_touched": report.pairs_touched,
+                "devices_touched": report.devices_touched,
+                "devices_in_layer": report.devices_in_layer,
+                "fraction_devices_touched": report.fraction_touched,
+                "energy_estimate_pJ": report.energy_pJ,
+            }
+        )
+    return result
+
+
+def plot_drift_demo(result: DriftDemoResult, path: str | Path) -> Path:
+    """Weight error (mean ± std over devices) against time since programming, log time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from l2l_pcm._io import atomic_write_bytes
+
+    times = np.asarray(result.times_s)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for mean, std, label, color in (
+        (result.error_mean, result.error_std, "no compensation", "tab:red"),
+        (result.error_mean_compensated, result.error_std_compensated, "global drift compensation", "tab:blue"),
+    ):
+        mean, std = np.asarray(mean), np.asarray(std)
+        ax.plot(times, mean, marker="o", color=color, label=f"mean error, {label}")
+        ax.fill_between(times, mean - std, mean + std, color=color, alpha=0.15, label=f"± 1 std, {label}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("time since programming (s)")
+    ax.set_ylabel("(read − target)·sign(target)   [w_max = 1]")
+    ax.set_title("PCM weights drift towards zero; read noise widens the spread")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,243 @@
+r"""Statistical model of phase-change-memory (PCM) devices.
+
+This module knows about single devices and differential pairs of devices, nothing about networks or
+crossbars (that is :mod:`l2l_pcm.chip`). Every function is pure, works on arrays of any shape, and draws
+randomness only from an explicit ``jax.random`` key, so it can be jitted, vmapped over batches of weight
+tensors and differentiated.
+
+The model is IBM's statistical PCM model (Nandakumar et al., ICECS 2019; Joshi et al., Nat. Commun. 2020),
+with the constants used by Ortner et al. 2025 and by aihwkit's ``PCMLikeNoiseModel``. With
+:math:`\hat g = |g_T| / g_{max}` the normalised target conductance:
+
+* programming noise, in µS:
+  :math:`\sigma_{prog}(g_T) = \max(c_0 + c_1 \hat g + c_2 \hat g^2, 0)`, :math:`g_P = g_T + \sigma_{prog}\,\xi`,
+  clipped to :math:`[0, g_{max}]`;
+* drift: :math:`g(t) = g_P\,(t/t_0)^{-\nu}` for :math:`t > t_0`, with a per-device exponent
+  :math:`\nu = |\mu_\nu + \sigma_\nu \xi|`,
+  :math:`\mu_\nu = \mathrm{clip}(a_\mu \ln\hat g + b_\mu)`, :math:`\sigma_\nu = \mathrm{clip}(a_\sigma \ln\hat g + b_\sigma)`;
+* 1/f read noise, drawn at every read:
+  :math:`Q_s = \min(q\,\hat g^{-0.65}, Q_{max})`,
+  :math:`\sigma_{read} = |g(t)|\,Q_s\,\sqrt{\ln\frac{t + t_{read}}{2 t_{read}}}`.
+
+Convention for :math:`Q_s` (paper.md §3.4): IBM's published model and aihwkit evaluate :math:`Q_s` on the
+*normalised* conductance :math:`\hat g`; the authors' code evaluates it on :math:`|g_T|` in µS, which gives
+about 8× less read noise at :math:`g_{max}`. The published convention is the default;
+``read_noise_uses_microsiemens=True`` reproduces the authors' code.
+
+A signed weight :math:`w \in [-w_{max}, w_{max}]` is stored on a differential pair
+:math:`G^+ = g_{max}\max(w, 0)/w_{max}`, :math:`G^- = g_{max}\max(-w, 0)/w_{max}`, read as
+:math:`w = w_{max}(G^+ - G^-)/g_{max}`. Conductance arrays of a pair carry a leading axis of size 2
+(index 0 = :math:`G^+`, 1 = :math:`G^-`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import jax
+import jax.numpy as jnp
+
+from l2l_pcm.errors import ConfigError
+
+_G_REL_FLOOR = 1e-7  # keeps ln(ĝ) finite for devices at zero conductance, as aihwkit does
+
+
+@dataclasses.dataclass(frozen=True)
+class PCMDevice:
+    """Constants of the PCM device model; every field can be overridden.
+
+    Defaults are the published IBM model (programming-noise polynomial, drift and read-noise
+    constants as in Ortner et al.'s code and aihwkit ``PCMLikeNoiseModel``), ``g_max`` = 25 µS.
+    Frozen and hashable, so it can be a static argument of a jitted function.
+    """
+
+    g_max_uS: float = 25.0
+    """Largest programmable conductance of one device; maps to ``w_max``."""
+    w_max: float = 1.0
+    """Weight represented by a pair at (G⁺, G⁻) = (g_max, 0)."""
+    prog_noise_coeffs_uS: tuple[float, float, float] = (0.26348, 1.9650, -1.1731)
+    """(c0, c1, c2) of σ_prog = c0 + c1·ĝ + c2·ĝ² in µS (Nandakumar et al. 2019)."""
+    prog_noise_scale: float = 1.0
+    """Multiplier on σ_prog (0 switches programming noise off)."""
+    drift_mu_coeffs: tuple[float, float] = (-0.0155, 0.0244)
+    """(a, b) of μ_ν = a·ln ĝ + b."""
+    drift_mu_clip: tuple[float, float] = (0.049, 0.1)
+    drift_sigma_coeffs: tuple[float, float] = (-0.0125, -0.0059)
+    """(a, b) of σ_ν = a·ln ĝ + b."""
+    drift_sigma_clip: tuple[float, float] = (0.008, 0.045)
+    drift_scale: float = 1.0
+    """Multiplier on ν (0 switches drift off)."""
+    t0_s: float = 20.0
+    """Reference time of the drift law; no drift before it (aihwkit default 20 s; the authors' code
+    evaluates drift at the fixed ratio t/t0 = 32)."""
+    read_noise_q_coeff: float = 0.0088
+    read_noise_q_exponent: float = 0.65
+    read_noise_q_max: float = 0.2
+    t_read_s: float = 250e-9
+    """Integration time of one read."""
+    read_noise_scale: float = 1.0
+    """Multiplier on σ_read (0 switches read noise off; the authors' robot code uses 1/√2 for two
+    averaged devices per polarity)."""
+    read_noise_uses_microsiemens: bool = False
+    """False: Q_s(ĝ) on normalised conductance (published model). True: Q_s(|g_T| in µS) (authors' code)."""
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"PCMDevice.{name} must be a finite number > 0, got {value!r}")
+
+        def non_negative(name: str) -> None:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"PCMDevice.{name} must be a finite number >= 0, got {value!r}")
+
+        for name in ("g_max_uS", "w_max", "t0_s", "t_read_s", "read_noise_q_coeff", "read_noise_q_max"):
+            positive(name)
+        for name in ("prog_noise_scale", "drift_scale", "read_noise_scale", "read_noise_q_exponent"):
+            non_negative(name)
+        if self.g_max_uS > 1e3:
+            raise ConfigError(f"PCMDevice.g_max_uS = {self.g_max_uS} µS is not a PCM conductance (expected <= 1000 µS)")
+        for name in ("drift_mu_clip", "drift_sigma_clip"):
+            low, high = getattr(self, name)
+            if not (0 <= low <= high):
+                raise ConfigError(f"PCMDevice.{name} must satisfy 0 <= low <= high, got {(low, high)}")
+        if len(self.prog_noise_coeffs_uS) != 3:
+            raise ConfigError("PCMDevice.prog_noise_coeffs_uS needs 3 coefficients (c0, c1, c2)")
+
+    def replace(self, **changes) -> PCMDevice:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def noiseless(self) -> PCMDevice:
+        """The same device with programming noise, drift and read noise switched off."""
+        return self.replace(prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0)
+
+    # ----------------------------------------------------------------------------------- mapping
+    def weights_to_conductances(self, weights: jax.Array) -> jax.Array:
+        """Target conductances [2, ...] (µS) of the differential pairs that store ``weights``."""
+        w = jnp.clip(weights, -self.w_max, self.w_max) * (self.g_max_uS / self.w_max)
+        return jnp.stack([jnp.maximum(w, 0.0), jnp.maximum(-w, 0.0)])
+
+    def conductances_to_weights(self, conductances: jax.Array) -> jax.Array:
+        """Weights represented by differential pairs [2, ...] (µS)."""
+        return (conductances[0] - conductances[1]) * (self.w_max / self.g_max_uS)
+
+    def _g_rel(self, g_target_uS: jax.Array) -> jax.Array:
+        return jnp.maximum(jnp.abs(g_target_uS) / self.g_max_uS, _G_REL_FLOOR)
+
+    # ------------------------------------------------------------------------------ programming
+    def prog_noise_std_uS(self, g_target_uS: jax.Array) -> jax.Array:
+        """σ_prog(g_T) in µS."""
+        c0, c1, c2 = self.prog_noise_coeffs_uS
+        g = jnp.abs(g_target_uS) / self.g_max_uS
+        return self.prog_noise_scale * jnp.maximum(c0 + c1 * g + c2 * g * g, 0.0)
+
+    def drift_nu_mean_std(self, g_target_uS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(μ_ν, σ_ν) of the normal distribution whose absolute value is the drift exponent ν."""
+        log_g = jnp.log(self._g_rel(g_target_uS))
+        mu = jnp.clip(self.drift_mu_coeffs[0] * log_g + self.drift_mu_coeffs[1], *self.drift_mu_clip)
+        sigma = jnp.clip(self.drift_sigma_coeffs[0] * log_g + self.drift_sigma_coeffs[1], *self.drift_sigma_clip)
+        return mu, sigma
+
+    def drift_nu_moments(self, g_target_uS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Exact mean and std of ν = |N(μ_ν, σ_ν)| (a folded normal), times ``drift_scale``."""
+        mu, sigma = self.drift_nu_mean_std(g_target_uS)
+        ratio = mu / sigma
+        mean = sigma * jnp.sqrt(2 / jnp.pi) * jnp.exp(-0.5 * ratio**2) + mu * (1 - 2 * jax.scipy.stats.norm.cdf(-ratio))
+        var = mu**2 + sigma**2 - mean**2
+        return self.drift_scale * mean, self.drift_scale * jnp.sqrt(jnp.maximum(var, 0.0))
+
+    def program(self, key: jax.Array, g_target_uS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Program devices to ``g_target_uS``; returns (programmed conductance, drift exponent ν).
+
+        Both are fixed at programming time: the conductance read later follows from them, the time
+        since programming and fresh read noise (:meth:`read`).
+        """
+        key_prog, key_nu = jax.random.split(key)
+        noise = jax.random.normal(key_prog, jnp.shape(g_target_uS), dtype=jnp.result_type(g_target_uS, jnp.float32))
+        g_prog = jnp.clip(g_target_uS + self.prog_noise_std_uS(g_target_uS) * noise, 0.0, self.g_max_uS)
+        mu, sigma = self.drift_nu_mean_std(g_target_uS)
+        nu = jnp.abs(mu + sigma * jax.random.normal(key_nu, jnp.shape(g_target_uS), dtype=g_prog.dtype))
+        return g_prog, self.drift_scale * nu
+
+    # ----------------------------------------------------------------------------------- drift
+    def drift(self, g_prog_uS: jax.Array, nu: jax.Array, time_since_programming_s: jax.Array) -> jax.Array:
+        """Conductance after drift: g_P·(t/t0)^(−ν) for t > t0, unchanged before t0."""
+        ratio = jnp.maximum(time_since_programming_s, self.t0_s) / self.t0_s
+        return g_prog_uS * jnp.exp(-nu * jnp.log(ratio))
+
+    # -------------------------------------------------------------------------------- read noise
+    def read_noise_std_uS(
+        self, g_target_uS: jax.Array, g_now_uS: jax.Array, time_since_programming_s: jax.Array
+    ) -> jax.Array:
+        """σ_read = |g(t)|·Q_s(g_T)·sqrt(ln((t + t_read)/(2 t_read))), zero for t <= t_read."""
+        if self.read_noise_uses_microsiemens:
+            g_for_q = jnp.maximum(jnp.abs(g_target_uS), _G_REL_FLOOR)
+        else:
+            g_for_q = self._g_rel(g_target_uS)
+        q_s = jnp.minimum(self.read_noise_q_coeff / g_for_q**self.read_noise_q_exponent, self.read_noise_q_max)
+        t = jnp.asarray(time_since_programming_s, dtype=jnp.result_type(g_now_uS, jnp.float32))
+        log_term = jnp.maximum(jnp.log((t + self.t_read_s) / (2 * self.t_read_s)), 0.0)
+        return self.read_noise_scale * jnp.abs(g_now_uS) * q_s * jnp.sqrt(log_term)
+
+    def read(
+        self,
+        key: jax.Array,
+        g_target_uS: jax.Array,
+        g_prog_uS: jax.Array,
+        nu: jax.Array,
+        time_since_programming_s: jax.Array,
+    ) -> jax.Array:
+        """One noisy read of programmed devices: drift to ``t`` then add fresh 1/f read noise."""
+        g_now = self.drift(g_prog_uS, nu, time_since_programming_s)
+        sigma = self.read_noise_std_uS(g_target_uS, g_now, time_since_programming_s)
+        return g_now + sigma * jax.random.normal(key, jnp.shape(g_now), dtype=g_now.dtype)
+
+    # ------------------------------------------------------------- software hardware-aware model
+    def noisy_weights(self, key: jax.Array, weights: jax.Array, time_since_programming_s: float) -> jax.Array:
+        """Weights as a PCM chip would return them after programming and one read at time ``t``.
+
+        For hardware-aware training: the forward value carries programming noise, drift and read
+        noise; the gradient is straight-through (∂/∂w = 1 inside the weight range), so the same model
+        that the chip uses shapes the loss without its noise entering the backward pass.
+        """
+        key_prog, key_read = jax.random.split(key)
+        g_target = self.weights_to_conductances(weights)
+        g_prog, nu = self.program(key_prog, g_target)
+        g_read = self.read(key_read, g_target, g_prog, nu, time_since_programming_s)
+        noisy = self.conductances_to_weights(g_read)
+        clipped = jnp.clip(weights, -self.w_max, self.w_max)
+        return clipped + jax.lax.stop_gradient(noisy - clipped)
+
+
+# ------------------------------------------------------------------------------------ quantization
+def quantize(values: jax.Array, step: float, key: jax.Array | None = None) -> jax.Array:
+    """Round ``values`` to multiples of ``step`` with a straight-through gradient.
+
+    Without a key: round to nearest (the authors' robot update). With a key: unbiased stochastic
+    rounding, floor(x/step + U[0,1))·step, E[q] = x (the authors' few-shot update). The backward
+    pass treats the rounding as identity, so the quantizer composes with any update rule.
+    """
+    if not step > 0:
+        raise ConfigError(f"quantization step must be > 0, got {step}")
+    scaled = values / step
+    if key is None:
+        rounded = jnp.round(scaled)
+    else:
+        rounded = jnp.floor(scaled + jax.random.uniform(key, jnp.shape(values), dtype=scaled.dtype))
+    return values + jax.lax.stop_gradient(rounded * step - values)
+
+
+def quantize_weights(weights: jax.Array, bits: int, w_max: float = 1.0, key: jax.Array | None = None) -> jax.Array:
+    """Symmetric ``bits``-bit weights: 2^(bits-1)−1 levels per sign in [−w_max, w_max], straight-through.
+
+    "4-bit" = sign + 3 magnitude bits = 15 levels, step w_max/7. (The authors' software 4-bit model used
+    step 1/8 over [−1, 7/8]; a symmetric grid keeps zero exact and both signs equal.)
+    """
+    if not (isinstance(bits, int) and bits >= 2):
+        raise ConfigError(f"weight bits must be an integer >= 2, got {bits!r}")
+    step = w_max / (2 ** (bits - 1) - 1)
+    clipped = jnp.clip(weights, -w_max, w_max)
+    clipped = weights + jax.lax.stop_gradient(clipped - weights)
+    return quantize(clipped, step, key)

@@ -1,0 +1,266 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2l_pcm.chip import Chip, ChipConfig, conv_kernel_to_matrix
+from l2l_pcm.cli import main
+from l2l_pcm.errors import CheckpointError, ChipCapacityError, ConfigError
+from l2l_pcm.pcm import PCMDevice, quantize
+
+NOISELESS = ChipConfig(device=PCMDevice().noiseless())
+
+
+def paper_cnn_chip(config=None):
+    chip = Chip(config)
+    chip.place_conv("conv1", (3, 3, 1, 56))
+    for name in ("conv2", "conv3", "conv4"):
+        chip.place_conv(name, (3, 3, 56, 56))
+    chip.place_dense("readout", (56, 5))
+    return chip
+
+
+def test_paper_cnn_conv_layers_split_over_both_arrays():
+    chip = paper_cnn_chip()
+    for name in ("conv2", "conv3", "conv4"):
+        tiles = chip.placements[name].tiles
+        assert [t.rows for t in tiles] == [252, 252]
+        assert {t.array for t in tiles} == {0, 1}
+    used = [256 - free for free in chip.summary()["free_columns_per_array"]]
+    assert sum(used) == 56 * 4 + 56 * 3 + 5  # conv1 (1 tile) + 3 split convs (2 tiles each) + readout
+
+
+def test_layer_that_does_not_fit_is_refused_with_a_clear_error():
+    chip = paper_cnn_chip()
+    with pytest.raises(ChipCapacityError, match="'big'.*does not fit"):
+        chip.place_dense("big", (256, 200))
+    with pytest.raises(ChipCapacityError, match="300 outputs"):
+        Chip().place_dense("wide", (10, 300))
+    with pytest.raises(ConfigError, match="already placed"):
+        chip.place_dense("readout", (4, 4))
+
+
+def test_robot_trainee_fits_one_array():
+    chip = Chip()
+    placement = chip.place_dense("trainee", (255, 250))
+    assert len(placement.tiles) == 1
+
+
+def test_noiseless_chip_mvm_and_conv_equal_software(key):
+    chip = paper_cnn_chip(NOISELESS)
+    kernel = 0.3 * jax.random.normal(key, (3, 3, 56, 56))
+    chip.program("conv2", kernel, key)
+    chip.advance(86400.0)
+    images = jax.random.normal(jax.random.fold_in(key, 1), (3, 14, 14, 56))
+    reference = jax.lax.conv_general_dilated(
+        images, jnp.clip(kernel, -1, 1), (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    out = chip.conv2d("conv2", images, jax.random.fold_in(key, 2))
+    assert out.shape == reference.shape == (3, 7, 7, 56)
+    np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
+    w = 0.4 * jax.random.normal(key, (56, 5))
+    chip.program("readout", w, key)
+    x = jax.random.normal(key, (10, 56))
+    np.testing.assert_allclose(chip.mvm("readout", x, key), x @ jnp.clip(w, -1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_mvm_read_noise_is_fresh_per_read_with_the_right_variance(key):
+    chip = Chip()
+    chip.place_dense("layer", (64, 8))
+    chip.program("layer", 0.5 * jax.random.normal(key, (64, 8)), key)
+    chip.advance(3600.0)
+    x = jnp.tile(jax.random.uniform(key, (1, 64)), (20_000, 1))
+    y = chip.mvm("layer", x, jax.random.fold_in(key, 3))
+    stats = chip.read_statistics("layer")
+    expected_std = jnp.sqrt((x[0] ** 2) @ stats.variance)
+    np.testing.assert_allclose(jnp.mean(y, axis=0), x[0] @ stats.mean, atol=float(expected_std.max()) * 0.05)
+    np.testing.assert_allclose(jnp.std(y, axis=0), expected_std, rtol=0.03)
+    assert float(jnp.min(jnp.std(y, axis=0))) > 0
+
+
+def test_reprogram_touches_exactly_devices_with_nonzero_quantized_update(key):
+    chip = Chip()
+    chip.place_dense("layer", (128, 64))
+    weights = jnp.clip(0.4 * jax.random.normal(key, (128, 64)), -0.8, 0.8)  # away from the ±1 rails
+    chip.program("layer", weights, key)
+    chip.advance(600.0)
+    before = chip.states["layer"]
+    update = 0.04 * jax.random.normal(jax.random.fold_in(key, 1), (128, 64))
+    reprogram_key = jax.random.fold_in(key, 2)
+    report = chip.reprogram("layer", update, reprogram_key, rounding="nearest")
+    after = chip.states["layer"]
+
+    quantized = np.asarray(quantize(update, 1 / 16))
+    nonzero = quantized != 0
+    changed = np.asarray(
+        (after.g_prog_uS != before.g_prog_uS) | (after.programmed_at_s != before.programmed_at_s)
+    )
+    pair_changed = changed.any(axis=0)
+    assert 0 < nonzero.sum() < nonzero.size
+    np.testing.assert_array_equal(pair_changed, nonzero)
+    assert report.pairs_touched == int(nonzero.sum())
+    assert report.devices_touched == int(changed.sum())
+    # untouched devices keep every field bit for bit; touched ones carry the new time
+    for field_before, field_after in zip(before, after, strict=True):
+        np.testing.assert_array_equal(np.asarray(field_before)[~changed], np.asarray(field_after)[~changed])
+    assert np.all(np.asarray(after.programmed_at_s)[changed] == 600.0)
+    # the digital record holds old target + quantized update
+    new_weights = PCMDevice().conductances_to_weights(after.g_target_uS)
+    np.testing.assert_allclose(new_weights, weights + quantized, atol=1e-5)
+    assert chip.counters["layer"]["devices_programmed"] == 2 * 128 * 64 + report.devices_touched
+
+
+def test_drift_follows_each_devices_own_programming_time(key):
+    config = ChipConfig(device=PCMDevice(prog_noise_scale=0.0, read_noise_scale=0.0))
+    chip = Chip(config)
+    chip.place_dense("layer", (4, 4))
+    chip.program("layer", jnp.full((4, 4), 0.5), key)
+    chip.advance(20.0 * 1000)
+    update = jnp.zeros((4, 4)).at[0, 0].set(0.125)
+    chip.reprogram("layer", update, key, rounding="nearest")
+    read = np.asarray(chip.read_weights("layer"))
+    assert read[0, 0] == pytest.approx(0.625)  # freshly programmed: no drift yet
+    others = read.ravel()[1:]
+    assert np.all(others < 0.5)  # programmed 1000·t0 ago: drifted, ν ~ |N(0.049, 0.008)|
+    assert float(np.mean(others)) == pytest.approx(0.5 * 1000 ** (-0.049), rel=0.05)
+    chip.advance(20.0 * 1000)
+    assert float(chip.read_weights("layer")[0, 0]) < 0.625
+
+
+def test_drift_compensation_removes_the_mean_drift(key):
+    weights = 0.5 * jax.random.normal(key, (64, 32))
+    errors = {}
+    for compensated in (False, True):
+        chip = Chip(ChipConfig(drift_compensation=compensated))
+        chip.place_dense("layer", (64, 32))
+        chip.program("layer", weights, key)
+        chip.advance(86400.0)
+        read = chip.read_weights("layer")
+        errors[compensated] = float(jnp.mean((read - jnp.clip(weights, -1, 1)) * jnp.sign(weights)))
+    assert errors[False] < -0.05
+    assert abs(errors[True]) < 0.25 * abs(errors[False])
+
+
+def test_dac_and_adc_quantize(key):
+    chip = Chip(ChipConfig(device=PCMDevice().noiseless(), dac_bits=4, adc_bits=4, adc_range=2.0))
+    chip.place_dense("layer", (300, 3))  # two tiles: each digitised separately
+    chip.program("layer", jnp.full((300, 3), 0.01), key)
+    y = chip.mvm("layer", jnp.linspace(-1, 1, 300)[None, :] * jnp.ones((5, 1)), None)
+    step = 2.0 / 7
+    assert np.allclose(np.asarray(y) / step, np.round(np.asarray(y) / step), atol=1e-4)
+
+
+def test_counters_and_energy_estimate(key):
+    chip = Chip()
+    chip.place_dense("layer", (300, 10))
+    chip.program("layer", jnp.zeros((300, 10)), key)
+    chip.mvm("layer", jnp.ones((7, 300)), key)
+    counters = chip.counters["layer"]
+    assert counters["mvm_vectors"] == 7 and counters["array_mvms"] == 14 and counters["macs"] == 7 * 3000
+    assert counters["devices_programmed"] == 6000 and counters["program_events"] == 1
+    report = chip.energy_report()["layer"]
+    assert report["mvm_energy_pJ"] == pytest.approx(7 * 3000 * 0.19)
+    assert report["programming_energy_pJ"] == pytest.approx(6000 * 10 * 50)
+
+
+def test_save_and_load_round_trip(tmp_path, key):
+    chip = paper_cnn_chip()
+    chip.program("readout", 0.3 * jax.random.normal(key, (56, 5)), key)
+    chip.advance(123.0)
+    chip.reprogram("readout", 0.1 * jax.random.normal(key, (56, 5)), key)
+    chip.mvm("readout", jnp.ones((3, 56)), key)
+    path = tmp_path / "chip.safetensors"
+    chip.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["chip.safetensors"]  # no temp file left behind
+    loaded = Chip.load(path)
+    assert loaded.now_s == 123.0 and loaded.counters == chip.counters
+    assert loaded.placements == chip.placements
+    for a, b in zip(loaded.states["readout"], chip.states["readout"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(loaded.read_weights("readout"), chip.read_weights("readout"))
+
+
+def test_corrupt_truncated_or_foreign_state_files(tmp_path, key):
+    chip = Chip()
+    chip.place_dense("layer", (8, 8))
+    chip.program("layer", jnp.zeros((8, 8)), key)
+    good = tmp_path / "chip.safetensors"
+    chip.save(good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        Chip.load(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(os.urandom(200))
+    with pytest.raises(CheckpointError, match="garbage"):
+        Chip.load(garbage)
+    with pytest.raises(CheckpointError, match="not found"):
+        Chip.load(tmp_path / "missing.safetensors")
+    from l2l_pcm._io import save_tensors
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_tensors(foreign, {"w": np.zeros(3, np.float32)}, {"kind": "fewshot-checkpoint"})
+    with pytest.raises(CheckpointError, match="expected 'chip-state'"):
+        Chip.load(foreign)
+
+
+def test_bad_inputs_name_the_problem(key):
+    chip = Chip()
+    chip.place_dense("layer", (8, 4))
+    with pytest.raises(ConfigError, match="not been programmed"):
+        chip.mvm("layer", jnp.ones(8), key)
+    with pytest.raises(ConfigError, match=r"shape \(4, 8\), expected \(8, 4\)"):
+        chip.program("layer", jnp.zeros((4, 8)), key)
+    with pytest.raises(ConfigError, match="NaN"):
+        chip.program("layer", jnp.full((8, 4), jnp.nan), key)
+    chip.program("layer", jnp.zeros((8, 4)), key)
+    with pytest.raises(ConfigError, match=r"expected \[\.\.\., 8\]"):
+        chip.mvm("layer", jnp.ones((2, 5)), key)
+    with pytest.raises(ConfigError, match="no layer named 'nope'"):
+        chip.mvm("nope", jnp.ones(8), key)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="advance"):
+            chip.advance(bad)
+    with pytest.raises(ConfigError, match="rounding"):
+        chip.reprogram("layer", jnp.zeros((8, 4)), key, rounding="up")
+    with pytest.raises(ConfigError, match="n_arrays"):
+        ChipConfig(n_arrays=0)
+    with pytest.raises(ConfigError, match="adc_bits"):
+        ChipConfig(adc_bits=1)
+
+
+def test_conv_kernel_matrix_order_matches_patches(key):
+    kernel = jax.random.normal(key, (3, 3, 2, 4))
+    images = jax.random.normal(key, (1, 6, 6, 2))
+    from l2l_pcm.chip import image_patches
+
+    patches = image_patches(images, (3, 3), 2, 1)
+    reference = jax.lax.conv_general_dilated(images, kernel, (2, 2), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(patches @ conv_kernel_to_matrix(kernel), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_chip_stats_json(capsys):
+    assert main(["chip", "stats", "--json", "--samples", "20000"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    keys = {"g_target_uS", "prog_std_target_uS", "prog_std_measured_uS", "nu_mean_target", "nu_mean_measured",
+            "nu_std_target", "nu_std_measured", "read_std_target_uS", "read_std_measured_uS", "samples"}
+    assert len(data["rows"]) >= 10 and keys <= set(data["rows"][0])
+
+
+def test_cli_chip_demo_writes_plot(tmp_path, capsys):
+    assert main(["chip", "demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 d" in out and "devices" in out
+    assert (tmp_path / "chip_drift.png").stat().st_size > 10_000
+
+
+def test_cli_rejects_bad_sample_count(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["chip", "stats", "--samples", "0"])
+    assert exc.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
