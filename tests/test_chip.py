@@ -95,9 +95,7 @@ def test_reprogram_touches_exactly_devices_with_nonzero_quantized_update(key):
 
     quantized = np.asarray(quantize(update, 1 / 16))
     nonzero = quantized != 0
-    changed = np.asarray(
-        (after.g_prog_uS != before.g_prog_uS) | (after.programmed_at_s != before.programmed_at_s)
-    )
+    changed = np.asarray((after.g_prog_uS != before.g_prog_uS) | (after.programmed_at_s != before.programmed_at_s))
     pair_changed = changed.any(axis=0)
     assert 0 < nonzero.sum() < nonzero.size
     np.testing.assert_array_equal(pair_changed, nonzero)
@@ -239,16 +237,27 @@ def test_conv_kernel_matrix_order_matches_patches(key):
     from l2l_pcm.chip import image_patches
 
     patches = image_patches(images, (3, 3), 2, 1)
-    reference = jax.lax.conv_general_dilated(images, kernel, (2, 2), ((1, 1), (1, 1)),
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    reference = jax.lax.conv_general_dilated(
+        images, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     np.testing.assert_allclose(patches @ conv_kernel_to_matrix(kernel), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_cli_chip_stats_json(capsys):
     assert main(["chip", "stats", "--json", "--samples", "20000"]) == 0
     data = json.loads(capsys.readouterr().out)
-    keys = {"g_target_uS", "prog_std_target_uS", "prog_std_measured_uS", "nu_mean_target", "nu_mean_measured",
-            "nu_std_target", "nu_std_measured", "read_std_target_uS", "read_std_measured_uS", "samples"}
+    keys = {
+        "g_target_uS",
+        "prog_std_target_uS",
+        "prog_std_measured_uS",
+        "nu_mean_target",
+        "nu_mean_measured",
+        "nu_std_target",
+        "nu_std_measured",
+        "read_std_target_uS",
+        "read_std_measured_uS",
+        "samples",
+    }
     assert len(data["rows"]) >= 10 and keys <= set(data["rows"][0])
 
 
@@ -264,3 +273,16 @@ def test_cli_rejects_bad_sample_count(capsys):
         main(["chip", "stats", "--samples", "0"])
     assert exc.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_per_batch_read_noise_shares_one_draw_across_a_call(key):
+    chip = Chip(ChipConfig(read_noise_mode="per_batch"))
+    chip.place_dense("layer", (32, 4))
+    chip.program("layer", 0.5 * jax.random.normal(key, (32, 4)), key)
+    chip.advance(3600.0)
+    x = jnp.ones((3, 32))
+    y = chip.mvm("layer", x, key)
+    np.testing.assert_allclose(y[0], y[1])  # same noisy weights for every vector of one call
+    assert not np.allclose(y[0], chip.mvm("layer", x, jax.random.fold_in(key, 1))[0])
+    with pytest.raises(ConfigError, match="read_noise_mode"):
+        ChipConfig(read_noise_mode="sometimes")

@@ -32,8 +32,7 @@ from l2l_pcm.fewshot.data import (
 
 
 def _shared_omniglot() -> Path | None:
-    candidates = [os.environ.get("L2L_PCM_DATA"),
-                  Path(__file__).resolve().parents[2] / "shared/data/omniglot"]
+    candidates = [os.environ.get("L2L_PCM_DATA"), Path(__file__).resolve().parents[2] / "shared/data/omniglot"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "omniglot_background.npz").is_file():
             return Path(candidate)
@@ -53,9 +52,7 @@ needs_shared = pytest.mark.skipif(
 
 # Created out of canonical order on purpose: the loader must sort alphabets by name, characters by number.
 TINY = {"Zeta_(test)": [10, 2, 1], "Alpha-Beta": [3, 1, 2]}
-CANONICAL = [f"Alpha-Beta/character{n:02d}" for n in (1, 2, 3)] + [
-    f"Zeta_(test)/character{n:02d}" for n in (1, 2, 10)
-]
+CANONICAL = [f"Alpha-Beta/character{n:02d}" for n in (1, 2, 3)] + [f"Zeta_(test)/character{n:02d}" for n in (1, 2, 10)]
 
 
 def _write_tree(root: Path, split: str, rng: np.random.Generator) -> dict[tuple[str, int], np.ndarray]:
@@ -190,8 +187,13 @@ def test_cache_is_used_and_rebuilt_when_the_source_changes(tiny, tmp_path, monke
     monkeypatch.undo()
 
     # a changed drawing changes the fingerprint: the new image is served, not the stale cache
-    png = tree / "images_background" / "Alpha-Beta" / "character01" / sorted(
-        os.listdir(tree / "images_background" / "Alpha-Beta" / "character01"))[0]
+    png = (
+        tree
+        / "images_background"
+        / "Alpha-Beta"
+        / "character01"
+        / sorted(os.listdir(tree / "images_background" / "Alpha-Beta" / "character01"))[0]
+    )
     Image.fromarray(np.ones((105, 105), dtype=bool)).save(png)  # all background
     os.utime(png, ns=(time.time_ns(), time.time_ns() + 10**9))
     changed = load_omniglot("background", data_dir=tree, cache_dir=cache)
@@ -370,8 +372,9 @@ def test_real_counts_shapes_and_order(real):
         assert part.images.dtype == np.float32
         assert part.images.min() == 0.0 and part.images.max() == 1.0
         assert 0.05 < part.images.mean() < 0.12  # ink is ~8% of the pixels
-        keys = [(a, int(n.rsplit("character", 1)[1])) for a, n in zip(part.alphabet_names, part.class_names,
-                                                                      strict=True)]
+        keys = [
+            (a, int(n.rsplit("character", 1)[1])) for a, n in zip(part.alphabet_names, part.class_names, strict=True)
+        ]
         assert keys == sorted(keys)
         assert len(set(part.class_names)) == part.n_classes
     assert background.class_names[0] == "Alphabet_of_the_Magi/character01"
@@ -461,8 +464,7 @@ def test_split_background_rejects_impossible_sizes(n):
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_tasks(images, ways, shots, queries, support_x, support_y, query_x, query_y, indices,
-                 augmented=None):
+def _check_tasks(images, ways, shots, queries, support_x, support_y, query_x, query_y, indices, augmented=None):
     n = support_x.shape[0]
     assert support_y.dtype == np.int32 and query_y.dtype == np.int32
     assert support_x.dtype == np.float32 and support_x.shape[-1] == 1
@@ -481,8 +483,10 @@ def _check_tasks(images, ways, shots, queries, support_x, support_y, query_x, qu
         if augmented is False:
             assert not indices.rotations.any()
         # every image is exactly the indexed drawing, turned by its class's rotation
-        for x, y, drawers in ((support_x, support_y, indices.support_drawers),
-                              (query_x, query_y, indices.query_drawers)):
+        for x, y, drawers in (
+            (support_x, support_y, indices.support_drawers),
+            (query_x, query_y, indices.query_drawers),
+        ):
             for i in range(y.shape[1]):
                 label = y[t, i]
                 expected = np.rot90(images[classes[label], drawers[t, i]], indices.rotations[t, label])

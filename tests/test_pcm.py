@@ -127,8 +127,15 @@ def test_four_bit_weights_have_fifteen_levels(key):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("g_max_uS", -25.0), ("g_max_uS", float("nan")), ("t_read_s", 0.0), ("t0_s", -1.0),
-     ("drift_mu_clip", (0.2, 0.1)), ("read_noise_scale", -1.0), ("g_max_uS", 1e6)],
+    [
+        ("g_max_uS", -25.0),
+        ("g_max_uS", float("nan")),
+        ("t_read_s", 0.0),
+        ("t0_s", -1.0),
+        ("drift_mu_clip", (0.2, 0.1)),
+        ("read_noise_scale", -1.0),
+        ("g_max_uS", 1e6),
+    ],
 )
 def test_out_of_range_device_constants_are_rejected(field, value):
     with pytest.raises(ConfigError, match=field):

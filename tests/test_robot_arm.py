@@ -97,9 +97,7 @@ def test_two_link_interface():
     assert TWO_LINK.home_angles == (0.0, math.pi / 2)
     assert TWO_LINK.moving_joints == (0, 1) and TWO_LINK.n_moving == 2
     assert TWO_LINK.joint_limits_rad == ((-math.pi, math.pi), (-math.pi, math.pi))
-    np.testing.assert_allclose(
-        TWO_LINK.forward_kinematics(jnp.asarray(TWO_LINK.home_angles)), (0.5, 0.5, 0), atol=1e-6
-    )
+    np.testing.assert_allclose(TWO_LINK.forward_kinematics(jnp.asarray(TWO_LINK.home_angles)), (0.5, 0.5, 0), atol=1e-6)
 
 
 def test_scorbot_constants():
@@ -160,9 +158,7 @@ def test_scorbot_reach_bounded():
     q = jax.random.uniform(jax.random.PRNGKey(2), (2000, 4), minval=-math.pi, maxval=math.pi)
     xyz = np.asarray(arm.forward_kinematics_full(q))
     theta1 = np.asarray(q[:, 0]) + arm.theta_offsets_rad[0]
-    shoulder = np.stack(
-        [arm.a1 * np.cos(theta1), arm.a1 * np.sin(theta1), np.full_like(theta1, arm.d1)], axis=1
-    )
+    shoulder = np.stack([arm.a1 * np.cos(theta1), arm.a1 * np.sin(theta1), np.full_like(theta1, arm.d1)], axis=1)
     dist = np.linalg.norm(xyz - shoulder, axis=1)
     reach = arm.a2 + arm.a3 + arm.a4
     assert dist.max() <= math.hypot(reach, arm.d2 + arm.d3) + 1e-5
@@ -268,9 +264,7 @@ def test_sample_limits_and_kinematics(arm):
     want = np.asarray(arm.home_angles) + 0.01 * np.cumsum(np.asarray(tr.angular_velocity, np.float64), axis=1)
     inside = (want > lim[:, 0]) & (want < lim[:, 1])
     np.testing.assert_allclose(angles[inside], want[inside], atol=1e-5)
-    np.testing.assert_allclose(
-        angles[:, 0], np.asarray(arm.home_angles) + 0.01 * tr.angular_velocity[:, 0], atol=1e-6
-    )
+    np.testing.assert_allclose(angles[:, 0], np.asarray(arm.home_angles) + 0.01 * tr.angular_velocity[:, 0], atol=1e-6)
 
 
 def test_sample_clips_velocity():

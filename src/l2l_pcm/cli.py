@@ -21,12 +21,16 @@ def _chip_stats(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"rows": rows, "device": device.__dict__ | {}}, default=list))
         return
-    print(f"{'g_T µS':>7} | {'σ_prog target':>13} {'measured':>9} | {'ν mean':>7} {'meas':>7} | "
-          f"{'ν std':>7} {'meas':>7} | {'σ_read target':>13} {'measured':>9}")
+    print(
+        f"{'g_T µS':>7} | {'σ_prog target':>13} {'measured':>9} | {'ν mean':>7} {'meas':>7} | "
+        f"{'ν std':>7} {'meas':>7} | {'σ_read target':>13} {'measured':>9}"
+    )
     for r in rows:
-        print(f"{r['g_target_uS']:7.2f} | {r['prog_std_target_uS']:13.4f} {r['prog_std_measured_uS']:9.4f} | "
-              f"{r['nu_mean_target']:7.4f} {r['nu_mean_measured']:7.4f} | {r['nu_std_target']:7.4f} "
-              f"{r['nu_std_measured']:7.4f} | {r['read_std_target_uS']:13.4f} {r['read_std_measured_uS']:9.4f}")
+        print(
+            f"{r['g_target_uS']:7.2f} | {r['prog_std_target_uS']:13.4f} {r['prog_std_measured_uS']:9.4f} | "
+            f"{r['nu_mean_target']:7.4f} {r['nu_mean_measured']:7.4f} | {r['nu_std_target']:7.4f} "
+            f"{r['nu_std_measured']:7.4f} | {r['read_std_target_uS']:13.4f} {r['read_std_measured_uS']:9.4f}"
+        )
     print(f"({rows[0]['samples']} samples per row; read noise at t = {rows[0]['read_time_s']:.0f} s)")
 
 
@@ -40,13 +44,17 @@ def _chip_demo(args: argparse.Namespace) -> None:
     print("error = (read − target)·sign(target); negative = drift towards zero")
     print(f"{'time':>9} | {'mean':>8} {'std':>7} | {'mean (drift comp.)':>18} {'std':>7}")
     for i, t in enumerate(result.times_s):
-        print(f"{_human_time(t):>9} | {result.error_mean[i]:8.4f} {result.error_std[i]:7.4f} | "
-              f"{result.error_mean_compensated[i]:18.4f} {result.error_std_compensated[i]:7.4f}")
+        print(
+            f"{_human_time(t):>9} | {result.error_mean[i]:8.4f} {result.error_std[i]:7.4f} | "
+            f"{result.error_mean_compensated[i]:18.4f} {result.error_std_compensated[i]:7.4f}"
+        )
     print("\nDevices touched by a small update (quantized to 1/16, nearest rounding)")
     print(f"{'update std':>10} | {'non-zero Δw_q':>13} {'pairs':>7} {'devices':>8} {'fraction':>9} {'energy est.':>12}")
     for r in result.update_rows:
-        print(f"{r['update_std']:10.3g} | {r['nonzero_quantized_updates']:13d} {r['pairs_touched']:7d} "
-              f"{r['devices_touched']:8d} {r['fraction_devices_touched']:9.4f} {r['energy_estimate_pJ'] / 1e3:9.1f} nJ")
+        print(
+            f"{r['update_std']:10.3g} | {r['nonzero_quantized_updates']:13d} {r['pairs_touched']:7d} "
+            f"{r['devices_touched']:8d} {r['fraction_devices_touched']:9.4f} {r['energy_estimate_pJ'] / 1e3:9.1f} nJ"
+        )
     path = plot_drift_demo(result, Path(args.out) / "chip_drift.png")
     print(f"\nplot: {path}")
 
@@ -64,11 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     chip = commands.add_parser("chip", help="the emulated PCM chip").add_subparsers(dest="chip_command", required=True)
     stats = chip.add_parser("stats", help="sampled device statistics vs. their equations")
-    stats.add_argument("--json", action="store_true", help="print one JSON object {\"rows\": [...]}")
+    stats.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
     stats.add_argument("--samples", type=_positive_int, default=100_000, help="samples per conductance (default 1e5)")
     stats.add_argument("--seed", type=int, default=0)
-    stats.add_argument("--authors-read-noise", action="store_true",
-                       help="evaluate Q_s on µS as the authors' code does (default: normalised, published model)")
+    stats.add_argument(
+        "--authors-read-noise",
+        action="store_true",
+        help="evaluate Q_s on µS as the authors' code does (default: normalised, published model)",
+    )
     stats.set_defaults(run=_chip_stats)
     demo = chip.add_parser("demo", help="drift over 1 s … 1 day and devices touched by an update; writes a plot")
     demo.add_argument("--out", default="outputs", help="folder for the plot (default: outputs/)")

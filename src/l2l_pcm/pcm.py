@@ -14,7 +14,8 @@ with the constants used by Ortner et al. 2025 and by aihwkit's ``PCMLikeNoiseMod
   clipped to :math:`[0, g_{max}]`;
 * drift: :math:`g(t) = g_P\,(t/t_0)^{-\nu}` for :math:`t > t_0`, with a per-device exponent
   :math:`\nu = |\mu_\nu + \sigma_\nu \xi|`,
-  :math:`\mu_\nu = \mathrm{clip}(a_\mu \ln\hat g + b_\mu)`, :math:`\sigma_\nu = \mathrm{clip}(a_\sigma \ln\hat g + b_\sigma)`;
+  :math:`\mu_\nu = \mathrm{clip}(a_\mu \ln\hat g + b_\mu)`,
+  :math:`\sigma_\nu = \mathrm{clip}(a_\sigma \ln\hat g + b_\sigma)`;
 * 1/f read noise, drawn at every read:
   :math:`Q_s = \min(q\,\hat g^{-0.65}, Q_{max})`,
   :math:`\sigma_{read} = |g(t)|\,Q_s\,\sqrt{\ln\frac{t + t_{read}}{2 t_{read}}}`.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import jax
 import jax.numpy as jnp
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from l2l_pcm import _io
 from l2l_pcm.chip.crossbar import (
+    READ_NOISE_MODES,
     LayerState,
     WeightStatistics,
     analog_matmul,
@@ -51,6 +52,9 @@ class ChipConfig:
     adc_range: float = 32.0
     """Per-tile outputs are clipped to ±adc_range (weight×input units) when ``adc_bits`` is set."""
     drift_compensation: bool = False
+    read_noise_mode: str = "per_read"
+    """"per_read": fresh device noise for every input vector (exact). "per_batch": one draw per MVM call
+    shared by its vectors (aihwkit-style, about 2x faster). See :func:`analog_matmul`."""
     energy: EnergyModel = EnergyModel()
 
     def __post_init__(self) -> None:
@@ -64,6 +68,10 @@ class ChipConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and 2 <= value <= 32):
                 raise ConfigError(f"ChipConfig.{name} must be None or an integer in [2, 32], got {value!r}")
+        if self.read_noise_mode not in READ_NOISE_MODES:
+            raise ConfigError(
+                f"ChipConfig.read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}"
+            )
         for name in ("dac_range", "adc_range"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -113,17 +121,17 @@ def _reprogram(device, key, state, update, now_s):
     return new_state, jnp.sum(touched), pairs_touched, rows_touched
 
 
-@functools.partial(jax.jit, static_argnames=("row_blocks", "dac", "adc"))
-def _mvm(inputs, stats, key, row_blocks, dac, adc):
+@functools.partial(jax.jit, static_argnames=("row_blocks", "dac", "adc", "mode"))
+def _mvm(inputs, stats, key, row_blocks, dac, adc, mode):
     if dac is not None:
         inputs = uniform_quantize(inputs, *dac)
     if adc is None:  # partial sums of the tiles add up exactly; one matmul is enough
-        return analog_matmul(inputs, stats, key)
+        return analog_matmul(inputs, stats, key, mode)
     keys = [None] * len(row_blocks) if key is None else list(jax.random.split(key, len(row_blocks)))
     total = 0.0
     for (start, rows), tile_key in zip(row_blocks, keys, strict=True):
         part = WeightStatistics(stats.mean[start : start + rows], stats.variance[start : start + rows])
-        total = total + uniform_quantize(analog_matmul(inputs[..., start : start + rows], part, tile_key), *adc)
+        total = total + uniform_quantize(analog_matmul(inputs[..., start : start + rows], part, tile_key, mode), *adc)
     return total
 
 
@@ -160,7 +168,9 @@ class Chip:
     def place_conv(self, name: str, kernel_shape: tuple[int, int, int, int]) -> LayerPlacement:
         """Reserve room for a conv layer with an HWIO kernel, stored as its im2col matrix."""
         if len(kernel_shape) != 4:
-            raise ConfigError(f"conv layer '{name}' needs an HWIO kernel shape (kh, kw, c_in, c_out), got {kernel_shape}")
+            raise ConfigError(
+                f"conv layer '{name}' needs an HWIO kernel shape (kh, kw, c_in, c_out), got {kernel_shape}"
+            )
         kh, kw, c_in, c_out = (int(s) for s in kernel_shape)
         return self._place(name, "conv", (kh * kw * c_in, c_out), (kh, kw, c_in, c_out))
 
@@ -191,7 +201,9 @@ class Chip:
             weights = conv_kernel_to_matrix(weights)
         if weights.shape != placement.shape:
             expected = placement.kernel_shape or placement.shape
-            raise ConfigError(f"{what} for layer '{placement.name}' has shape {tuple(weights.shape)}, expected {expected}")
+            raise ConfigError(
+                f"{what} for layer '{placement.name}' has shape {tuple(weights.shape)}, expected {expected}"
+            )
         if not bool(jnp.all(jnp.isfinite(weights))):
             raise ConfigError(f"{what} for layer '{placement.name}' contains NaN or inf")
         return weights
@@ -276,7 +288,7 @@ class Chip:
         row_blocks = tuple((tile.row_start, tile.rows) for tile in placement.tiles)
         dac = None if cfg.dac_bits is None else (cfg.dac_bits, cfg.dac_range)
         adc = None if cfg.adc_bits is None else (cfg.adc_bits, cfg.adc_range)
-        outputs = _mvm(inputs, stats, key, row_blocks, dac, adc)
+        outputs = _mvm(inputs, stats, key, row_blocks, dac, adc, cfg.read_noise_mode)
         vectors = math.prod(inputs.shape[:-1])
         counters = self.counters[name]
         counters["mvm_vectors"] += vectors
@@ -304,7 +316,8 @@ class Chip:
         for name, counters in self.counters.items():
             report[name] = {
                 "mvm_energy_pJ": energy.mvm_energy_pJ(counters["macs"]),
-                "mvm_latency_ns": counters["array_mvms"] * energy.mvm_latency_ns
+                "mvm_latency_ns": counters["array_mvms"]
+                * energy.mvm_latency_ns
                 / max(len(self.placements[name].tiles), 1),
                 "programming_energy_pJ": energy.programming_energy_pJ(counters["devices_programmed"]),
                 "programming_latency_ns": energy.programming_latency_ns(counters["rows_programmed"]),
@@ -317,8 +330,12 @@ class Chip:
             "now_s": self.now_s,
             "free_columns_per_array": list(self._free_cols),
             "layers": {
-                name: {"shape": list(p.shape), "devices": p.devices, "tiles": [dataclasses.asdict(t) for t in p.tiles],
-                       **self.counters[name]}
+                name: {
+                    "shape": list(p.shape),
+                    "devices": p.devices,
+                    "tiles": [dataclasses.asdict(t) for t in p.tiles],
+                    **self.counters[name],
+                }
                 for name, p in self.placements.items()
             },
         }
@@ -360,8 +377,10 @@ class Chip:
                 for field in LayerState._fields:
                     array = tensors[f"{name}/{field}"]
                     if array.shape != shape or not np.all(np.isfinite(array)):
-                        raise CheckpointError(f"{path}: tensor '{name}/{field}' has shape {array.shape} "
-                                              f"or non-finite values, expected finite {shape}")
+                        raise CheckpointError(
+                            f"{path}: tensor '{name}/{field}' has shape {array.shape} "
+                            f"or non-finite values, expected finite {shape}"
+                        )
                     fields[field] = jnp.asarray(array)
                 chip.states[name] = LayerState(**fields)
             chip.now_s = float(meta["now_s"])

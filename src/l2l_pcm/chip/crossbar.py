@@ -89,14 +89,25 @@ def read_statistics(device: PCMDevice, state: LayerState, now_s: float, drift_co
     return WeightStatistics(mean, variance)
 
 
-def analog_matmul(inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None) -> jax.Array:
-    """``inputs`` [..., fan_in] times the layer, with read noise drawn independently for every read.
+READ_NOISE_MODES = ("per_read", "per_batch")
 
-    ``key=None`` gives the noise-free expectation.
+
+def analog_matmul(
+    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, mode: str = "per_read"
+) -> jax.Array:
+    """``inputs`` [..., fan_in] times the layer, with read noise.
+
+    ``mode="per_read"`` (default, exact): independent device noise for every input vector, via the
+    output-variance identity above (two matmuls). ``mode="per_batch"``: one draw of device noise shared
+    by all vectors of this call, as aihwkit's ``PCM_READ`` weight noise does per mini-batch (one matmul;
+    reads within a call are correlated). ``key=None`` gives the noise-free expectation.
     """
-    outputs = inputs @ stats.mean
     if key is None:
-        return outputs
+        return inputs @ stats.mean
+    if mode == "per_batch":
+        noise = jax.random.normal(key, stats.mean.shape, dtype=stats.mean.dtype)
+        return inputs @ (stats.mean + jnp.sqrt(stats.variance) * noise)
+    outputs = inputs @ stats.mean
     std = jnp.sqrt((inputs * inputs) @ stats.variance)
     return outputs + std * jax.random.normal(key, outputs.shape, dtype=outputs.dtype)
 

@@ -84,9 +84,7 @@ def place_matrix(
     if fan_in < 1 or fan_out < 1:
         raise ConfigError(f"layer '{name}' has an empty matrix shape {shape}")
     if fan_out > array_cols:
-        raise ChipCapacityError(
-            f"layer '{name}' has {fan_out} outputs but an array has only {array_cols} columns"
-        )
+        raise ChipCapacityError(f"layer '{name}' has {fan_out} outputs but an array has only {array_cols} columns")
     blocks = split_rows(fan_in, array_rows)
     trial = list(free_cols)
     used_arrays: set[int] = set()

@@ -86,8 +86,15 @@ ENV_VAR = "L2L_PCM_DATA"
 _CACHE_VERSION = 1
 _RESAMPLE_NAME = "box"
 _REPO_ROOT = Path(__file__).resolve().parents[3]
-_NPZ_KEYS = ("images", "image_shape", "character_index", "drawer_index", "alphabet_index",
-             "alphabet_names", "character_names")
+_NPZ_KEYS = (
+    "images",
+    "image_shape",
+    "character_index",
+    "drawer_index",
+    "alphabet_index",
+    "alphabet_names",
+    "character_names",
+)
 _CHAR_DIR = re.compile(r"^character(\d+)$")
 _PNG_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
 
@@ -250,8 +257,7 @@ def _decode_png(data: bytes, origin: str) -> np.ndarray:
         raise DataError(f"cannot decode Omniglot image {origin}: {_one_line(exc)}") from None
     if gray.shape != (SOURCE_SIZE, SOURCE_SIZE):
         raise DataError(
-            f"Omniglot image {origin} is {gray.shape[1]}x{gray.shape[0]} pixels, "
-            f"expected {SOURCE_SIZE}x{SOURCE_SIZE}"
+            f"Omniglot image {origin} is {gray.shape[1]}x{gray.shape[0]} pixels, expected {SOURCE_SIZE}x{SOURCE_SIZE}"
         )
     return gray < 128
 
@@ -278,13 +284,12 @@ def _scan_zip(path: Path, split: str) -> list[_Record]:
     for name in names:
         if not name.startswith(prefix) or name.endswith("/"):
             continue
-        parts = name[len(prefix):].split("/")
+        parts = name[len(prefix) :].split("/")
         if not parts[-1].lower().endswith(".png") or any(part.startswith(".") for part in parts):
             continue
         if len(parts) != 3:
             raise DataError(
-                f"unexpected Omniglot file {path}:{name} "
-                f"(expected {prefix}<Alphabet>/characterNN/NNNN_DD.png)"
+                f"unexpected Omniglot file {path}:{name} (expected {prefix}<Alphabet>/characterNN/NNNN_DD.png)"
             )
         records.append(_parse_drawing(parts[0], parts[1], parts[2], name))
     if not records:
@@ -337,8 +342,7 @@ def _assemble(
             missing = [f"{m + 1:02d}" for m in range(N_DRAWERS) if m not in classes[key]]
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             raise DataError(
-                f"{origin}: {key[0]}/{key[2]} has {len(classes[key])} drawings, expected {N_DRAWERS} "
-                f"(missing {shown})"
+                f"{origin}: {key[0]}/{key[2]} has {len(classes[key])} drawings, expected {N_DRAWERS} (missing {shown})"
             )
     small = np.empty((len(order), N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     for c, key in enumerate(order):
@@ -385,26 +389,23 @@ def _build_from_npz(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
         raise DataError(f"{path}: image_shape is {shape.tolist()}, expected [{SOURCE_SIZE}, {SOURCE_SIZE}]")
     n_bytes = (SOURCE_SIZE * SOURCE_SIZE + 7) // 8
     if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != n_bytes:
-        raise DataError(
-            f"{path}: images must be uint8 [N, {n_bytes}], got {packed.dtype} {list(packed.shape)}"
-        )
+        raise DataError(f"{path}: images must be uint8 [N, {n_bytes}], got {packed.dtype} {list(packed.shape)}")
     for name, index in (("character_index", char), ("drawer_index", drawer), ("alphabet_index", alpha)):
         if index.shape != (n,) or index.dtype.kind not in "iu":
             raise DataError(f"{path}: {name} must be integer [{n}], got {index.dtype} {list(index.shape)}")
     for name, table in (("alphabet_names", alphabet_table), ("character_names", character_table)):
         if table.ndim != 1 or table.dtype.kind != "U":
-            raise DataError(
-                f"{path}: {name} must be a 1-D string array, got {table.dtype} {list(table.shape)}"
-            )
+            raise DataError(f"{path}: {name} must be a 1-D string array, got {table.dtype} {list(table.shape)}")
     if n == 0 or n % N_DRAWERS:
         raise DataError(f"{path}: {n} images is not a positive multiple of {N_DRAWERS}")
-    if (char.min() < 0 or char.max() >= len(character_table)
-            or alpha.min() < 0 or alpha.max() >= len(alphabet_table)):
+    if char.min() < 0 or char.max() >= len(character_table) or alpha.min() < 0 or alpha.max() >= len(alphabet_table):
         raise DataError(f"{path}: character_index or alphabet_index out of range of the name tables")
 
     rows = np.lexsort((drawer, char)).reshape(-1, N_DRAWERS)  # [classes, 20] row numbers
-    if not (np.all(char[rows] == char[rows[:, :1]]) and np.array_equal(drawer[rows], np.broadcast_to(
-            np.arange(N_DRAWERS), rows.shape))):
+    if not (
+        np.all(char[rows] == char[rows[:, :1]])
+        and np.array_equal(drawer[rows], np.broadcast_to(np.arange(N_DRAWERS), rows.shape))
+    ):
         raise DataError(f"{path}: every character must have exactly drawings 0..{N_DRAWERS - 1} once each")
     if not np.all(alpha[rows] == alpha[rows[:, :1]]):
         raise DataError(f"{path}: the drawings of one character belong to different alphabets")
@@ -423,7 +424,7 @@ def _build_from_npz(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
     small = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     chunk = 2048  # unpack in slices: all 19,280 unpacked images at once would take 200 MB
     for start in range(0, n, chunk):
-        bits = np.unpackbits(packed[start:start + chunk], axis=1, count=SOURCE_SIZE * SOURCE_SIZE)
+        bits = np.unpackbits(packed[start : start + chunk], axis=1, count=SOURCE_SIZE * SOURCE_SIZE)
         for i, ink in enumerate(bits.reshape(-1, SOURCE_SIZE, SOURCE_SIZE)):
             small[start + i] = _resize_ink(ink)
     rows = rows[order]
@@ -455,8 +456,10 @@ def _download_zip(data_dir: Path, split: str, verify: bool) -> Path:
     """Fetch ``images_<split>.zip`` into ``data_dir``; any failure is a one-line DataError with a hint."""
     url = DOWNLOAD_URL.format(split=split)
     target = data_dir / f"images_{split}.zip"
-    hint = (f"pass --data-dir or set {ENV_VAR} to a folder holding a local copy "
-            f"(omniglot_{split}.npz, images_{split}.zip or images_{split}/)")
+    hint = (
+        f"pass --data-dir or set {ENV_VAR} to a folder holding a local copy "
+        f"(omniglot_{split}.npz, images_{split}.zip or images_{split}/)"
+    )
     _log.info("no Omniglot %s data in %s: downloading %s", split, data_dir, url)
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
@@ -464,8 +467,7 @@ def _download_zip(data_dir: Path, split: str, verify: bool) -> Path:
     except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError, timeouts, bad reply
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise DataError(
-            f"no Omniglot {split} data in {data_dir} and the download of {url} failed "
-            f"({_one_line(reason)}); {hint}"
+            f"no Omniglot {split} data in {data_dir} and the download of {url} failed ({_one_line(reason)}); {hint}"
         ) from None
     if not zipfile.is_zipfile(io.BytesIO(payload)):
         raise DataError(f"the download of {url} did not return a zip file; {hint}")
@@ -480,8 +482,14 @@ def _download_zip(data_dir: Path, split: str, verify: bool) -> Path:
 
 def _cache_key(split: str, form: str, fingerprint: str) -> str:
     """Names the cache by everything that changes its content: source, split, size and filter."""
-    spec = {"version": _CACHE_VERSION, "split": split, "form": form, "source": fingerprint,
-            "size": IMAGE_SIZE, "resample": _RESAMPLE_NAME}
+    spec = {
+        "version": _CACHE_VERSION,
+        "split": split,
+        "form": form,
+        "source": fingerprint,
+        "size": IMAGE_SIZE,
+        "resample": _RESAMPLE_NAME,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -496,17 +504,28 @@ def _read_cache(path: Path, key: str) -> tuple[np.ndarray, list[str], list[str]]
             small, class_names, alphabet_names = npz["images"], npz["class_names"], npz["alphabet_names"]
     except Exception:  # a damaged cache is not an error: it is only rebuilt
         return None
-    if (small.dtype != np.uint8 or small.ndim != 4 or small.shape[1:] != (N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE)
-            or class_names.shape != (small.shape[0],) or alphabet_names.shape != (small.shape[0],)):
+    if (
+        small.dtype != np.uint8
+        or small.ndim != 4
+        or small.shape[1:] != (N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE)
+        or class_names.shape != (small.shape[0],)
+        or alphabet_names.shape != (small.shape[0],)
+    ):
         return None
     return small, [str(s) for s in class_names], [str(s) for s in alphabet_names]
 
 
-def _write_cache(folders: list[Path], file_name: str, key: str, small: np.ndarray,
-                 class_names: list[str], alphabet_names: list[str]) -> Path | None:
+def _write_cache(
+    folders: list[Path], file_name: str, key: str, small: np.ndarray, class_names: list[str], alphabet_names: list[str]
+) -> Path | None:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, key=np.array(key), images=small, class_names=np.array(class_names),
-                        alphabet_names=np.array(alphabet_names))
+    np.savez_compressed(
+        buffer,
+        key=np.array(key),
+        images=small,
+        class_names=np.array(class_names),
+        alphabet_names=np.array(alphabet_names),
+    )
     problems = []
     for folder in folders:
         if not _folder_writable(folder):
@@ -553,8 +572,11 @@ def load_omniglot(
     if split not in SPLITS:
         raise ConfigError(f"unknown Omniglot split '{split}' (expected one of: {', '.join(SPLITS)})")
     root = resolve_data_dir(data_dir)
-    npz_path, zip_path, tree_path = (root / f"omniglot_{split}.npz", root / f"images_{split}.zip",
-                                     root / f"images_{split}")
+    npz_path, zip_path, tree_path = (
+        root / f"omniglot_{split}.npz",
+        root / f"images_{split}.zip",
+        root / f"images_{split}",
+    )
     records: list[_Record] = []
     if npz_path.is_file():
         form, source = "npz", npz_path
@@ -565,8 +587,9 @@ def load_omniglot(
     elif download:
         form, source = "zip", _download_zip(root, split, verify)
     else:
-        raise DataError(f"no Omniglot {split} data in {root} "
-                        f"(expected omniglot_{split}.npz, images_{split}.zip or images_{split}/)")
+        raise DataError(
+            f"no Omniglot {split} data in {root} (expected omniglot_{split}.npz, images_{split}.zip or images_{split}/)"
+        )
 
     if form == "tree":
         records = _scan_tree(source)
@@ -594,9 +617,7 @@ def load_omniglot(
     return _as_images(*built, split)
 
 
-def _as_images(
-    small: np.ndarray, class_names: list[str], alphabet_names: list[str], split: str
-) -> OmniglotImages:
+def _as_images(small: np.ndarray, class_names: list[str], alphabet_names: list[str], split: str) -> OmniglotImages:
     images = small.astype(np.float32)
     images *= np.float32(1.0 / 255.0)
     return OmniglotImages(images, class_names, alphabet_names, split)
@@ -626,8 +647,10 @@ def split_background(
     held_out = set(ranked[:n_validation_alphabets])
     is_validation = np.array([name in held_out for name in images.alphabet_names])
     base = images.split or "set"
-    return (images.subset(np.flatnonzero(~is_validation), split=f"{base}-train"),
-            images.subset(np.flatnonzero(is_validation), split=f"{base}-validation"))
+    return (
+        images.subset(np.flatnonzero(~is_validation), split=f"{base}-train"),
+        images.subset(np.flatnonzero(is_validation), split=f"{base}-validation"),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -720,9 +743,7 @@ class TaskSampler:
         if self.ways > n_classes:
             raise ConfigError(f"ways={self.ways} exceeds the number of classes ({n_classes})")
         if self.shots + self.queries > n_drawers:
-            raise ConfigError(
-                f"shots+queries={self.shots + self.queries} exceeds the {n_drawers} drawings per class"
-            )
+            raise ConfigError(f"shots+queries={self.shots + self.queries} exceeds the {n_drawers} drawings per class")
         if augment_rotations and height != width:
             raise ConfigError(f"rotation augmentation needs square images, got {height}x{width}")
         self.images = array
@@ -749,7 +770,7 @@ class TaskSampler:
 
         slot_class = np.argsort(rng.random((n, n_classes)), axis=1)[:, :ways]  # [n, ways]
         slot_label = np.argsort(rng.random((n, ways)), axis=1)  # a permutation per task
-        drawers = np.argsort(rng.random((n, ways, n_drawers)), axis=2)[:, :, :shots + queries]
+        drawers = np.argsort(rng.random((n, ways, n_drawers)), axis=2)[:, :, : shots + queries]
         if self.augment_rotations:
             slot_rotation = rng.integers(0, 4, size=(n, ways))
         else:

@@ -74,9 +74,7 @@ def _check_limits(limits: tuple[tuple[float, float], ...], n: int, field: str) -
         raise ConfigError(f"{field}: need {n} (low, high) pairs, got {limits!r}")
     for pair in limits:
         if len(pair) != 2 or not (math.isfinite(pair[0]) and math.isfinite(pair[1])) or pair[0] >= pair[1]:
-            raise ConfigError(
-                f"{field}: each entry must be a finite (low, high) with low < high, got {pair!r}"
-            )
+            raise ConfigError(f"{field}: each entry must be a finite (low, high) with low < high, got {pair!r}")
 
 
 def _check_moving(moving: tuple[int, ...], n_joints: int, field: str = "moving_joints") -> None:
@@ -196,9 +194,7 @@ class ScorbotER7:
     @property
     def theta_offsets_rad(self) -> tuple[float, ...]:
         """Total offset ``home_i + offset_i`` (rad) added to each commanded joint angle."""
-        return tuple(
-            math.radians(h) + o for h, o in zip(self.home_offsets_deg, self.angle_offsets_rad, strict=True)
-        )
+        return tuple(math.radians(h) + o for h, o in zip(self.home_offsets_deg, self.angle_offsets_rad, strict=True))
 
     def forward_kinematics_full(self, q: jnp.ndarray) -> jnp.ndarray:
         """Tool-point position ``xyz[..., 3]`` (m) for commanded angles ``q[..., 4]`` (rad).
@@ -209,9 +205,7 @@ class ScorbotER7:
         q = _as_float_array(q)
         _check_last_dim(q, self.n_joints, "ScorbotER7.forward_kinematics_full q")
         transform = None
-        for i, ((d, a, alpha), off) in enumerate(
-            zip(self.dh_parameters, self.theta_offsets_rad, strict=True)
-        ):
+        for i, ((d, a, alpha), off) in enumerate(zip(self.dh_parameters, self.theta_offsets_rad, strict=True)):
             link = dh_transform(q[..., i] + off, d, a, alpha)
             transform = link if transform is None else transform @ link
         return transform[..., :3, 3]
@@ -262,9 +256,7 @@ class TwoLinkArm:
                 raise ConfigError(f"TwoLinkArm.{name}: link length must be finite and > 0, got {value!r}")
         _check_moving(self.moving_joints, self.n_joints)
         if self.moving_joints != (0, 1):
-            raise ConfigError(
-                f"TwoLinkArm.moving_joints: both joints move, must be (0, 1), got {self.moving_joints!r}"
-            )
+            raise ConfigError(f"TwoLinkArm.moving_joints: both joints move, must be (0, 1), got {self.moving_joints!r}")
         _check_limits(self.joint_limits_rad, self.n_joints, "TwoLinkArm.joint_limits_rad")
         _check_home(self)
         _check_step_std(self)
@@ -299,9 +291,7 @@ def _check_home(arm: ScorbotER7 | TwoLinkArm) -> None:
         raise ConfigError(f"{name}.home_angles: need {arm.n_moving} values, got {home!r}")
     for value, (lo, hi) in zip(home, arm.joint_limits_rad, strict=True):
         if not lo <= value <= hi:
-            raise ConfigError(
-                f"{name}.home_angles: {home!r} lies outside the joint limits {arm.joint_limits_rad!r}"
-            )
+            raise ConfigError(f"{name}.home_angles: {home!r} lies outside the joint limits {arm.joint_limits_rad!r}")
 
 
 def _check_step_std(arm: ScorbotER7 | TwoLinkArm) -> None:

@@ -140,8 +140,7 @@ def integrate_velocities(
         omega = omega.astype(jnp.float32)
     if omega.ndim < 2 or omega.shape[-1] != arm.n_moving:
         raise ConfigError(
-            f"omega: expected shape [..., T, {arm.n_moving}] for {type(arm).__name__}, "
-            f"got {tuple(omega.shape)}"
+            f"omega: expected shape [..., T, {arm.n_moving}] for {type(arm).__name__}, got {tuple(omega.shape)}"
         )
     _check_positive_float("dt", dt)
     q0 = jnp.asarray(arm.home_angles, omega.dtype) if start_angles is None else jnp.asarray(start_angles)
