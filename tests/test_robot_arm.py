@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from l2l_pcm.errors import ConfigError
-from l2l_pcm.robot.arm import ScorbotER7, TwoLinkArm
+from l2l_pcm.robot.arm import AUTHORS_ANGLE_OFFSETS_RAD, ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.tasks import (
     Trajectories,
     hann_window,
@@ -105,7 +105,10 @@ def test_scorbot_constants():
     assert arm.moving_joints == (0, 1) and arm.n_moving == 2 and arm.n_joints == 4
     assert arm.home_angles == (0.0, 0.0)
     np.testing.assert_allclose(arm.joint_limits_rad, np.deg2rad([[-130, 130], [-70, 70]]))
-    np.testing.assert_allclose(arm.angle_offsets_rad[:3], (0.412, -0.384, 0.391), atol=1e-3)
+    np.testing.assert_allclose(AUTHORS_ANGLE_OFFSETS_RAD[:3], (0.412, -0.384, 0.391), atol=1e-3)
+    # the authors' constant offsets are the home offsets in rad, so they are counted once (default 0)
+    np.testing.assert_allclose(AUTHORS_ANGLE_OFFSETS_RAD[:3], np.deg2rad(arm.home_offsets_deg[:3]), rtol=1e-9)
+    assert arm.angle_offsets_rad == (0.0, 0.0, 0.0, 0.0)
     assert arm.dh_parameters[0] == (0.3585, 0.050, math.pi / 2)
 
 

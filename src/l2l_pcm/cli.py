@@ -59,6 +59,30 @@ def _chip_demo(args: argparse.Namespace) -> None:
     print(f"\nplot: {path}")
 
 
+def _fewshot_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from l2l_pcm.fewshot.maml import MAMLConfig
+    from l2l_pcm.fewshot.train import train
+
+    config = MAMLConfig()
+    if args.config:
+        config = MAMLConfig.from_json(_read_json(args.config))
+    overrides = {name: getattr(args, name) for name in ("variant", "iterations", "meta_batch", "seed")}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    summary = train(config, args.out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps(summary))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise L2LPCMError(f"config file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise L2LPCMError(f"cannot read config {path}: {exc}") from None
+
+
 def _human_time(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -85,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs", help="folder for the plot (default: outputs/)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_chip_demo)
+
+    fewshot = commands.add_parser("fewshot", help="few-shot Omniglot with MAML").add_subparsers(
+        dest="fewshot_command", required=True
+    )
+    train = fewshot.add_parser("train", help="meta-train in software (checkpoints, metrics, resume)")
+    train.add_argument("--out", required=True, help="run folder (checkpoints and metrics)")
+    train.add_argument("--config", help="JSON file with MAMLConfig fields")
+    train.add_argument("--variant", choices=("fp32", "4bit", "pcm"))
+    train.add_argument("--iterations", type=_positive_int)
+    train.add_argument("--meta-batch", type=_positive_int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=_fewshot_train)
     return parser
 
 

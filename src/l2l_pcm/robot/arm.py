@@ -82,6 +82,10 @@ def _check_moving(moving: tuple[int, ...], n_joints: int, field: str = "moving_j
         raise ConfigError(f"{field}: must be distinct joint indices in [0, {n_joints}), got {moving!r}")
 
 
+AUTHORS_ANGLE_OFFSETS_RAD = (3745578344 / 9093467413, -3357166075 / 8743247601, 1421104251 / 3634967671, 0.0)
+"""Constant angle offsets in the authors' analytic Scorbot kinematics: the home offsets in rad."""
+
+
 @dataclass(frozen=True)
 class ScorbotER7:
     """Scorbot ER-VII (5-axis vertical articulated arm), position kinematics of its first 4 joints.
@@ -113,10 +117,10 @@ class ScorbotER7:
     * ``d2`` / ``d3`` are sideways (along the horizontal joint axes) offsets of the upper arm and
       forearm, so the arm plane is displaced laterally by ``d2 + d3`` from the base axis.
 
-    Note: the constant offsets of the code (``3745578344/9093467413`` etc.) equal the home offsets
-    23.6 deg, -22.0 deg, 22.4 deg in rad to all printed digits, i.e. the authors' analytic formula
-    most likely had the home offsets already baked in. As requested both are added here (total
-    ``2 * home``); set ``angle_offsets_rad=(0, 0, 0, 0)`` to count the home offsets only once.
+    Note: the constant offsets of the authors' code (``3745578344/9093467413`` etc.,
+    :data:`AUTHORS_ANGLE_OFFSETS_RAD`) equal the home offsets 23.6°, −22.0°, 22.4° in rad to all
+    printed digits: they *are* the home offsets baked into the analytic formula. Adding both would
+    count the home pose twice, so ``angle_offsets_rad`` defaults to zeros (home counted once).
     """
 
     d1: float = 0.3585
@@ -135,13 +139,8 @@ class ScorbotER7:
     """Lateral offset of the forearm along the elbow axis (m)."""
     home_offsets_deg: tuple[float, float, float, float] = (23.6, -22.0, 22.4, 0.0)
     """Home position of each joint, added to the commanded angle (deg)."""
-    angle_offsets_rad: tuple[float, float, float, float] = (
-        3745578344 / 9093467413,
-        -3357166075 / 8743247601,
-        1421104251 / 3634967671,
-        0.0,
-    )
-    """Constant angle offsets of the authors' analytic kinematics (rad)."""
+    angle_offsets_rad: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    """Extra constant angle offsets (rad), added on top of the home offsets."""
     safe_space_deg: tuple[tuple[float, float], ...] = ((-130.0, 130.0), (-70.0, 70.0))
     """Allowed commanded angle range of each moving joint (deg); target angles are clipped to it."""
     moving_joints: tuple[int, ...] = (0, 1)

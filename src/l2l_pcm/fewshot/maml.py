@@ -1,0 +1,192 @@
+r"""MAML on the readout (the paper's inner loop), meta-training all weights, in one jitted computation.
+
+Inner loop (per task, readout only, SGD, ``inner_steps`` = 4, lr 0.1):
+:math:`W_{k+1} = W_k - \eta\,F_s^T(\mathrm{softmax}(F_s W_k) - Y_s)/N_s`.
+Outer loop: Adam on the conv kernels and the initial readout :math:`W_0`, loss = query cross-entropy
+after the last inner step, gradients through the inner loop (second order). Tasks of a meta-batch are
+``jax.vmap``-ed, so one meta-batch is one compiled computation.
+
+Variants (``MAMLConfig.variant``):
+
+* ``fp32``: plain floating point;
+* ``4bit``: every weight read through a 4-bit stochastic-rounding quantizer (straight-through), and the
+  readout re-quantized after each inner step;
+* ``pcm``: hardware-aware: conv kernels and readout read through :meth:`PCMDevice.noisy_weights`
+  (programming noise, drift at ``time_since_programming_s``, read noise; straight-through), inner
+  updates quantized to ``update_step`` (1/16) with stochastic rounding, as the chip will apply them.
+
+All weights are kept in the PCM range [−w_max, w_max] after every outer step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.fewshot.model import (
+    CONV_NAMES,
+    CNNConfig,
+    accuracy,
+    cross_entropy,
+    embed,
+    readout_gradient,
+    software_conv,
+)
+from l2l_pcm.pcm import PCMDevice, quantize, quantize_weights
+
+VARIANTS = ("fp32", "4bit", "pcm")
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLConfig:
+    ways: int = 5
+    shots: int = 5
+    queries: int = 5
+    channels: int = 56
+    inner_steps: int = 4
+    inner_lr: float = 0.1
+    meta_batch: int = 32
+    outer_lr: float = 1e-3
+    variant: str = "fp32"
+    weight_bits: int = 4
+    update_step: float = 1.0 / 16
+    time_since_programming_s: float = 3600.0
+    iterations: int = 3000
+    validate_every: int = 250
+    validation_tasks: int = 200
+    checkpoint_every: int = 250
+    augment_rotations: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "ways",
+            "shots",
+            "queries",
+            "channels",
+            "inner_steps",
+            "meta_batch",
+            "iterations",
+            "validate_every",
+            "validation_tasks",
+            "checkpoint_every",
+            "weight_bits",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= (0 if name == "inner_steps" else 1)):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.shots + self.queries > 20:
+            raise ConfigError(
+                f"shots + queries = {self.shots + self.queries} exceeds the 20 drawings per Omniglot class"
+            )
+        for name in ("inner_lr", "outer_lr", "update_step"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.time_since_programming_s) and self.time_since_programming_s >= 0):
+            raise ConfigError(f"time_since_programming_s must be >= 0, got {self.time_since_programming_s!r}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    @property
+    def cnn(self) -> CNNConfig:
+        return CNNConfig(channels=self.channels, ways=self.ways)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MAMLConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown few-shot config fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+def read_weights(config: MAMLConfig, device: PCMDevice, weights: jax.Array, key: jax.Array) -> jax.Array:
+    """The weights the forward pass sees under the variant (straight-through gradients)."""
+    if config.variant == "4bit":
+        return quantize_weights(weights, config.weight_bits, device.w_max, key)
+    if config.variant == "pcm":
+        return device.noisy_weights(key, weights, config.time_since_programming_s)
+    return weights
+
+
+def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) -> jax.Array:
+    """One inner SGD step on the readout, written as the variant's hardware would store it."""
+    step = -config.inner_lr * gradient
+    if config.variant == "pcm":
+        step = quantize(step, config.update_step, key)
+        return jnp.clip(readout + step, -device.w_max, device.w_max)
+    if config.variant == "4bit":
+        return quantize_weights(readout + step, config.weight_bits, device.w_max, key)
+    return readout + step
+
+
+def adapt_task(config: MAMLConfig, device: PCMDevice, readout0, f_support, y_support, f_query, y_query, key):
+    """Run the inner loop on one task's features; returns (final query loss, query accuracy per step 0..K)."""
+    readout = readout0
+    accuracies = []
+    for step, step_key in enumerate(jax.random.split(key, config.inner_steps + 1)):
+        key_read, key_update = jax.random.split(step_key)
+        w = read_weights(config, device, readout, key_read)
+        accuracies.append(accuracy(f_query @ w, y_query))
+        if step == config.inner_steps:
+            loss = cross_entropy(f_query @ w, y_query)
+            break
+        gradient = readout_gradient(f_support, f_support @ w, y_support)
+        readout = inner_update(config, device, readout, gradient, key_update)
+    return loss, jnp.stack(accuracies)
+
+
+def task_outputs(params, batch, key, config: MAMLConfig, device: PCMDevice):
+    """Query loss [tasks] and query accuracy per inner step [tasks, K+1] of a batch of tasks.
+
+    Conv kernels are read once per batch (one chip), the readout once per task and step.
+    """
+    support_x, support_y, query_x, query_y = batch
+    key_conv, key_tasks = jax.random.split(key)
+    kernels = [
+        read_weights(config, device, params[name], k)
+        for name, k in zip(CONV_NAMES, jax.random.split(key_conv, len(CONV_NAMES)), strict=True)
+    ]
+
+    def one_task(sx, sy, qx, qy, task_key):
+        f_s, f_q = embed(lambda i, x: software_conv(kernels[i], x), sx, qx)
+        return adapt_task(config, device, params["readout"], f_s, sy, f_q, qy, task_key)
+
+    keys = jax.random.split(key_tasks, support_x.shape[0])
+    return jax.vmap(one_task)(support_x, support_y, query_x, query_y, keys)
+
+
+def meta_batch_loss(params, batch, key, config: MAMLConfig, device: PCMDevice):
+    """Mean query loss over a meta-batch, and mean accuracy per inner step [K+1]."""
+    losses, accuracies = task_outputs(params, batch, key, config, device)
+    return jnp.mean(losses), jnp.mean(accuracies, axis=0)
+
+
+def make_optimizer(config: MAMLConfig) -> optax.GradientTransformation:
+    return optax.adam(config.outer_lr)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "device"))
+def train_step(params, opt_state, batch, key, config: MAMLConfig, device: PCMDevice):
+    """One outer iteration: meta-gradient through the inner loop, Adam, projection onto [−w_max, w_max]."""
+    (loss, accuracies), grads = jax.value_and_grad(meta_batch_loss, has_aux=True)(params, batch, key, config, device)
+    updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    params = jax.tree_util.tree_map(lambda w: jnp.clip(w, -device.w_max, device.w_max), params)
+    return params, opt_state, loss, accuracies
+
+
+@functools.partial(jax.jit, static_argnames=("config", "device"))
+def evaluate_batch(params, batch, key, config: MAMLConfig, device: PCMDevice):
+    """Query accuracy per inner step [tasks, K+1] of a batch of tasks, in software."""
+    return task_outputs(params, batch, key, config, device)[1]

@@ -1,0 +1,109 @@
+r"""The few-shot CNN: four 3×3 stride-2 conv layers without bias, ReLU, normalisation, max-pool, readout.
+
+28×28 → 14 → 7 → 4 → 2, then a global max-pool to a ``channels``-vector and a dense readout without bias
+(56 channels by default, as in the authors' checkpoint: the 504-row conv matrices then fill two
+256-row arrays, and 4·56 + 5 columns fit one array's 256 columns).
+
+**Normalisation.** After each conv + ReLU, activations are standardised per channel with the mean and
+variance of the *support set* of the task (no learnable parameters), and the same statistics are applied
+to the query images. The authors used batch statistics of whichever set was being processed
+(transductive batch norm), which lets query images influence each other's predictions; here each query
+image's output depends only on itself and the labelled support set, so evaluation has no leak between
+query images, and the same rule runs unchanged on the chip (statistics are computed digitally from the
+chip's conv outputs).
+
+The conv function is a parameter, so the same code runs a software conv (optionally with PCM noise on
+the kernels) and the chip's im2col MVMs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from l2l_pcm.errors import ConfigError
+
+CONV_NAMES = ("conv1", "conv2", "conv3", "conv4")
+_EPS = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNConfig:
+    channels: int = 56
+    ways: int = 5
+    init_std: float = 0.35
+    """Std of the initial conv kernels: normalisation makes their scale irrelevant to the function, so
+    they are initialised to use a good part of the PCM weight range [−1, 1] rather than He scaling."""
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "ways"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"CNNConfig.{name} must be an integer >= 1, got {value!r}")
+        if not self.init_std > 0:
+            raise ConfigError(f"CNNConfig.init_std must be > 0, got {self.init_std!r}")
+
+    def kernel_shapes(self) -> dict[str, tuple[int, int, int, int]]:
+        shapes = {}
+        c_in = 1
+        for name in CONV_NAMES:
+            shapes[name] = (3, 3, c_in, self.channels)
+            c_in = self.channels
+        return shapes
+
+
+def init_params(key: jax.Array, config: CNNConfig) -> dict[str, jax.Array]:
+    """Conv kernels (HWIO) ~ N(0, init_std²) clipped to [−1, 1]; the readout starts at zero (chance level)."""
+    params = {}
+    for name, k in zip(CONV_NAMES, jax.random.split(key, len(CONV_NAMES)), strict=True):
+        shape = config.kernel_shapes()[name]
+        params[name] = jnp.clip(config.init_std * jax.random.normal(k, shape), -1.0, 1.0)
+    params["readout"] = jnp.zeros((config.channels, config.ways))
+    return params
+
+
+def software_conv(kernel: jax.Array, images: jax.Array) -> jax.Array:
+    """3×3 stride-2 conv with torch-style padding 1 (explicit ((1,1),(1,1)); 'SAME' would pad (0,1))."""
+    return jax.lax.conv_general_dilated(
+        images, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def embed(
+    conv: Callable[[int, jax.Array], jax.Array], support: jax.Array, query: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Features [N, channels] of support and query images of one task.
+
+    ``conv(layer_index, images)`` returns the pre-activation of conv layer ``layer_index``.
+    """
+    n_support = support.shape[0]
+    x = jnp.concatenate([support, query], axis=0)
+    for layer in range(len(CONV_NAMES)):
+        h = jax.nn.relu(conv(layer, x))
+        support_h = h[:n_support]
+        mean = jnp.mean(support_h, axis=(0, 1, 2))
+        var = jnp.var(support_h, axis=(0, 1, 2))
+        x = (h - mean) * jax.lax.rsqrt(var + _EPS)
+    features = jnp.max(x, axis=(1, 2))
+    return features[:n_support], features[n_support:]
+
+
+def readout_gradient(features: jax.Array, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    r"""∂/∂W of the mean cross-entropy of ``logits = features @ W``: :math:`F^T(\mathrm{softmax} - Y)/N`.
+
+    Written out because the chip computes exactly this outer product of penultimate activations and
+    output errors from its own outputs, without backpropagating through the chip.
+    """
+    errors = jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return features.T @ errors / features.shape[0]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
