@@ -1,9 +1,25 @@
 import os
+from pathlib import Path
 
 import jax
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _shared_omniglot() -> Path | None:
+    candidates = [os.environ.get("L2L_PCM_DATA"), Path(__file__).resolve().parents[2] / "shared/data/omniglot"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "omniglot_background.npz").is_file():
+            return Path(candidate)
+    return None
+
+
+SHARED = _shared_omniglot()
+needs_shared = pytest.mark.skipif(
+    SHARED is None,
+    reason="the shared Omniglot npz copy (../shared/data/omniglot or $L2L_PCM_DATA) is not present",
+)
 
 
 @pytest.fixture

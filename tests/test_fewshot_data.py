@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, needs_shared
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -29,22 +30,6 @@ from l2l_pcm.fewshot.data import (
     load_omniglot,
     split_background,
 )
-
-
-def _shared_omniglot() -> Path | None:
-    candidates = [os.environ.get("L2L_PCM_DATA"), Path(__file__).resolve().parents[2] / "shared/data/omniglot"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "omniglot_background.npz").is_file():
-            return Path(candidate)
-    return None
-
-
-SHARED = _shared_omniglot()
-needs_shared = pytest.mark.skipif(
-    SHARED is None,
-    reason="the shared Omniglot npz copy (../shared/data/omniglot or $L2L_PCM_DATA) is not present",
-)
-
 
 # --------------------------------------------------------------------------------------------------
 # A tiny Omniglot-shaped data set: 2 alphabets x 3 characters x 20 drawings, random 105x105 PNGs

@@ -45,6 +45,8 @@ def unflatten(prefix: str, tensors: Mapping[str, np.ndarray], template, source: 
             raise CheckpointError(f"{source}: tensor '{name}' is missing (checkpoint of another model?)")
         value = tensors[name]
         expected = np.shape(leaf)
+        if value.size == 1 and int(np.prod(expected)) == 1:
+            value = value.reshape(expected)  # safetensors stores 0-d arrays as shape (1,)
         if value.shape != expected:
             raise CheckpointError(
                 f"{source}: tensor '{name}' has shape {value.shape}, model needs {expected} (other model size?)"

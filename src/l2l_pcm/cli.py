@@ -74,6 +74,100 @@ def _fewshot_train(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def _load_fewshot(args: argparse.Namespace):
+    from l2l_pcm.fewshot.data import load_omniglot
+    from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT, load_fewshot_checkpoint
+
+    path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
+    params, config, metadata = load_fewshot_checkpoint(path)
+    images = load_omniglot("evaluation", args.data_dir)
+    return params, config, metadata, images
+
+
+def _fewshot_eval(args: argparse.Namespace) -> None:
+    from l2l_pcm.chip import ChipConfig
+    from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
+
+    params, config, _, images = _load_fewshot(args)
+    if args.backend == "chip":
+        result = evaluate_chip(
+            params,
+            config,
+            images,
+            args.tasks,
+            args.queries,
+            args.seed,
+            ChipConfig(drift_compensation=args.drift_compensation),
+            args.time_since_programming,
+            progress=not args.json,
+        )
+    else:
+        result = evaluate_software(params, config, images, args.tasks, args.precision, args.queries, args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return
+    steps = " → ".join(f"{100 * a:.1f}" for a in result["accuracy_per_step"])
+    print(
+        f"{result['backend']}: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_ci95']:.2f} % "
+        f"over {result['tasks']} tasks (per inner step: {steps})"
+    )
+    if result.get("devices_reprogrammed_mean") is not None:
+        print(
+            f"devices re-programmed per task: mean {result['devices_reprogrammed_mean']:.1f}, max "
+            f"{result['devices_reprogrammed_max']} ({100 * result['devices_reprogrammed_fraction']:.1f} % of "
+            f"{result['readout_devices']} readout devices); energy estimate "
+            f"{result['energy_estimate_pJ_per_adaptation'] / 1e3:.1f} nJ per adaptation"
+        )
+
+
+def _fewshot_demo(args: argparse.Namespace) -> None:
+    """Software 32-bit, 4-bit and chip on the same unseen tasks, with plots."""
+    import jax
+    import numpy as np
+
+    from l2l_pcm.fewshot.data import TaskSampler
+    from l2l_pcm.fewshot.deploy import ChipFewShotLearner
+    from l2l_pcm.fewshot.evaluate import (
+        evaluate_chip,
+        evaluate_software,
+        plot_example_task,
+        plot_inner_step_curves,
+        plot_training_curves,
+    )
+
+    params, config, metadata, images = _load_fewshot(args)
+    out = Path(args.out)
+    results = {
+        "software 32-bit": evaluate_software(params, config, images, args.tasks, "fp32", args.queries, args.seed),
+        "software 4-bit": evaluate_software(params, config, images, args.tasks, "4bit", args.queries, args.seed),
+        "emulated PCM chip": evaluate_chip(params, config, images, args.tasks, args.queries, args.seed, progress=True),
+    }
+    for label, result in results.items():
+        print(
+            f"{label:>18}: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_ci95']:.2f} % "
+            f"(per step: {' → '.join(f'{100 * a:.1f}' for a in result['accuracy_per_step'])})"
+        )
+    chip = results["emulated PCM chip"]
+    print(
+        f"chip: {chip['devices_reprogrammed_mean']:.1f} devices re-programmed per task "
+        f"({100 * chip['devices_reprogrammed_fraction']:.1f} % of the readout's {chip['readout_devices']})"
+    )
+    paths = [plot_inner_step_curves(results, out / "fewshot_inner_steps.png")]
+    if metadata.get("metrics"):
+        paths.append(plot_training_curves(metadata["metrics"], out / "fewshot_training.png"))
+    sampler = TaskSampler(images, config.ways, config.shots, args.queries)
+    sx, sy, qx, qy = (a[0] for a in sampler.sample(args.seed + 99, 1))
+    learner = ChipFewShotLearner(params, config, jax.random.PRNGKey(args.seed))
+    task = learner.adapt(sx, sy, qx, qy, jax.random.PRNGKey(args.seed + 1))
+    paths.append(
+        plot_example_task(sx, sy, qx, qy, np.asarray(task.predictions), out / "fewshot_example_task.png", config.ways)
+    )
+    from l2l_pcm._io import atomic_write_text
+
+    paths.append(atomic_write_text(out / "fewshot_results.json", json.dumps(results, indent=1)))
+    print("wrote: " + ", ".join(str(p) for p in paths))
+
+
 def _read_json(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -124,6 +218,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_fewshot_train)
+
+    def add_eval_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--checkpoint", help="few-shot checkpoint (default: the shipped one)")
+        sub.add_argument("--tasks", type=_positive_int, default=600, help="unseen tasks (default 600)")
+        sub.add_argument("--queries", type=_positive_int, default=15, help="query images per class (default 15)")
+        sub.add_argument("--seed", type=int, default=0, help="task seed: same seed, same tasks on every backend")
+        sub.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+
+    evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
+    add_eval_arguments(evaluate)
+    evaluate.add_argument("--backend", choices=("software", "chip"), default="chip")
+    evaluate.add_argument(
+        "--precision",
+        choices=("fp32", "4bit", "pcm"),
+        default="fp32",
+        help="software only: 32-bit, 4-bit weights, or the software PCM model",
+    )
+    evaluate.add_argument(
+        "--time-since-programming",
+        type=_non_negative_float,
+        default=None,
+        help="chip only: seconds between programming and use (default: the training value)",
+    )
+    evaluate.add_argument("--drift-compensation", action="store_true", help="chip only: global drift compensation")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(run=_fewshot_eval)
+    demo_fs = fewshot.add_parser("demo", help="software 32-bit / 4-bit / chip on the same tasks, with plots")
+    add_eval_arguments(demo_fs)
+    demo_fs.add_argument("--out", default="outputs", help="folder for plots and results (default: outputs/)")
+    demo_fs.set_defaults(run=_fewshot_demo)
     return parser
 
 
@@ -134,6 +258,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
 
 

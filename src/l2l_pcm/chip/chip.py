@@ -97,10 +97,18 @@ class ReprogramReport:
     devices_in_layer: int
     energy_pJ: float
     latency_ns: float
+    touched: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    """Boolean mask [2, fan_in, fan_out] of the devices re-programmed (None for a full program)."""
 
     @property
     def fraction_touched(self) -> float:
         return self.devices_touched / self.devices_in_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSnapshot:
+    now_s: float
+    states: dict
 
 
 @functools.partial(jax.jit, static_argnames=("device", "drift_compensation"))
@@ -118,7 +126,7 @@ def _reprogram(device, key, state, update, now_s):
     new_state, touched = reprogram_layer(device, key, state, update, now_s)
     rows_touched = jnp.sum(jnp.any(touched, axis=(0, 2)))
     pairs_touched = jnp.sum(jnp.any(touched, axis=0))
-    return new_state, jnp.sum(touched), pairs_touched, rows_touched
+    return new_state, touched, pairs_touched, rows_touched
 
 
 @functools.partial(jax.jit, static_argnames=("row_blocks", "dac", "adc", "mode"))
@@ -229,10 +237,12 @@ class Chip:
         if rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
         quantized = quantize(update, self.config.update_step, key_round if rounding == "stochastic" else None)
-        new_state, devices, pairs, rows = _reprogram(self.config.device, key_prog, state, quantized, self.now_s)
+        new_state, touched, pairs, rows = _reprogram(self.config.device, key_prog, state, quantized, self.now_s)
         self.states[name] = new_state
         self._stats_cache.pop(name, None)
-        return self._count_programming(placement, int(devices), int(pairs), int(rows))
+        touched = np.asarray(touched)
+        report = self._count_programming(placement, int(touched.sum()), int(pairs), int(rows))
+        return dataclasses.replace(report, touched=touched)
 
     def _count_programming(self, placement: LayerPlacement, devices: int, pairs: int, rows: int) -> ReprogramReport:
         counters = self.counters[placement.name]
@@ -307,6 +317,23 @@ class Chip:
             raise ConfigError(f"images for conv layer '{name}' must be NHWC with C={c_in}, got {tuple(images.shape)}")
         patches = image_patches(images, (kh, kw), stride, padding)
         return self.mvm(name, patches, key)
+
+    # ------------------------------------------------------------------------------ what-if runs
+    def snapshot(self) -> ChipSnapshot:
+        """The programmed state and clock, to return to with :meth:`restore` (counters are not rewound).
+
+        For emulation studies: e.g. start every few-shot task from the same deployed chip, as a fleet of
+        identically programmed chips would.
+        """
+        return ChipSnapshot(self.now_s, dict(self.states))
+
+    def restore(self, snapshot: ChipSnapshot) -> None:
+        """Return to a :meth:`snapshot` of this chip (same placement)."""
+        if set(snapshot.states) - set(self.placements):
+            raise ConfigError("snapshot holds layers that are not placed on this chip")
+        self.now_s = snapshot.now_s
+        self.states = dict(snapshot.states)
+        self._stats_cache.clear()
 
     # ---------------------------------------------------------------------------------- reports
     def energy_report(self) -> dict:

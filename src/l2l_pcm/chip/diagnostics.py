@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 from l2l_pcm.chip.chip import Chip, ChipConfig
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
+from l2l_pcm.plotting import pyplot, save_figure
 
 DEFAULT_GRID_uS = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
 READ_CHECK_TIME_S = 3600.0
@@ -120,13 +120,7 @@ def drift_demo(key: jax.Array, shape=(256, 128), weight_std: float = 0.3, times_
 
 def plot_drift_demo(result: DriftDemoResult, path: str | Path) -> Path:
     """Weight error (mean ± std over devices) against time since programming, log time axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from l2l_pcm._io import atomic_write_bytes
-
+    plt = pyplot()
     times = np.asarray(result.times_s)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for mean, std, label, color in (
@@ -144,7 +138,4 @@ def plot_drift_demo(result: DriftDemoResult, path: str | Path) -> Path:
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path)

@@ -7,9 +7,11 @@ noise as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from l2l_pcm.fewshot.model import init_params
 from l2l_pcm.pcm import PCMDevice
 
 CHECKPOINT_KIND = "fewshot-maml"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "fewshot_omniglot_5way5shot.safetensors"
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 METRIC_FIELDS = ("iteration", "seconds", "train_loss", "train_accuracy", "val_accuracy", "val_ci95")
@@ -105,8 +108,11 @@ def train(
     start, rows, best, elapsed = 0, [], -1.0, 0.0
     if resume and (out_dir / LAST).exists():
         params, saved_config, meta, opt_state = load_fewshot_checkpoint(out_dir / LAST, with_optimizer=True)
-        if saved_config != config:
-            raise CheckpointError(f"{out_dir / LAST} was trained with another config; start a new --out folder")
+        if dataclasses.replace(saved_config, iterations=config.iterations) != config:
+            raise CheckpointError(
+                f"{out_dir / LAST} was trained with another config (only --iterations may change on resume); "
+                "start a new --out folder"
+            )
         start, rows, best, elapsed = meta["iteration"], meta["metrics"], meta["best_val_accuracy"], meta["seconds"]
 
     def checkpoint(iteration: int, path: str) -> None:
@@ -154,7 +160,9 @@ def train(
                     "val_ci95": val_ci,
                 }
             )
-            bar.write(f"it {done}: val accuracy {100 * val_acc:.2f} ± {100 * val_ci:.2f} % ({elapsed / 60:.1f} min)")
+            message = f"it {done}: val accuracy {100 * val_acc:.2f} ± {100 * val_ci:.2f} % ({elapsed / 60:.1f} min)"
+            bar.write(message)
+            sys.stdout.flush()
             if val_acc > best:
                 best = val_acc
                 checkpoint(done, BEST)

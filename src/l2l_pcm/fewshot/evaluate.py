@@ -1,0 +1,195 @@
+"""Meta-test evaluation on unseen Omniglot tasks (evaluation alphabets), in software or on the chip, and plots.
+
+Both backends draw the same tasks for the same seed, so their accuracies are a paired comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from l2l_pcm.chip import ChipConfig
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler
+from l2l_pcm.fewshot.deploy import ChipFewShotLearner
+from l2l_pcm.fewshot.maml import VARIANTS, MAMLConfig, evaluate_batch
+from l2l_pcm.fewshot.train import mean_ci95
+from l2l_pcm.pcm import PCMDevice
+from l2l_pcm.plotting import pyplot, save_figure
+
+TASK_BATCH = 50
+
+
+def _task_batches(images: OmniglotImages, config: MAMLConfig, tasks: int, queries: int, seed: int):
+    if tasks < 1:
+        raise ConfigError(f"number of tasks must be >= 1, got {tasks}")
+    sampler = TaskSampler(images, config.ways, config.shots, queries, augment_rotations=False)
+    for start in range(0, tasks, TASK_BATCH):
+        yield start, sampler.sample(seed * 7_919 + start, min(TASK_BATCH, tasks - start))
+
+
+def _summary(backend: str, config: MAMLConfig, per_step: np.ndarray, queries: int, **extra) -> dict:
+    final_mean, final_ci = mean_ci95(per_step[:, -1])
+    return {
+        "backend": backend,
+        "ways": config.ways,
+        "shots": config.shots,
+        "queries": queries,
+        "tasks": int(per_step.shape[0]),
+        "inner_steps": config.inner_steps,
+        "accuracy_mean": final_mean,
+        "accuracy_ci95": final_ci,
+        "accuracy_per_step": per_step.mean(axis=0).tolist(),
+        "accuracy_per_step_ci95": [mean_ci95(per_step[:, k])[1] for k in range(per_step.shape[1])],
+        **extra,
+    }
+
+
+def evaluate_software(
+    params,
+    config: MAMLConfig,
+    images: OmniglotImages,
+    tasks: int,
+    precision: str = "fp32",
+    queries: int = 15,
+    seed: int = 0,
+    device: PCMDevice | None = None,
+) -> dict:
+    """Accuracy per inner step in software; ``precision`` is "fp32", "4bit" or "pcm" (software PCM model)."""
+    if precision not in VARIANTS:
+        raise ConfigError(f"precision must be one of {VARIANTS}, got {precision!r}")
+    config = dataclasses.replace(config, variant=precision)
+    device = device or PCMDevice()
+    per_step = []
+    for start, batch in _task_batches(images, config, tasks, queries, seed):
+        per_step.append(np.asarray(evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config, device)))
+    per_step = np.concatenate(per_step)
+    return _summary(
+        "software",
+        config,
+        per_step,
+        queries,
+        precision=precision,
+        devices_reprogrammed_mean=None,
+        devices_reprogrammed_max=None,
+        devices_reprogrammed_fraction=None,
+    )
+
+
+def evaluate_chip(
+    params,
+    config: MAMLConfig,
+    images: OmniglotImages,
+    tasks: int,
+    queries: int = 15,
+    seed: int = 0,
+    chip_config: ChipConfig | None = None,
+    time_since_programming_s: float | None = None,
+    progress: bool = False,
+) -> dict:
+    """Accuracy per inner step with the network deployed on the emulated chip (see :mod:`.deploy`)."""
+    from tqdm.auto import tqdm
+
+    learner = ChipFewShotLearner(
+        params, config, jax.random.PRNGKey(10_000 + seed), chip_config, time_since_programming_s
+    )
+    per_step, devices, unique, energy = [], [], [], []
+    bar = tqdm(total=tasks, desc="chip tasks", unit="task", disable=not progress)
+    for start, (sx, sy, qx, qy) in _task_batches(images, config, tasks, queries, seed):
+        for i in range(sx.shape[0]):
+            result = learner.adapt(sx[i], sy[i], qx[i], qy[i], jax.random.PRNGKey(seed * 100_003 + start + i))
+            per_step.append(result.accuracy_per_step)
+            devices.append(result.devices_reprogrammed)
+            unique.append(result.unique_devices_reprogrammed)
+            energy.append(result.energy_pJ)
+            bar.update()
+    bar.close()
+    devices = np.asarray(devices)
+    total = learner.readout_devices
+    return _summary(
+        "chip",
+        config,
+        np.stack(per_step),
+        queries,
+        time_since_programming_s=learner.chip.now_s if time_since_programming_s is None else time_since_programming_s,
+        readout_devices=total,
+        devices_reprogrammed_mean=float(devices.mean()),
+        devices_reprogrammed_max=int(devices.max()),
+        devices_reprogrammed_fraction=float(devices.mean() / total),
+        unique_devices_reprogrammed_fraction=float(np.mean(unique) / total),
+        energy_estimate_pJ_per_adaptation=float(np.mean(energy)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def plot_inner_step_curves(results: dict[str, dict], path) -> Path:
+    """Query accuracy vs inner step for several backends on one figure (the paper's Fig. 2h)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
+    for label, result in results.items():
+        mean = 100 * np.asarray(result["accuracy_per_step"])
+        ci = 100 * np.asarray(result["accuracy_per_step_ci95"])
+        steps = np.arange(len(mean))
+        ax.errorbar(steps, mean, yerr=ci, marker="o", capsize=3, label=f"{label}: {mean[-1]:.1f} %")
+    ax.set_xlabel("inner-loop update")
+    ax.set_ylabel("query accuracy (%)")
+    first = next(iter(results.values()))
+    ax.set_title(f"{first['ways']}-way {first['shots']}-shot Omniglot, {first['tasks']} unseen tasks (95 % CI)")
+    ax.set_xticks(np.arange(len(first["accuracy_per_step"])))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_training_curves(metrics: list[dict], path) -> Path:
+    """Training loss and accuracy (smoothed) and validation accuracy against outer iterations."""
+    plt = pyplot()
+    it = np.asarray([row["iteration"] for row in metrics])
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
+    ax_loss.plot(it, [row["train_loss"] for row in metrics], marker=".")
+    ax_loss.set_xlabel("outer iteration")
+    ax_loss.set_ylabel("query loss (training, smoothed)")
+    ax_loss.grid(alpha=0.3)
+    ax_acc.plot(it, [100 * row["train_accuracy"] for row in metrics], marker=".", label="training tasks")
+    val = np.asarray([row["val_accuracy"] for row in metrics]) * 100
+    ci = np.asarray([row["val_ci95"] for row in metrics]) * 100
+    ax_acc.errorbar(it, val, yerr=ci, marker="o", capsize=3, label="validation alphabets")
+    ax_acc.set_xlabel("outer iteration")
+    ax_acc.set_ylabel("query accuracy after adaptation (%)")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend(loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_example_task(support_x, support_y, query_x, query_y, predictions, path, ways: int) -> Path:
+    """Support images by class (one row each), then query images marked green (right) or red (wrong)."""
+    plt = pyplot()
+    support_x, query_x = np.asarray(support_x)[..., 0], np.asarray(query_x)[..., 0]
+    shots = len(support_y) // ways
+    show_queries = min(len(query_y) // ways, 5)
+    fig, axes = plt.subplots(ways, shots + show_queries, figsize=(1.1 * (shots + show_queries), 1.15 * ways), dpi=110)
+    for label in range(ways):
+        support = support_x[np.asarray(support_y) == label]
+        queries = np.flatnonzero(np.asarray(query_y) == label)[:show_queries]
+        for j in range(shots):
+            axes[label, j].imshow(1 - support[j], cmap="gray", vmin=0, vmax=1)
+        for j, q in enumerate(queries):
+            ax = axes[label, shots + j]
+            ax.imshow(1 - query_x[q], cmap="gray", vmin=0, vmax=1)
+            right = int(predictions[q]) == label
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:green" if right else "tab:red")
+                spine.set_linewidth(3)
+            ax.set_title(f"→ {int(predictions[q])}", fontsize=7, color="tab:green" if right else "tab:red")
+        axes[label, 0].set_ylabel(f"class {label}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("support (left) and query predictions after on-chip adaptation (right)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,215 @@
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SHARED, needs_shared
+
+from l2l_pcm.chip import ChipConfig
+from l2l_pcm.cli import main
+from l2l_pcm.errors import CheckpointError, ConfigError, L2LPCMError
+from l2l_pcm.fewshot import train as train_module
+from l2l_pcm.fewshot.data import TaskSampler
+from l2l_pcm.fewshot.deploy import ChipFewShotLearner
+from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, train_step
+from l2l_pcm.fewshot.model import CNNConfig, cross_entropy, embed, init_params, readout_gradient, software_conv
+from l2l_pcm.fewshot.train import load_fewshot_checkpoint, save_fewshot_checkpoint
+from l2l_pcm.pcm import PCMDevice
+
+TINY = MAMLConfig(
+    channels=8, meta_batch=2, iterations=4, validate_every=2, validation_tasks=2, checkpoint_every=2, queries=2
+)
+
+
+def random_task(key, ways=5, shots=5, queries=2):
+    k1, k2 = jax.random.split(key)
+    support = (jax.random.uniform(k1, (ways * shots, 28, 28, 1)) < 0.1).astype(jnp.float32)
+    query = (jax.random.uniform(k2, (ways * queries, 28, 28, 1)) < 0.1).astype(jnp.float32)
+    return support, jnp.repeat(jnp.arange(ways), shots), query, jnp.repeat(jnp.arange(ways), queries)
+
+
+def test_query_images_do_not_influence_each_other(key):
+    params = init_params(key, CNNConfig(channels=8))
+    sx, _, qx, _ = random_task(key)
+
+    def conv(i, x):
+        return software_conv(params[f"conv{i + 1}"], x)
+
+    _, f_query = embed(conv, sx, qx)
+    _, f_changed = embed(conv, sx, qx.at[0].set(1.0 - qx[0]))
+    np.testing.assert_allclose(f_query[1:], f_changed[1:], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(f_query[0], f_changed[0])
+
+
+def test_readout_gradient_is_the_cross_entropy_gradient(key):
+    features = jax.random.normal(key, (25, 8))
+    w = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), (8, 5))
+    labels = jnp.repeat(jnp.arange(5), 5)
+    expected = jax.grad(lambda v: cross_entropy(features @ v, labels))(w)
+    np.testing.assert_allclose(readout_gradient(features, features @ w, labels), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "4bit", "pcm"])
+def test_meta_training_reduces_the_loss_on_a_fixed_batch(key, variant):
+    config = dataclasses.replace(TINY, variant=variant, meta_batch=2, outer_lr=3e-3)
+    params = init_params(key, config.cnn)
+    opt_state = make_optimizer(config).init(params)
+    tasks = [random_task(jax.random.fold_in(key, i)) for i in range(2)]
+    batch = tuple(jnp.stack(parts) for parts in zip(*tasks, strict=True))
+    losses = []
+    for step in range(15):
+        params, opt_state, loss, accuracies = train_step(
+            params, opt_state, batch, jax.random.PRNGKey(step), config, PCMDevice()
+        )
+        losses.append(float(loss))
+        assert accuracies.shape == (config.inner_steps + 1,)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert all(float(jnp.max(jnp.abs(w))) <= 1.0 for w in jax.tree_util.tree_leaves(params))
+
+
+def test_chip_with_noise_off_matches_software(key):
+    """Same tasks, noiseless devices, a 2^-20 update grid: the chip's inner loop equals software fp32."""
+    config = dataclasses.replace(TINY, channels=16)
+    params = init_params(key, config.cnn)
+    params["readout"] = 0.2 * jax.random.normal(key, params["readout"].shape)
+    chip_config = ChipConfig(device=PCMDevice().noiseless(), update_step=2.0**-20)
+    learner = ChipFewShotLearner(params, config, key, chip_config, time_since_programming_s=3600.0)
+    for i in range(3):
+        sx, sy, qx, qy = random_task(jax.random.fold_in(key, 10 + i))
+        f_s_chip, f_q_chip = learner.features(sx, qx, key)
+        f_s, f_q = embed(lambda layer, x: software_conv(params[f"conv{layer + 1}"], x), sx, qx)
+        np.testing.assert_allclose(f_s_chip, f_s, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(f_q_chip, f_q, rtol=1e-4, atol=1e-4)
+        chip_result = learner.adapt(sx, sy, qx, qy, key)
+        batch = tuple(a[None] for a in (sx, sy, qx, qy))
+        software = np.asarray(evaluate_batch(params, batch, key, config, PCMDevice()))[0]
+        np.testing.assert_allclose(chip_result.accuracy_per_step, software, atol=1e-6)
+        assert chip_result.devices_reprogrammed > 0
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path, key):
+    params = init_params(key, TINY.cnn)
+    path = save_fewshot_checkpoint(tmp_path / "ckpt.safetensors", params, TINY, {"note": 1})
+    loaded, config, meta = load_fewshot_checkpoint(path)
+    assert config == TINY and meta["note"] == 1
+    for name in params:
+        np.testing.assert_array_equal(loaded[name], params[name])
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        load_fewshot_checkpoint(tmp_path / "cut.safetensors")
+    # another model size under the same config name: shapes disagree
+    bigger = init_params(key, CNNConfig(channels=12))
+    from l2l_pcm.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "other.safetensors", "fewshot-maml", {"params": bigger}, {"config": TINY.to_json()})
+    with pytest.raises(CheckpointError, match="shape"):
+        load_fewshot_checkpoint(tmp_path / "other.safetensors")
+    save_checkpoint(tmp_path / "robot.safetensors", "robot-l2l", {"params": bigger}, {})
+    with pytest.raises(CheckpointError, match="expected 'fewshot-maml'"):
+        load_fewshot_checkpoint(tmp_path / "robot.safetensors")
+
+
+def test_impossible_configs_are_rejected():
+    with pytest.raises(ConfigError, match="exceeds the 20 drawings"):
+        MAMLConfig(shots=15, queries=10)
+    with pytest.raises(ConfigError, match="variant"):
+        MAMLConfig(variant="8bit")
+    with pytest.raises(ConfigError, match="inner_lr"):
+        MAMLConfig(inner_lr=float("nan"))
+    with pytest.raises(ConfigError, match="meta_batch"):
+        MAMLConfig(meta_batch=0)
+
+
+@needs_shared
+def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
+    straight = tmp_path / "straight"
+    train_module.train(TINY, straight, data_dir=SHARED, progress=False)
+    interrupted = tmp_path / "interrupted"
+    train_module.train(dataclasses.replace(TINY, iterations=2), interrupted, data_dir=SHARED, progress=False)
+    with pytest.raises(CheckpointError, match="another config"):
+        train_module.train(dataclasses.replace(TINY, seed=5), interrupted, data_dir=SHARED, resume=True, progress=False)
+    _, _, meta = load_fewshot_checkpoint(interrupted / "last.safetensors")
+    assert meta["iteration"] == 2
+    train_module.train(TINY, interrupted, data_dir=SHARED, resume=True, progress=False)  # continue to 4
+    a, _, _ = load_fewshot_checkpoint(straight / "last.safetensors")
+    b, _, _ = load_fewshot_checkpoint(interrupted / "last.safetensors")
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-7)
+    rows = json.loads((interrupted / "metrics.json").read_text())
+    assert [row["iteration"] for row in rows] == [2, 4]
+
+
+@needs_shared
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = train_module.train_step
+    calls = {"n": 0}
+
+    def flaky(params, opt_state, batch, key, config, device):
+        calls["n"] += 1
+        params, opt_state, loss, accuracies = original(params, opt_state, batch, key, config, device)
+        return params, opt_state, (loss * jnp.nan if calls["n"] == 3 else loss), accuracies
+
+    monkeypatch.setattr(train_module, "train_step", flaky)
+    with pytest.raises(L2LPCMError, match="iteration 3.*last good checkpoint.*iteration 2"):
+        train_module.train(TINY, tmp_path, data_dir=SHARED, progress=False)
+    _, _, meta = load_fewshot_checkpoint(tmp_path / "last.safetensors")
+    assert meta["iteration"] == 2
+
+
+@needs_shared
+def test_cli_eval_json_on_both_backends(tmp_path, capsys):
+    params = init_params(jax.random.PRNGKey(0), TINY.cnn)
+    path = save_fewshot_checkpoint(tmp_path / "tiny.safetensors", params, TINY)
+    outputs = {}
+    for backend in ("software", "chip"):
+        code = main(
+            [
+                "fewshot",
+                "eval",
+                "--checkpoint",
+                str(path),
+                "--backend",
+                backend,
+                "--tasks",
+                "3",
+                "--queries",
+                "2",
+                "--json",
+                "--data-dir",
+                str(SHARED),
+            ]
+        )
+        assert code == 0
+        outputs[backend] = json.loads(capsys.readouterr().out)
+    keys = {
+        "backend",
+        "ways",
+        "shots",
+        "tasks",
+        "accuracy_mean",
+        "accuracy_ci95",
+        "accuracy_per_step",
+        "devices_reprogrammed_mean",
+        "devices_reprogrammed_fraction",
+    }
+    for backend, result in outputs.items():
+        assert keys <= set(result) and result["backend"] == backend and result["tasks"] == 3
+        assert len(result["accuracy_per_step"]) == 5
+    assert outputs["chip"]["devices_reprogrammed_fraction"] > 0
+
+
+def test_cli_eval_bad_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["fewshot", "eval", "--checkpoint", str(bad), "--tasks", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "bad.safetensors" in err
+
+
+def test_task_sampler_refuses_impossible_requests():
+    images = np.zeros((4, 20, 28, 28), np.float32)
+    with pytest.raises(ConfigError):
+        TaskSampler(images, ways=5, shots=1, queries=1)
