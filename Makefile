@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/l2l-pcm chip demo --out outputs
+	$(BIN)/l2l-pcm fewshot demo --tasks 200 --out outputs
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -24,6 +25,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/chip_mvm.py
+	$(BIN)/python benchmarks/fewshot_train.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

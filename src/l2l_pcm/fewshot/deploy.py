@@ -12,8 +12,8 @@ programmed chip):
 2. each of the ``inner_steps`` updates reads the readout on the chip for the support features, forms
    the gradient digitally as the outer product of penultimate activations and output errors
    F^T(softmax − Y)/N (no backpropagation through the chip), and writes −lr·gradient with
-   :meth:`Chip.reprogram`: stochastic rounding to 1/16, only devices whose update is non-zero are
-   re-programmed;
+   :meth:`Chip.reprogram`: rounding to 1/16 as ``MAMLConfig.update_rounding`` says, only devices
+   whose update is non-zero are re-programmed;
 3. query accuracy is read after every step (step 0 = before any update).
 """
 
@@ -95,7 +95,7 @@ class ChipFewShotLearner:
                 break
             logits = self.chip.mvm(READOUT, f_support, key_support)
             update = -self.config.inner_lr * readout_gradient(f_support, logits, jnp.asarray(support_y))
-            report = self.chip.reprogram(READOUT, update, key_update, rounding="stochastic")
+            report = self.chip.reprogram(READOUT, update, key_update, rounding=self.config.update_rounding)
             touched |= report.touched
             devices += report.devices_touched
             energy_pJ += report.energy_pJ

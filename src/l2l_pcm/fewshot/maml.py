@@ -56,6 +56,9 @@ class MAMLConfig:
     variant: str = "fp32"
     weight_bits: int = 4
     update_step: float = 1.0 / 16
+    update_rounding: str = "stochastic"
+    """How inner updates are rounded to ``update_step`` (pcm variant and chip): "stochastic" (unbiased,
+    the authors' few-shot choice) or "nearest" (updates below half a step are dropped: fewer devices)."""
     time_since_programming_s: float = 3600.0
     iterations: int = 3000
     validate_every: int = 250
@@ -91,6 +94,8 @@ class MAMLConfig:
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(self.time_since_programming_s) and self.time_since_programming_s >= 0):
             raise ConfigError(f"time_since_programming_s must be >= 0, got {self.time_since_programming_s!r}")
+        if self.update_rounding not in ("stochastic", "nearest"):
+            raise ConfigError(f"update_rounding must be 'stochastic' or 'nearest', got {self.update_rounding!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
 
@@ -123,7 +128,7 @@ def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) 
     """One inner SGD step on the readout, written as the variant's hardware would store it."""
     step = -config.inner_lr * gradient
     if config.variant == "pcm":
-        step = quantize(step, config.update_step, key)
+        step = quantize(step, config.update_step, key if config.update_rounding == "stochastic" else None)
         return jnp.clip(readout + step, -device.w_max, device.w_max)
     if config.variant == "4bit":
         return quantize_weights(readout + step, config.weight_bits, device.w_max, key)

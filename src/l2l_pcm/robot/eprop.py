@@ -1,0 +1,278 @@
+r"""Natural e-prop: the one-shot inner loop of the robot scenario (paper.md §5, Scherr et al. 2020).
+
+A trainee SNN adapts its input and recurrent weights to a new target trajectory with a single
+update, whose learning signals come from a second, meta-learned SNN (the learning-signal generator,
+LSG) that sees the target:
+
+1. trainee pass 1 with the initial weights (clock input), recording spikes :math:`z` and
+   pseudo-derivatives :math:`\psi`;
+2. LSG pass on (clock, spike-coded target xyz) → learning signals :math:`L_j(t)`, one per trainee neuron;
+3. low-pass presynaptic traces of the inputs that entered each step's crossbar read,
+   :math:`\bar e^{in}_i(t) = \alpha \bar e^{in}_i(t-1) + x_i(t)`,
+   :math:`\bar e^{rec}_i(t) = \alpha \bar e^{rec}_i(t-1) + z_i(t-1)`; the eligibility trace is
+   :math:`e_{ij}(t) = \psi_j(t)\,\bar e_i(t)`;
+4. :math:`\Delta W_{ij} = -\eta \sum_t L_j(t)\,\psi_j(t)\,\bar e_i(t)` for ``W_stack = [W_in; W_rec]``
+   (the diagonal of the recurrent part stays zero);
+5. the update is written (quantized, clipped; on hardware: re-programmed) by an ``update_fn``, and
+   the memory that holds ``W_stack`` (software, PCM model or chip) says what pass 2 reads;
+6. trainee pass 2 with the per-task weights → the trajectory after learning.
+
+Step 4 never materialises :math:`e_{ij}(t)` (``[B, T, 255, 250]``, 5.7 GB at B = 90): the sum over
+time is one contraction ``einsum('bti,btj->bij', traces, L * psi)``.
+
+Two small interfaces make the inner loop composable (Optax style):
+
+* ``update_fn(w_stack, delta_w, key) -> WeightUpdate``: how an update is written, e.g.
+  :func:`software_update` (round to multiples of 1/16, clip to ±w_max, straight-through gradients);
+* :class:`WeightMemory`: how ``W_stack`` is stored and read, before and after the update:
+  :func:`software_memory` (exact), :func:`pcm_memory` (statistical PCM model for hardware-aware
+  meta-training), or a chip-backed memory built by the evaluation code from
+  :class:`l2l_pcm.chip.Chip` (read statistics before, ``reprogram`` per task after).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from l2l_pcm.chip.crossbar import WeightStatistics
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.pcm import PCMDevice, quantize
+from l2l_pcm.robot.snn import (
+    SNNConfig,
+    SNNRecord,
+    leaky_integrate,
+    readout,
+    recurrent_mask,
+    run_snn,
+    software_statistics,
+    stack_weights,
+)
+
+__all__ = [
+    "WeightUpdate",
+    "UpdateFn",
+    "WeightMemory",
+    "SNNWeights",
+    "EpropResult",
+    "clip_straight_through",
+    "presynaptic_traces",
+    "eprop_delta",
+    "software_update",
+    "software_memory",
+    "pcm_memory",
+    "learning_signals",
+    "natural_eprop",
+]
+
+
+class WeightUpdate(NamedTuple):
+    """An update as written: per-task weights and what was actually added."""
+
+    weights: jax.Array
+    """``[B, n_in + n_rec, n_rec]`` target weights after the update."""
+    applied: jax.Array
+    """``[B, n_in + n_rec, n_rec]`` the update as written (quantized); zero = device untouched."""
+    n_nonzero: jax.Array
+    """``[B]`` number of non-zero entries of ``applied`` (a proxy for PCM devices touched)."""
+
+
+UpdateFn = Callable[[jax.Array, jax.Array, jax.Array], WeightUpdate]
+"""``update_fn(w_stack [n, m], delta_w [B, n, m], key) -> WeightUpdate``."""
+
+
+class WeightMemory(NamedTuple):
+    """Where the trainee's ``W_stack`` lives and what a crossbar read of it returns.
+
+    ``read_initial(w_stack [n, m], key) -> WeightStatistics`` ([n, m]: one array for all tasks) for
+    pass 1; ``read_updated(previous_stats, update: WeightUpdate, key) -> WeightStatistics``
+    ([B, n, m]) for pass 2, given what pass 1 read (devices that the update does not touch keep
+    their state).
+    """
+
+    read_initial: Callable[[jax.Array, jax.Array], WeightStatistics]
+    read_updated: Callable[[WeightStatistics, WeightUpdate, jax.Array], WeightStatistics]
+
+
+class SNNWeights(NamedTuple):
+    """Weights of one network: input ``[n_in, n_rec]``, recurrent ``[n_rec, n_rec]``, readout ``[n_rec, n_out]``."""
+
+    w_in: jax.Array
+    w_rec: jax.Array
+    w_out: jax.Array
+
+
+class EpropResult(NamedTuple):
+    """Everything the inner loop produced; ``B`` = tasks, ``b`` = 1 when pass 1 is shared by all tasks."""
+
+    before: SNNRecord
+    """Trainee pass 1, ``[b, T, n_rec]``."""
+    after: SNNRecord
+    """Trainee pass 2, ``[B, T, n_rec]``."""
+    output_before: jax.Array
+    """Trainee readout in pass 1, ``[b, T, n_out]``."""
+    output_after: jax.Array
+    """Trainee readout in pass 2, ``[B, T, n_out]``."""
+    lsg_spikes: jax.Array
+    """``[B, T, n_lsg]``."""
+    learning_signals: jax.Array
+    """``[B, T, n_rec]``."""
+    delta_w: jax.Array
+    """``[B, n_in + n_rec, n_rec]`` the e-prop update before it is written."""
+    update: WeightUpdate
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def clip_straight_through(weights: jax.Array, w_max: float) -> jax.Array:
+    """Clip to ±w_max in the forward pass, identity in the backward pass (as the PCM model does)."""
+    return weights + jax.lax.stop_gradient(jnp.clip(weights, -w_max, w_max) - weights)
+
+
+def presynaptic_traces(inputs: jax.Array, z: jax.Array, alpha: float) -> jax.Array:
+    """``[b, T, n_in + n_rec]``: leaky traces of ``concat([x(t), z(t-1)])``, the vector each step reads
+    through ``W_stack`` (``z(-1) = 0``)."""
+    z_previous = jnp.pad(z[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    batch = z.shape[0]
+    x = jnp.broadcast_to(inputs, (batch,) + inputs.shape[1:]).astype(z.dtype)
+    return leaky_integrate(jnp.concatenate([x, z_previous], axis=-1), alpha)
+
+
+def eprop_delta(
+    traces: jax.Array, psi: jax.Array, learning_signal: jax.Array, eta: float, mask: jax.Array
+) -> jax.Array:
+    """``ΔW_ij = -eta · sum_t L_j(t) psi_j(t) ē_i(t)`` per task, times ``mask`` (no self-connections).
+
+    ``traces [b, T, n_pre]`` and ``psi [b, T, n_post]`` may have ``b = 1`` (pass 1 shared by all tasks),
+    ``learning_signal`` is ``[B, T, n_post]``. Returns ``[B, n_pre, n_post]``.
+    """
+    modulated = learning_signal * psi
+    if traces.shape[0] == 1:
+        delta = jnp.einsum("ti,btj->bij", traces[0], modulated)
+    else:
+        delta = jnp.einsum("bti,btj->bij", traces, modulated)
+    return -eta * delta * mask
+
+
+def software_update(quantize_step: float | None = 1.0 / 16, w_max: float = 1.0) -> UpdateFn:
+    """Write an update the way the chip does, in software.
+
+    ``ΔW_q = round(ΔW / step)·step`` (deterministic rounding, the authors' robot update; skipped if
+    ``quantize_step`` is None), ``W' = clip(W + ΔW_q, ±w_max)``; rounding and clipping are
+    straight-through so the meta-gradient reaches the LSG even when most ``ΔW_q`` are zero.
+    """
+    if quantize_step is not None and not quantize_step > 0:
+        raise ConfigError(f"quantize_step must be > 0 or None, got {quantize_step!r}")
+    if not w_max > 0:
+        raise ConfigError(f"w_max must be > 0, got {w_max!r}")
+
+    def update(w_stack: jax.Array, delta_w: jax.Array, key: jax.Array | None = None) -> WeightUpdate:
+        del key  # deterministic rounding
+        applied = delta_w if quantize_step is None else quantize(delta_w, quantize_step)
+        weights = clip_straight_through(w_stack + applied, w_max)
+        n_nonzero = jnp.sum(jax.lax.stop_gradient(applied) != 0, axis=(-2, -1))
+        return WeightUpdate(weights, applied, n_nonzero)
+
+    return update
+
+
+def software_memory() -> WeightMemory:
+    """Exact weights, no read noise: the software model the meta-training runs on by default."""
+    return WeightMemory(
+        read_initial=lambda w_stack, key: software_statistics(w_stack),
+        read_updated=lambda previous, update, key: software_statistics(update.weights),
+    )
+
+
+def pcm_memory(device: PCMDevice, time_since_programming_s: float, mask: jax.Array | None = None) -> WeightMemory:
+    """Statistical PCM model of the crossbar, for hardware-aware meta-training (straight-through).
+
+    Pass 1 reads :meth:`PCMDevice.noisy_weights` of the initial weights (programming noise, drift to
+    ``time_since_programming_s`` and one read-noise draw, shared by all tasks: one programmed chip).
+    After the update only the devices whose quantized update is non-zero are re-programmed
+    (fresh programming noise and drift); all others return exactly what pass 1 read, as on the chip.
+    ``mask`` (e.g. :func:`recurrent_mask`) keeps absent synapses at zero.
+    """
+
+    def masked(weights: jax.Array) -> jax.Array:
+        return weights if mask is None else weights * mask
+
+    def read_initial(w_stack: jax.Array, key: jax.Array) -> WeightStatistics:
+        return software_statistics(masked(device.noisy_weights(key, w_stack, time_since_programming_s)))
+
+    def read_updated(previous: WeightStatistics, update: WeightUpdate, key: jax.Array) -> WeightStatistics:
+        fresh = masked(device.noisy_weights(key, update.weights, time_since_programming_s))
+        return software_statistics(jnp.where(update.applied != 0, fresh, previous.mean))
+
+    return WeightMemory(read_initial, read_updated)
+
+
+# ----------------------------------------------------------------------------------------- inner loop
+def learning_signals(p: SNNConfig, weights: SNNWeights, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Run the LSG (software, exact weights) on ``inputs [B, T, n_in]``; returns (spikes, L ``[B, T, n_out]``)."""
+    stats = software_statistics(stack_weights(weights.w_in, weights.w_rec))
+    record = run_snn(p, inputs, stats)
+    return record.z, readout(p, record.z, weights.w_out)
+
+
+def natural_eprop(
+    trainee: SNNConfig,
+    lsg: SNNConfig,
+    trainee_weights: SNNWeights,
+    lsg_weights: SNNWeights,
+    clock: jax.Array,
+    lsg_inputs: jax.Array,
+    key: jax.Array,
+    *,
+    eta: float = 1e-4,
+    w_max: float = 1.0,
+    update_fn: UpdateFn | None = None,
+    memory: WeightMemory | None = None,
+    read_key: jax.Array | None = None,
+    read_noise_mode: str = "per_read",
+) -> EpropResult:
+    """The inner loop (steps 1-6 of the module docstring) for a batch of ``B`` tasks.
+
+    ``clock [T, n_in]`` is the trainee input (the same for every task), ``lsg_inputs [B, T, n_in_lsg]``
+    the LSG input. ``W_stack`` is clipped to ±w_max (straight-through) before it is stored.
+    ``update_fn`` defaults to ``software_update(1/16, w_max)``, ``memory`` to :func:`software_memory`.
+    ``key`` drives the update and the memory (programming noise); ``read_key`` (None = no read noise)
+    the per-read noise of :func:`l2l_pcm.chip.analog_matmul` in both trainee passes. Pass 1 runs once
+    for all tasks when it is deterministic (shared weights, no read noise).
+    """
+    if lsg.n_out != trainee.n_rec:
+        raise ConfigError(f"LSG n_out ({lsg.n_out}) must equal the trainee's n_rec ({trainee.n_rec})")
+    update_fn = software_update(w_max=w_max) if update_fn is None else update_fn
+    memory = software_memory() if memory is None else memory
+    batch, n_steps = lsg_inputs.shape[:2]
+    key_before, key_update, key_after = jax.random.split(key, 3)
+    read_before, read_after = (None, None) if read_key is None else tuple(jax.random.split(read_key))
+
+    w_stack = clip_straight_through(stack_weights(trainee_weights.w_in, trainee_weights.w_rec), w_max)
+    stats_before = memory.read_initial(w_stack, key_before)
+    shared = stats_before.mean.ndim == 2 and read_before is None
+    clock_batch = jnp.broadcast_to(clock, (1 if shared else batch,) + clock.shape)
+    before = run_snn(trainee, clock_batch, stats_before, read_before, read_noise_mode)
+
+    lsg_spikes, signal = learning_signals(lsg, lsg_weights, lsg_inputs)
+    traces = presynaptic_traces(clock_batch, before.z, trainee.alpha)
+    mask = recurrent_mask(trainee, w_stack.dtype)
+    delta_w = eprop_delta(traces, before.psi, signal, eta, mask)
+
+    update = update_fn(w_stack, delta_w, key_update)
+    stats_after = memory.read_updated(stats_before, update, key_after)
+    clock_all = jnp.broadcast_to(clock, (batch,) + clock.shape)
+    after = run_snn(trainee, clock_all, stats_after, read_after, read_noise_mode)
+
+    return EpropResult(
+        before=before,
+        after=after,
+        output_before=readout(trainee, before.z, trainee_weights.w_out),
+        output_after=readout(trainee, after.z, trainee_weights.w_out),
+        lsg_spikes=lsg_spikes,
+        learning_signals=signal,
+        delta_w=delta_w,
+        update=update,
+    )

@@ -1,0 +1,143 @@
+"""The meta-training loop shared by both scenarios.
+
+Progress bar, validation every N iterations, metrics as CSV and JSON, atomic checkpoints
+(``last.safetensors`` every N iterations, ``best.safetensors`` on a better validation score), resume,
+and a NaN/inf guard that stops and keeps the last good checkpoint. A scenario supplies a
+:class:`MetaTrainer`: its pure pieces (init, one step, validation) and its config.
+
+Randomness of iteration ``i`` is derived from ``(seed, i)`` by the scenario, so a resumed run draws
+the same tasks and noise as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from l2l_pcm import _io
+from l2l_pcm.checkpoint import load_checkpoint, save_checkpoint
+from l2l_pcm.errors import CheckpointError, L2LPCMError
+
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+
+
+@dataclasses.dataclass
+class MetaTrainer:
+    """What the loop needs from a scenario."""
+
+    kind: str
+    """Checkpoint kind, e.g. "fewshot-maml"; loading a checkpoint of another kind fails clearly."""
+    config: Any
+    """A frozen dataclass with ``iterations``, ``validate_every``, ``checkpoint_every`` and ``to_json()``."""
+    init: Callable[[], tuple[Any, Any]]
+    """() -> (params, optimiser state), deterministic from the config's seed."""
+    step: Callable[[Any, Any, int], tuple[Any, Any, float, dict]]
+    """(params, opt_state, iteration) -> (params, opt_state, loss, {metric: value})."""
+    validate: Callable[[Any], dict]
+    """params -> validation metrics, including "score" (higher is better)."""
+    score_name: str = "score"
+
+
+def checkpoint_config(path, kind: str, config_from_json: Callable[[dict], Any]):
+    """Read only the config of a checkpoint (to build templates before loading tensors)."""
+    _, metadata = _io.load_tensors(path, kind=kind)
+    try:
+        return config_from_json(metadata["config"]), metadata
+    except (KeyError, TypeError, L2LPCMError) as exc:
+        raise CheckpointError(f"{path}: unusable {kind} config ({exc})") from None
+
+
+def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _io.atomic_write_text(out_dir / "metrics.csv", buffer.getvalue())
+    _io.atomic_write_text(out_dir / "metrics.json", json.dumps(rows, indent=1))
+
+
+def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors`` if present."""
+    from tqdm.auto import tqdm
+
+    config = trainer.config
+    out_dir = Path(out_dir)
+    params, opt_state = trainer.init()
+    start, rows, best, elapsed = 0, [], -math.inf, 0.0
+    if resume and (out_dir / LAST).exists():
+        trees, meta = load_checkpoint(out_dir / LAST, trainer.kind, {"params": params, "opt": opt_state})
+        saved = {**meta["config"], "iterations": config.iterations}
+        if saved != json.loads(json.dumps(config.to_json())):
+            raise CheckpointError(
+                f"{out_dir / LAST} was trained with another config (only --iterations may change on resume); "
+                "start a new --out folder"
+            )
+        params, opt_state = trees["params"], trees["opt"]
+        start, rows, best, elapsed = meta["iteration"], meta["metrics"], meta["best_score"], meta["seconds"]
+
+    def checkpoint(iteration: int, name: str) -> None:
+        metadata = {
+            "config": config.to_json(),
+            "iteration": iteration,
+            "metrics": rows,
+            "best_score": best,
+            "seconds": elapsed,
+        }
+        save_checkpoint(out_dir / name, trainer.kind, {"params": params, "opt": opt_state}, metadata)
+
+    bar = tqdm(
+        range(start, config.iterations),
+        initial=start,
+        total=config.iterations,
+        disable=not progress,
+        desc=f"{trainer.kind} train",
+        unit="it",
+    )
+    averages: dict[str, float] = {}
+    tic = time.perf_counter()
+    for iteration in bar:
+        new_params, new_opt, loss, metrics = trainer.step(params, opt_state, iteration)
+        if not math.isfinite(loss):
+            bar.close()
+            last = rows[-1]["iteration"] if rows else 0
+            raise L2LPCMError(
+                f"training loss became {loss} at iteration {iteration + 1}; stopped, last good checkpoint "
+                f"{out_dir / LAST} (iteration {last}) is kept"
+            )
+        params, opt_state = new_params, new_opt
+        for name, value in {"train_loss": loss, **metrics}.items():
+            averages[name] = value if name not in averages else 0.95 * averages[name] + 0.05 * value
+        bar.set_postfix({name: f"{value:.3g}" for name, value in list(averages.items())[:3]})
+        done = iteration + 1
+        if done % config.validate_every == 0 or done == config.iterations:
+            validation = trainer.validate(params)
+            elapsed += time.perf_counter() - tic
+            tic = time.perf_counter()
+            rows.append({"iteration": done, "seconds": round(elapsed, 1), **averages, **validation})
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in validation.items())
+            bar.write(f"it {done}: {summary} ({elapsed / 60:.1f} min)")
+            sys.stdout.flush()
+            if validation[trainer.score_name] > best:
+                best = validation[trainer.score_name]
+                checkpoint(done, BEST)
+            _write_metrics(out_dir, rows)
+        if done % config.checkpoint_every == 0 or done == config.iterations:
+            elapsed += time.perf_counter() - tic
+            tic = time.perf_counter()
+            checkpoint(done, LAST)
+    bar.close()
+    return {
+        "iterations": config.iterations,
+        "seconds": round(elapsed, 1),
+        f"best_{trainer.score_name}": best,
+        "out_dir": str(out_dir),
+    }
