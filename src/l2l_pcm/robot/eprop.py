@@ -193,6 +193,8 @@ def pcm_memory(device: PCMDevice, time_since_programming_s: float, mask: jax.Arr
     ``time_since_programming_s`` and one read-noise draw, shared by all tasks: one programmed chip).
     After the update only the devices whose quantized update is non-zero are re-programmed
     (fresh programming noise and drift); all others return exactly what pass 1 read, as on the chip.
+    Gradients are straight-through everywhere, also to the (rounded-to-zero) update of untouched
+    devices, so the LSG is trained as in the software model.
     ``mask`` (e.g. :func:`recurrent_mask`) keeps absent synapses at zero.
     """
 
@@ -204,7 +206,9 @@ def pcm_memory(device: PCMDevice, time_since_programming_s: float, mask: jax.Arr
 
     def read_updated(previous: WeightStatistics, update: WeightUpdate, key: jax.Array) -> WeightStatistics:
         fresh = masked(device.noisy_weights(key, update.weights, time_since_programming_s))
-        return software_statistics(jnp.where(update.applied != 0, fresh, previous.mean))
+        # previous + applied has the value of previous where nothing is written (applied = 0) but
+        # keeps the straight-through gradient to the update there, as the software update does
+        return software_statistics(jnp.where(update.applied != 0, fresh, previous.mean + update.applied))
 
     return WeightMemory(read_initial, read_updated)
 

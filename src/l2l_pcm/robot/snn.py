@@ -208,7 +208,7 @@ class SNNState(NamedTuple):
     refractory: jax.Array
     """Refractory counter r(t) (float, no gradient)."""
     b: jax.Array
-    """Threshold adaptation b(t) (stays zero for LIF neurons)."""
+    """Threshold adaptation b(t) (only ALIF neurons use it; stays zero in networks without ALIF)."""
 
 
 class SNNRecord(NamedTuple):
@@ -274,6 +274,7 @@ def neuron_step(state: SNNState, current: jax.Array, p: SNNConfig) -> tuple[SNNS
     return SNNState(v, z, jax.lax.stop_gradient(counter), b), psi
 
 
+@functools.partial(jax.jit, static_argnames="decay")
 def leaky_integrate(inputs: jax.Array, decay: float) -> jax.Array:
     """``out(t) = decay · out(t-1) + inputs(t)`` along axis 1 of ``[B, T, n]``, ``out(-1) = 0``.
 
@@ -342,17 +343,24 @@ def synaptic_currents(
 
 
 def _scan(
-    p: SNNConfig, mode: str, stats: WeightStatistics, xs: jax.Array, keys: jax.Array | None, offsets: jax.Array
+    p: SNNConfig,
+    mode: str,
+    stats: WeightStatistics,
+    xs: jax.Array,
+    keys: jax.Array | None,
+    offsets: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The time loop, time-major: ``xs [T, B, n_in]`` -> ``(z, psi)`` ``[T, B, n_rec]``.
 
-    ``offsets [T, B, n_rec]`` are added to the synaptic currents; they are zero in value and only
-    exist so that the backward pass can hand out ``dL/d current(t)`` (see :func:`_simulate`).
+    ``offsets [T, B, n_rec]`` (optional) are added to the synaptic currents; they are zero in value
+    and only exist so that the backward pass can hand out ``dL/d current(t)`` (see :func:`_simulate`).
     """
 
     def step(state: SNNState, inputs: tuple) -> tuple[SNNState, tuple[jax.Array, jax.Array]]:
         x, step_key, offset = inputs
-        current = synaptic_currents(jnp.concatenate([x, state.z], axis=-1), stats, step_key, mode) + offset
+        current = synaptic_currents(jnp.concatenate([x, state.z], axis=-1), stats, step_key, mode)
+        if offset is not None:
+            current = current + offset
         state, psi = neuron_step(state, current, p)
         return state, (state.z, psi)
 
@@ -373,8 +381,7 @@ def _simulate(
     shared ``[n, m]`` weights the per-step accumulation is a cheap small matmul and plain autodiff
     measured faster.) The read-noise variance is hardware data and gets no gradient.
     """
-    offsets = jnp.zeros(xs.shape[:2] + (p.n_rec,), xs.dtype)
-    return _scan(p, mode, WeightStatistics(mean, variance), xs, keys, offsets)
+    return _scan(p, mode, WeightStatistics(mean, variance), xs, keys)
 
 
 def _simulate_fwd(p, mode, mean, variance, xs, keys):
@@ -394,6 +401,7 @@ def _simulate_bwd(p, mode, residuals, cotangents):
 _simulate.defvjp(_simulate_fwd, _simulate_bwd)
 
 
+@functools.partial(jax.jit, static_argnames=("p", "mode"))
 def run_snn(
     p: SNNConfig,
     inputs: jax.Array,
@@ -405,7 +413,8 @@ def run_snn(
 
     ``stats`` describes ``W_stack`` (``[n_in + n_rec, n_rec]`` or per task ``[B, ...]``); every step
     reads it once with ``concat([x(t), z(t-1)])``. ``key`` (or None: no read noise) is split into
-    one key per step. Differentiable w.r.t. ``stats.mean`` and ``inputs``.
+    one key per step. Differentiable w.r.t. ``stats.mean`` and ``inputs``. Jitted (``p`` and
+    ``mode`` static), so eager callers such as a chip-backed evaluation compile it once per shape.
     """
     batch, n_steps, n_in = inputs.shape
     if n_in != p.n_in or stats.mean.shape[-2:] != (p.n_stack, p.n_rec):
@@ -422,7 +431,7 @@ def run_snn(
     if stats.mean.ndim == 3:
         z, psi = _simulate(p, mode, stats.mean, stats.variance, xs, keys)
     else:
-        z, psi = _scan(p, mode, stats, xs, keys, jnp.zeros(xs.shape[:2] + (p.n_rec,), xs.dtype))
+        z, psi = _scan(p, mode, stats, xs, keys)
     return SNNRecord(jnp.swapaxes(z, 0, 1), jnp.swapaxes(psi, 0, 1))
 
 
