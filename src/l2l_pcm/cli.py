@@ -168,6 +168,23 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     print("wrote: " + ", ".join(str(p) for p in paths))
 
 
+def _robot_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from l2l_pcm.robot.train import RobotTrainConfig, train
+
+    config = RobotTrainConfig.from_json(_read_json(args.config)) if args.config else RobotTrainConfig()
+    model = {name: getattr(args, name) for name in ("batch", "seed", "arm") if getattr(args, name) is not None}
+    if args.software_only:
+        model["hardware_aware"] = False
+    if model:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
+    if args.iterations is not None:
+        config = dataclasses.replace(config, iterations=args.iterations)
+    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps(summary))
+
+
 def _read_json(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -248,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(demo_fs)
     demo_fs.add_argument("--out", default="outputs", help="folder for plots and results (default: outputs/)")
     demo_fs.set_defaults(run=_fewshot_demo)
+
+    robot = commands.add_parser("robot", help="robot-arm motor learning with natural e-prop").add_subparsers(
+        dest="robot_command", required=True
+    )
+    robot_train = robot.add_parser("train", help="meta-train trainee initial weights and the LSG (BPTT)")
+    robot_train.add_argument("--out", required=True, help="run folder (checkpoints and metrics)")
+    robot_train.add_argument("--config", help="JSON file with RobotTrainConfig fields")
+    robot_train.add_argument("--iterations", type=_positive_int)
+    robot_train.add_argument("--batch", type=_positive_int, help="trajectories per outer iteration")
+    robot_train.add_argument("--arm", choices=("scorbot", "two_link"))
+    robot_train.add_argument("--seed", type=int)
+    robot_train.add_argument("--software-only", action="store_true", help="meta-train without the PCM model")
+    robot_train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    robot_train.add_argument("--no-progress", action="store_true")
+    robot_train.set_defaults(run=_robot_train)
     return parser
 
 

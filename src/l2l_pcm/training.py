@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from l2l_pcm import _io
 from l2l_pcm.checkpoint import load_checkpoint, save_checkpoint
 from l2l_pcm.errors import CheckpointError, L2LPCMError
@@ -45,6 +47,14 @@ class MetaTrainer:
     validate: Callable[[Any], dict]
     """params -> validation metrics, including "score" (higher is better)."""
     score_name: str = "score"
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and half-width of its normal-approximation 95 % confidence interval (nan for < 2 values)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
 
 
 def checkpoint_config(path, kind: str, config_from_json: Callable[[dict], Any]):

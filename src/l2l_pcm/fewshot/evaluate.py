@@ -16,9 +16,9 @@ from l2l_pcm.errors import ConfigError
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler
 from l2l_pcm.fewshot.deploy import ChipFewShotLearner
 from l2l_pcm.fewshot.maml import VARIANTS, MAMLConfig, evaluate_batch
-from l2l_pcm.fewshot.train import mean_ci95
 from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.plotting import pyplot, save_figure
+from l2l_pcm.training import mean_ci95
 
 TASK_BATCH = 50
 

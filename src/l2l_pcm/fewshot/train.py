@@ -6,7 +6,6 @@ as an uninterrupted one. Validation uses held-out background alphabets, never th
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import jax
@@ -18,7 +17,7 @@ from l2l_pcm.fewshot.data import TaskSampler, load_omniglot, split_background
 from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, train_step
 from l2l_pcm.fewshot.model import init_params
 from l2l_pcm.pcm import PCMDevice
-from l2l_pcm.training import MetaTrainer
+from l2l_pcm.training import MetaTrainer, mean_ci95
 
 CHECKPOINT_KIND = "fewshot-maml"
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "fewshot_omniglot_5way5shot.safetensors"
@@ -40,13 +39,6 @@ def load_fewshot_checkpoint(path, with_optimizer: bool = False):
     if with_optimizer:
         return trees["params"], config, metadata, trees["opt"]
     return trees["params"], config, metadata
-
-
-def mean_ci95(values) -> tuple[float, float]:
-    values = np.asarray(values, dtype=np.float64)
-    if values.size < 2:
-        return float(values.mean()), float("nan")
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
 
 
 def validate(params, sampler: TaskSampler, config: MAMLConfig, device: PCMDevice, tasks: int, seed: int):

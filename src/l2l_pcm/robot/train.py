@@ -1,0 +1,112 @@
+"""Robot meta-training (the loop itself is :mod:`l2l_pcm.training`) and robot checkpoints.
+
+Each iteration samples a fresh batch of target trajectories from key ``(seed, iteration)``; validation
+uses a fixed set of trajectories from a separate key, so its MSE is comparable across iterations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+
+from l2l_pcm import training
+from l2l_pcm.checkpoint import load_checkpoint
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.pcm import PCMDevice
+from l2l_pcm.robot.model import RobotConfig, init_params, make_optimizer, meta_loss, train_step
+from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
+from l2l_pcm.robot.tasks import sample_trajectories
+from l2l_pcm.training import MetaTrainer
+
+CHECKPOINT_KIND = "robot-l2l"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "robot_scorbot.safetensors"
+VALIDATION_KEY = 2**31 - 7
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotTrainConfig:
+    """The model config plus the loop's cadence."""
+
+    model: RobotConfig = RobotConfig(batch=16, hardware_aware=True)
+    iterations: int = 5000
+    validate_every: int = 250
+    validation_tasks: int = 64
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "validate_every", "validation_tasks", "checkpoint_every"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> RobotTrainConfig:
+        data = dict(data)
+        try:
+            model = dict(data.pop("model", {}))
+            nested = {
+                "trainee": TraineeConfig(**model.pop("trainee", {})),
+                "lsg": LSGConfig(**model.pop("lsg", {})),
+                "device": PCMDevice(
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in model.pop("device", {}).items()}
+                ),
+            }
+            return cls(model=RobotConfig(**model, **nested), **data)
+        except TypeError as exc:
+            raise ConfigError(f"unknown or missing robot config fields ({exc})") from None
+
+
+def trajectories(config: RobotConfig, key: jax.Array, batch: int):
+    return sample_trajectories(key, config.arm_model, batch, n_steps=config.n_steps, dt=config.velocity_dt_s)
+
+
+_evaluate_loss = jax.jit(meta_loss, static_argnames=("config",))
+
+
+def validate(params, config: RobotConfig, tasks: int) -> dict:
+    """Cartesian MSE before/after the update on fixed validation trajectories (software model)."""
+    targets = trajectories(config, jax.random.PRNGKey(VALIDATION_KEY), tasks)
+    _, aux = _evaluate_loss(params, targets, jax.random.PRNGKey(VALIDATION_KEY + 1), config)
+    before, after = float(aux["mse_xyz_before"]), float(aux["mse_xyz_after"])
+    return {
+        "val_mse_before": before,
+        "val_mse_after": after,
+        "val_ratio": after / before,
+        "score": -after if math.isfinite(after) else -math.inf,
+    }
+
+
+def train(config: RobotTrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Meta-train the trainee's initial weights and the LSG; see :mod:`l2l_pcm.training` for the files."""
+    model = config.model
+
+    def init():
+        params = init_params(jax.random.PRNGKey(model.seed), model)
+        return params, make_optimizer(model).init(params)
+
+    def step(params, opt_state, iteration):
+        key = jax.random.fold_in(jax.random.PRNGKey(model.seed), iteration)
+        key_targets, key_step = jax.random.split(key)
+        targets = trajectories(model, key_targets, model.batch)
+        params, opt_state, loss, aux = train_step(params, opt_state, targets, key_step, model)
+        metrics = {
+            name: float(aux[name]) for name in ("mse_xyz_after", "rate_trainee_hz", "rate_lsg_hz", "fraction_updated")
+        }
+        return params, opt_state, float(loss), metrics
+
+    trainer = MetaTrainer(CHECKPOINT_KIND, config, init, step, lambda p: validate(p, model, config.validation_tasks))
+    return training.run(trainer, out_dir, resume=resume, progress=progress)
+
+
+def load_robot_checkpoint(path) -> tuple[dict, RobotTrainConfig, dict]:
+    """(params, config, metadata) of a robot checkpoint; clear errors for foreign or damaged files."""
+    config, _ = training.checkpoint_config(path, CHECKPOINT_KIND, RobotTrainConfig.from_json)
+    template = init_params(jax.random.PRNGKey(0), config.model)
+    trees, metadata = load_checkpoint(path, CHECKPOINT_KIND, {"params": template})
+    return trees["params"], config, metadata
