@@ -185,6 +185,67 @@ def _robot_train(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def _robot_eval(args: argparse.Namespace) -> None:
+    from l2l_pcm.chip import ChipConfig
+    from l2l_pcm.robot.evaluate import evaluate
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+
+    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    result = evaluate(
+        params,
+        config.model,
+        args.backend,
+        args.tasks,
+        args.seed,
+        args.precision,
+        ChipConfig(drift_compensation=args.drift_compensation),
+        args.time_since_programming,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{result['backend']} ({result['precision']}), {result['tasks']} unseen trajectories: Cartesian MSE "
+        f"{result['mse_before']:.4f} ± {result['mse_before_ci95']:.4f} before → {result['mse_after']:.4f} ± "
+        f"{result['mse_after_ci95']:.4f} m² after one update (ratio {result['mse_ratio_after_to_before']:.2f}); "
+        f"mean distance {result['distance_cm_before']:.1f} → {result['distance_cm_after']:.1f} cm"
+    )
+    if result["devices_reprogrammed_mean"] is not None:
+        print(
+            f"devices re-programmed per update: {result['devices_reprogrammed_mean']:.0f} "
+            f"({100 * result['devices_reprogrammed_fraction']:.2f} % of the trainee's devices); energy estimate "
+            f"{result['energy_estimate_pJ_per_update'] / 1e3:.1f} nJ per update"
+        )
+
+
+def _robot_demo(args: argparse.Namespace) -> None:
+    """Software vs chip on the same trajectories, with the figures and the GIF."""
+    from l2l_pcm._io import atomic_write_text
+    from l2l_pcm.robot.evaluate import animate_arm, evaluate, plot_spikes_and_signals, plot_trajectories
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+
+    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    out = Path(args.out)
+    software = evaluate(params, config.model, "software", args.tasks, args.seed)
+    chip, (targets, result) = evaluate(params, config.model, "chip", args.tasks, args.seed, keep_examples=True)
+    for r in (software, chip):
+        print(
+            f"{r['backend']:>8}: MSE {r['mse_before']:.4f} → {r['mse_after']:.4f} ± {r['mse_after_ci95']:.4f} m² "
+            f"(ratio {r['mse_ratio_after_to_before']:.2f}), distance {r['distance_cm_after']:.1f} cm"
+        )
+    print(
+        f"chip: {chip['devices_reprogrammed_mean']:.0f} devices re-programmed per update "
+        f"({100 * chip['devices_reprogrammed_fraction']:.2f} %)"
+    )
+    paths = [
+        plot_trajectories(targets, result, out / "robot_trajectory.png"),
+        plot_spikes_and_signals(result, out / "robot_spikes.png"),
+        animate_arm(config.model.arm_model, targets, result, out / "robot_arm.gif"),
+        atomic_write_text(out / "robot_results.json", json.dumps({"software": software, "chip": chip}, indent=1)),
+    ]
+    print("wrote: " + ", ".join(str(p) for p in paths))
+
+
 def _read_json(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -280,6 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
     robot_train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     robot_train.add_argument("--no-progress", action="store_true")
     robot_train.set_defaults(run=_robot_train)
+
+    def add_robot_eval_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--checkpoint", help="robot checkpoint (default: the shipped one)")
+        sub.add_argument("--tasks", type=_positive_int, default=200, help="unseen trajectories (default 200)")
+        sub.add_argument("--seed", type=int, default=0, help="trajectory seed: same seed, same trajectories")
+
+    robot_eval = robot.add_parser("eval", help="MSE before/after the single update, software or chip")
+    add_robot_eval_arguments(robot_eval)
+    robot_eval.add_argument("--backend", choices=("software", "chip"), default="chip")
+    robot_eval.add_argument(
+        "--precision",
+        choices=("fp32", "pcm"),
+        default="fp32",
+        help="software only: exact weights or the statistical PCM model",
+    )
+    robot_eval.add_argument("--time-since-programming", type=_non_negative_float, default=None)
+    robot_eval.add_argument("--drift-compensation", action="store_true")
+    robot_eval.add_argument("--json", action="store_true", help="print one JSON object")
+    robot_eval.set_defaults(run=_robot_eval)
+    robot_demo = robot.add_parser("demo", help="software vs chip, trajectory/spike figures and an arm GIF")
+    add_robot_eval_arguments(robot_demo)
+    robot_demo.add_argument("--out", default="outputs")
+    robot_demo.set_defaults(run=_robot_demo)
     return parser
 
 

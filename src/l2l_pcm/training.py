@@ -39,7 +39,8 @@ class MetaTrainer:
     kind: str
     """Checkpoint kind, e.g. "fewshot-maml"; loading a checkpoint of another kind fails clearly."""
     config: Any
-    """A frozen dataclass with ``iterations``, ``validate_every``, ``checkpoint_every`` and ``to_json()``."""
+    """A frozen dataclass with ``iterations``, ``validate_every``, ``checkpoint_every``, ``to_json()`` and
+    ``from_json()`` (fields added later take their defaults when an older checkpoint is resumed)."""
     init: Callable[[], tuple[Any, Any]]
     """() -> (params, optimiser state), deterministic from the config's seed."""
     step: Callable[[Any, Any, int], tuple[Any, Any, float, dict]]
@@ -85,8 +86,8 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
     start, rows, best, elapsed = 0, [], -math.inf, 0.0
     if resume and (out_dir / LAST).exists():
         trees, meta = load_checkpoint(out_dir / LAST, trainer.kind, {"params": params, "opt": opt_state})
-        saved = {**meta["config"], "iterations": config.iterations}
-        if saved != json.loads(json.dumps(config.to_json())):
+        saved = dataclasses.replace(type(config).from_json(meta["config"]), iterations=config.iterations)
+        if saved != config:
             raise CheckpointError(
                 f"{out_dir / LAST} was trained with another config (only --iterations may change on resume); "
                 "start a new --out folder"

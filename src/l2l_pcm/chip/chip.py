@@ -299,12 +299,17 @@ class Chip:
         dac = None if cfg.dac_bits is None else (cfg.dac_bits, cfg.dac_range)
         adc = None if cfg.adc_bits is None else (cfg.adc_bits, cfg.adc_range)
         outputs = _mvm(inputs, stats, key, row_blocks, dac, adc, cfg.read_noise_mode)
-        vectors = math.prod(inputs.shape[:-1])
+        self.record_mvms(name, math.prod(inputs.shape[:-1]))
+        return outputs
+
+    def record_mvms(self, name: str, vectors: int) -> None:
+        """Book ``vectors`` MVMs of a layer that ran through :func:`analog_matmul` on its
+        :meth:`read_statistics` (e.g. inside a ``lax.scan`` over time), so counters and energy stay true."""
+        placement = self._placement(name)
         counters = self.counters[name]
         counters["mvm_vectors"] += vectors
         counters["array_mvms"] += vectors * len(placement.tiles)
         counters["macs"] += vectors * placement.shape[0] * placement.shape[1]
-        return outputs
 
     def conv2d(self, name: str, images, key: jax.Array | None, stride: int = 2, padding: int = 1) -> jax.Array:
         """Convolution of NHWC ``images`` with a conv layer on the chip, as im2col patches through :meth:`mvm`."""

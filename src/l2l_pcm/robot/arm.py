@@ -222,6 +222,18 @@ class ScorbotER7:
         """Task-level kinematics: ``xyz[..., 3]`` for the moving joints ``q[..., n_moving]`` (rad)."""
         return self.forward_kinematics_full(self.full_angles(q_moving))
 
+    def joint_positions(self, q_moving: jnp.ndarray) -> jnp.ndarray:
+        """Points ``[..., 6, 3]`` to draw the arm: floor, base top, shoulder, elbow, wrist, tool point."""
+        q = self.full_angles(q_moving)
+        origin = jnp.zeros(q.shape[:-1] + (3,), dtype=q.dtype)
+        points = [origin, origin.at[..., 2].set(self.dh_parameters[0][0])]
+        transform = None
+        for i, ((d, a, alpha), off) in enumerate(zip(self.dh_parameters, self.theta_offsets_rad, strict=True)):
+            link = dh_transform(q[..., i] + off, d, a, alpha)
+            transform = link if transform is None else transform @ link
+            points.append(transform[..., :3, 3])
+        return jnp.stack(points, axis=-2)
+
 
 @dataclass(frozen=True)
 class TwoLinkArm:
@@ -273,6 +285,13 @@ class TwoLinkArm:
         x = self.l1 * jnp.cos(q1) + self.l2 * jnp.cos(q12)
         y = self.l1 * jnp.sin(q1) + self.l2 * jnp.sin(q12)
         return jnp.stack([x, y, jnp.zeros_like(x)], axis=-1)
+
+    def joint_positions(self, q_moving: jnp.ndarray) -> jnp.ndarray:
+        """Points ``[..., 3, 3]`` to draw the arm: base, elbow, tip (z = 0)."""
+        q = _as_float_array(q_moving)
+        zero = jnp.zeros_like(q[..., 0])
+        elbow = jnp.stack([self.l1 * jnp.cos(q[..., 0]), self.l1 * jnp.sin(q[..., 0]), zero], axis=-1)
+        return jnp.stack([jnp.zeros_like(elbow), elbow, self.forward_kinematics(q)], axis=-2)
 
     def forward_kinematics(self, q_moving: jnp.ndarray) -> jnp.ndarray:
         """Same as :meth:`forward_kinematics_full` (every joint moves)."""

@@ -83,6 +83,8 @@ class RobotConfig:
     """``scorbot`` (Scorbot ER-VII, base + shoulder) or ``two_link`` (planar arm)."""
     n_steps: int = 249
     """Trajectory length in steps (1 ms)."""
+    smoothing_window: int = 120
+    """Length of the normalised Hann window that smooths the Brownian target velocities."""
     clock_interval_steps: int = 50
     """Each clock neuron is active for this many steps ..."""
     clock_period_steps: int = 10
@@ -120,7 +122,15 @@ class RobotConfig:
             raise ConfigError("RobotConfig.trainee / .lsg must be a TraineeConfig / LSGConfig")
         if self.arm not in ARMS:
             raise ConfigError(f"RobotConfig.arm must be one of {ARMS}, got {self.arm!r}")
-        for name in ("n_steps", "clock_interval_steps", "clock_period_steps", "xyz_bits", "lr_decay_every", "batch"):
+        for name in (
+            "n_steps",
+            "smoothing_window",
+            "clock_interval_steps",
+            "clock_period_steps",
+            "xyz_bits",
+            "lr_decay_every",
+            "batch",
+        ):
             _positive(name, getattr(self, name), integer=True)
         for name in ("velocity_dt_s", "eta", "lr", "lr_decay", "time_since_programming_s"):
             _positive(name, getattr(self, name))

@@ -63,7 +63,9 @@ class RobotTrainConfig:
 
 
 def trajectories(config: RobotConfig, key: jax.Array, batch: int):
-    return sample_trajectories(key, config.arm_model, batch, n_steps=config.n_steps, dt=config.velocity_dt_s)
+    return sample_trajectories(
+        key, config.arm_model, batch, n_steps=config.n_steps, dt=config.velocity_dt_s, window=config.smoothing_window
+    )
 
 
 _evaluate_loss = jax.jit(meta_loss, static_argnames=("config",))

@@ -1,0 +1,98 @@
+"""The trainee SNN on the emulated chip: one natural-e-prop update written with ``reprogram``.
+
+Deployment: the trainee's plastic weights, stacked as ``[W_in; W_rec]`` (5 + 250 = 255 rows × 250
+columns, one 256×256 array), are programmed once and ``time_since_programming_s`` passes. Per task,
+from that deployed state:
+
+1. pass 1 runs the trainee with every synaptic MVM read through the chip (fresh read noise per step);
+   the LIF dynamics, eligibility traces, the readout ``W_out`` (not adapted) and the learning-signal
+   generator run digitally;
+2. the e-prop update ΔW = −η Σ_t L_j ψ_j ē_i is quantized to 1/16 (nearest) and written with
+   :meth:`Chip.reprogram`: only devices whose quantized update is non-zero are re-programmed;
+3. pass 2 runs the trainee again through the chip.
+
+Self-connections do not exist on the chip (their cells are left unused: masked digitally).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_pcm.chip import Chip, ChipConfig, WeightStatistics
+from l2l_pcm.robot.eprop import WeightMemory, WeightUpdate
+from l2l_pcm.robot.model import RobotConfig
+from l2l_pcm.robot.snn import recurrent_mask, stack_weights
+
+TRAINEE = "trainee"
+
+
+@dataclasses.dataclass
+class ChipUpdateRecord:
+    """What the on-chip updates of the last batch of tasks did, per task."""
+
+    devices_reprogrammed: list[int] = dataclasses.field(default_factory=list)
+    energy_pJ: list[float] = dataclasses.field(default_factory=list)
+
+
+class ChipTrainee:
+    """The trainee's plastic weights on an emulated PCM chip, exposed as a :class:`WeightMemory`."""
+
+    def __init__(
+        self,
+        params: dict,
+        config: RobotConfig,
+        key: jax.Array,
+        chip_config: ChipConfig | None = None,
+        time_since_programming_s: float | None = None,
+    ) -> None:
+        self.config = config
+        self.chip = Chip(chip_config)
+        w_stack = stack_weights(params["trainee_w_in"], params["trainee_w_rec"])
+        self.mask = recurrent_mask(config.trainee, w_stack.dtype)
+        self.chip.place_dense(TRAINEE, w_stack.shape)
+        self.chip.program(TRAINEE, w_stack * self.mask, key)
+        self.chip.advance(
+            config.time_since_programming_s if time_since_programming_s is None else time_since_programming_s
+        )
+        self._deployed = self.chip.snapshot()
+        self.record = ChipUpdateRecord()
+
+    @property
+    def devices(self) -> int:
+        return self.chip.placements[TRAINEE].devices
+
+    def _masked(self, stats: WeightStatistics) -> WeightStatistics:
+        return WeightStatistics(stats.mean * self.mask, stats.variance * self.mask)
+
+    def memory(self) -> WeightMemory:
+        """Reads through the chip; pass 2 re-programs the deployed chip once per task."""
+
+        def read_initial(w_stack, key):
+            self.chip.restore(self._deployed)
+            return self._masked(self.chip.read_statistics(TRAINEE))
+
+        def read_updated(previous, update: WeightUpdate, key):
+            means, variances = [], []
+            self.record = ChipUpdateRecord()
+            applied = np.asarray(update.applied)
+            for task, task_key in enumerate(jax.random.split(key, applied.shape[0])):
+                self.chip.restore(self._deployed)
+                # already on the 1/16 grid: nearest rounding writes it exactly
+                report = self.chip.reprogram(TRAINEE, applied[task], task_key, rounding="nearest")
+                stats = self._masked(self.chip.read_statistics(TRAINEE))
+                means.append(stats.mean)
+                variances.append(stats.variance)
+                self.record.devices_reprogrammed.append(report.devices_touched)
+                self.record.energy_pJ.append(report.energy_pJ)
+            self.chip.restore(self._deployed)
+            return WeightStatistics(jnp.stack(means), jnp.stack(variances))
+
+        return WeightMemory(read_initial, read_updated)
+
+    def count_mvms(self, tasks: int) -> None:
+        """Book the trainee's MVMs of both passes (T steps each) in the chip's counters."""
+        self.chip.record_mvms(TRAINEE, 2 * tasks * self.config.n_steps)

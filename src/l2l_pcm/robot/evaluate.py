@@ -1,0 +1,216 @@
+"""Evaluation on unseen target trajectories, software or chip, and the figures and the GIF.
+
+Cartesian MSE = mean over time steps and the three coordinates of the squared end-effector error (m²),
+the authors' definition; per task, then mean and 95 % CI over tasks. Test trajectories come from a
+key that training and validation never use; both backends see the same ones for the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_pcm.chip import ChipConfig
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.plotting import pyplot, save_figure
+from l2l_pcm.robot.deploy import ChipTrainee
+from l2l_pcm.robot.eprop import software_memory
+from l2l_pcm.robot.model import RobotConfig, default_memory, inner_loop
+from l2l_pcm.robot.train import trajectories
+from l2l_pcm.training import mean_ci95
+
+TEST_KEY = 2**31 - 101
+TASK_BATCH = 25
+
+
+def _per_task_mse(produced, targets) -> np.ndarray:
+    return np.asarray(jnp.mean(jnp.square(produced.xyz - targets.xyz), axis=(1, 2)))
+
+
+def _per_task_distance_cm(produced, targets) -> np.ndarray:
+    return 100 * np.asarray(jnp.mean(jnp.linalg.norm(produced.xyz - targets.xyz, axis=-1), axis=1))
+
+
+def test_trajectories(config: RobotConfig, tasks: int, seed: int = 0):
+    return trajectories(config, jax.random.fold_in(jax.random.PRNGKey(TEST_KEY), seed), tasks)
+
+
+def evaluate(
+    params,
+    config: RobotConfig,
+    backend: str = "chip",
+    tasks: int = 200,
+    seed: int = 0,
+    precision: str = "fp32",
+    chip_config: ChipConfig | None = None,
+    time_since_programming_s: float | None = None,
+    keep_examples: bool = False,
+) -> dict:
+    """MSE before/after the single update over ``tasks`` unseen trajectories.
+
+    ``backend="software"``: ``precision`` "fp32" (exact weights) or "pcm" (the statistical PCM model the
+    hardware-aware training uses). ``backend="chip"``: the trainee's weights on the emulated chip.
+    """
+    if tasks < 2:
+        raise ConfigError(f"number of tasks must be >= 2 (for a confidence interval), got {tasks}")
+    if backend not in ("software", "chip"):
+        raise ConfigError(f"backend must be 'software' or 'chip', got {backend!r}")
+    if precision not in ("fp32", "pcm"):
+        raise ConfigError(f"precision must be 'fp32' or 'pcm', got {precision!r}")
+    targets_all = test_trajectories(config, tasks, seed)
+    chip = None
+    if backend == "chip":
+        chip = ChipTrainee(params, config, jax.random.PRNGKey(20_000 + seed), chip_config, time_since_programming_s)
+    before, after, distance, distance_before, devices, energy, fraction_nonzero = [], [], [], [], [], [], []
+    examples = None
+    for start in range(0, tasks, TASK_BATCH):
+        targets = jax.tree_util.tree_map(lambda a, s=start: a[s : s + TASK_BATCH], targets_all)
+        key = jax.random.PRNGKey(seed * 1_000 + start)
+        if chip is None:
+            hardware = dataclasses.replace(config, hardware_aware=True)
+            memory = software_memory() if precision == "fp32" else default_memory(hardware)
+            result = inner_loop(params, targets, key, config, memory=memory)
+        else:
+            result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.fold_in(key, 1))
+            chip.count_mvms(targets.xyz.shape[0])
+            devices.extend(chip.record.devices_reprogrammed)
+            mvm_pJ = chip.chip.config.energy.mvm_energy_pJ(
+                2 * config.n_steps * np.prod(chip.chip.placements["trainee"].shape)
+            )
+            energy.extend(e + mvm_pJ for e in chip.record.energy_pJ)
+        before.append(_per_task_mse(result.before, targets))
+        after.append(_per_task_mse(result.after, targets))
+        distance.append(_per_task_distance_cm(result.after, targets))
+        distance_before.append(_per_task_distance_cm(result.before, targets))
+        fraction_nonzero.append(np.asarray(result.eprop.update.n_nonzero))
+        if keep_examples and examples is None:
+            examples = (targets, result)
+    before, after, distance, distance_before = (np.concatenate(x) for x in (before, after, distance, distance_before))
+    plastic = config.trainee.n_in * config.trainee.n_rec + config.trainee.n_rec * (config.trainee.n_rec - 1)
+    mse_before, ci_before = mean_ci95(before)
+    mse_after, ci_after = mean_ci95(after)
+    ratio, ci_ratio = mean_ci95(after / before)
+    summary = {
+        "backend": backend,
+        "precision": precision if backend == "software" else "pcm-chip",
+        "arm": config.arm,
+        "tasks": int(tasks),
+        "mse_before": mse_before,
+        "mse_before_ci95": ci_before,
+        "mse_after": mse_after,
+        "mse_after_ci95": ci_after,
+        "mse_ratio_after_to_before": mse_after / mse_before,
+        "mse_ratio_per_task_mean": ratio,
+        "mse_ratio_per_task_ci95": ci_ratio,
+        "distance_cm_before": float(distance_before.mean()),
+        "distance_cm_after": float(distance.mean()),
+        "distance_cm_after_ci95": mean_ci95(distance)[1],
+        "nonzero_updates_fraction": float(np.mean(np.concatenate(fraction_nonzero)) / plastic),
+        "devices_reprogrammed_mean": float(np.mean(devices)) if devices else None,
+        "devices_reprogrammed_fraction": float(np.mean(devices) / chip.devices) if devices else None,
+        "energy_estimate_pJ_per_update": float(np.mean(energy)) if energy else None,
+    }
+    if keep_examples:
+        return summary, examples
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def plot_trajectories(targets, result, path, task: int = 0) -> Path:
+    """Target vs produced end-effector path before and after the update, in 3-D and per coordinate."""
+    plt = pyplot()
+    target = np.asarray(targets.xyz[task])
+    before = np.asarray(result.before.xyz[task])
+    after = np.asarray(result.after.xyz[task])
+    fig = plt.figure(figsize=(11, 4.2), dpi=110)
+    ax3d = fig.add_subplot(1, 4, 1, projection="3d")
+    for xyz, label, style in (
+        (target, "target", "k-"),
+        (before, "before update", "C1--"),
+        (after, "after one update", "C0-"),
+    ):
+        ax3d.plot(*xyz.T, style, label=label)
+    ax3d.set_xlabel("x (m)")
+    ax3d.set_ylabel("y (m)")
+    ax3d.set_zlabel("z (m)")
+    ax3d.legend(fontsize=7, loc="upper left")
+    t = np.arange(target.shape[0])
+    for i, name in enumerate("xyz"):
+        ax = fig.add_subplot(1, 4, i + 2)
+        ax.plot(t, target[:, i], "k-", label="target")
+        ax.plot(t, before[:, i], "C1--", label="before")
+        ax.plot(t, after[:, i], "C0-", label="after")
+        ax.set_xlabel("time step")
+        ax.set_ylabel(f"{name} (m)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("end-effector path: one natural-e-prop update on the chip")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_spikes_and_signals(result, path, task: int = 0, neurons: int = 100) -> Path:
+    """Spike rasters of the trainee (before/after) and the LSG, and the learning signals."""
+    plt = pyplot()
+    eprop = result.eprop
+    before = np.asarray(eprop.before.z[min(task, eprop.before.z.shape[0] - 1)])[:, :neurons]
+    after = np.asarray(eprop.after.z[task])[:, :neurons]
+    lsg = np.asarray(eprop.lsg_spikes[task])[:, :neurons]
+    signals = np.asarray(eprop.learning_signals[task])[:, :neurons]
+    fig, axes = plt.subplots(4, 1, figsize=(8, 8), dpi=110, sharex=True)
+    for ax, spikes, title in (
+        (axes[0], before, "trainee before the update"),
+        (axes[1], after, "trainee after the update"),
+        (axes[2], lsg, "learning-signal generator"),
+    ):
+        t, n = np.nonzero(spikes)
+        ax.scatter(t, n, s=1.5, c="black", marker="|")
+        ax.set_ylabel("neuron")
+        ax.set_title(f"{title} (first {neurons} neurons, {spikes.mean() * 1000:.0f} Hz mean)", fontsize=9)
+    limit = np.abs(signals).max() or 1.0
+    image = axes[3].imshow(signals.T, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    axes[3].set_ylabel("trainee neuron")
+    axes[3].set_xlabel("time step (1 ms)")
+    axes[3].set_title("learning signals L_j(t) from the LSG", fontsize=9)
+    fig.colorbar(image, ax=axes[3], fraction=0.03)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def animate_arm(arm, targets, result, path, task: int = 0, frames: int = 60) -> Path:
+    """Animated GIF: the arm after the update following the target path (matplotlib + Pillow)."""
+    import io
+
+    from PIL import Image
+
+    from l2l_pcm._io import atomic_write_bytes
+
+    plt = pyplot()
+    target = np.asarray(targets.xyz[task])
+    joints = np.asarray(arm.joint_positions(result.after.angles[task]))
+    produced = np.asarray(result.after.xyz[task])
+    steps = np.linspace(0, target.shape[0] - 1, frames).astype(int)
+    images = []
+    low = np.minimum(joints.min(axis=(0, 1)), target.min(axis=0)) - 0.05
+    high = np.maximum(joints.max(axis=(0, 1)), target.max(axis=0)) + 0.05
+    for step in steps:
+        fig = plt.figure(figsize=(4.2, 4.2), dpi=80)
+        ax = fig.add_subplot(projection="3d")
+        ax.plot(*target.T, "k-", linewidth=1, label="target")
+        ax.plot(*produced[: step + 1].T, "C0-", linewidth=2, label="end effector")
+        ax.plot(*joints[step].T, "o-", color="C3", linewidth=4, markersize=4, label="arm")
+        ax.set_xlim(low[0], high[0])
+        ax.set_ylim(low[1], high[1])
+        ax.set_zlim(min(low[2], 0.0), high[2])
+        ax.set_title(f"t = {step} ms", fontsize=9)
+        ax.legend(fontsize=6, loc="upper left")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        images.append(Image.open(io.BytesIO(buffer.getvalue())).convert("P", palette=Image.ADAPTIVE))
+    gif = io.BytesIO()
+    images[0].save(gif, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
+    return atomic_write_bytes(path, gif.getvalue())

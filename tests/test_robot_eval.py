@@ -1,0 +1,141 @@
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2l_pcm.chip import ChipConfig
+from l2l_pcm.cli import main
+from l2l_pcm.errors import CheckpointError, ConfigError
+from l2l_pcm.pcm import PCMDevice
+from l2l_pcm.robot.arm import ScorbotER7, TwoLinkArm
+from l2l_pcm.robot.deploy import ChipTrainee
+from l2l_pcm.robot.eprop import software_memory
+from l2l_pcm.robot.evaluate import animate_arm, evaluate, plot_spikes_and_signals, plot_trajectories
+from l2l_pcm.robot.model import RobotConfig, init_params, inner_loop
+from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
+from l2l_pcm.robot.train import RobotTrainConfig, load_robot_checkpoint, train, trajectories
+
+
+def small_robot(**changes) -> RobotConfig:
+    """Trainee 12 LIF, LSG 16 neurons, 4-bit target code, 60 steps; a large η so updates are non-zero."""
+    fields = dict(
+        trainee=TraineeConfig(n_in=5, n_rec=12),
+        lsg=LSGConfig(n_in=5 + 3 * 4, n_rec=16, n_out=12),
+        n_steps=60,
+        smoothing_window=30,
+        clock_interval_steps=12,
+        clock_period_steps=3,
+        xyz_bits=4,
+        batch=3,
+        eta=0.05,
+    )
+    fields.update(changes)
+    return RobotConfig(**fields)
+
+
+def test_chip_with_noise_off_matches_software():
+    config = small_robot()
+    params = init_params(jax.random.PRNGKey(0), config)
+    targets = trajectories(config, jax.random.PRNGKey(1), 4)
+    key = jax.random.PRNGKey(2)
+    software = inner_loop(params, targets, key, config, memory=software_memory())
+    chip = ChipTrainee(params, config, key, ChipConfig(device=PCMDevice().noiseless()), time_since_programming_s=60.0)
+    on_chip = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.PRNGKey(3))
+    np.testing.assert_allclose(on_chip.before.xyz, software.before.xyz, atol=1e-5)
+    np.testing.assert_allclose(on_chip.after.xyz, software.after.xyz, atol=1e-5)
+    nonzero = np.asarray(software.eprop.update.n_nonzero)
+    assert nonzero.sum() > 0
+    # one device of a pair changes per non-zero update unless the weight changes sign
+    assert np.all(np.asarray(chip.record.devices_reprogrammed) >= nonzero)
+    assert np.all(np.asarray(chip.record.devices_reprogrammed) <= 2 * nonzero)
+
+
+def test_joint_positions_end_at_the_end_effector():
+    for arm in (ScorbotER7(), TwoLinkArm()):
+        q = jnp.array([[0.3, -0.2], [1.0, 0.5]])
+        np.testing.assert_allclose(arm.joint_positions(q)[..., -1, :], arm.forward_kinematics(q), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("robot_run")
+    config = RobotTrainConfig(
+        model=small_robot(batch=2), iterations=2, validate_every=2, validation_tasks=3, checkpoint_every=1
+    )
+    train(config, out, progress=False)
+    return out / "last.safetensors", config
+
+
+def test_training_writes_checkpoints_and_metrics(tiny_checkpoint):
+    path, config = tiny_checkpoint
+    params, loaded, meta = load_robot_checkpoint(path)
+    assert loaded == config and meta["iteration"] == 2
+    rows = json.loads((path.parent / "metrics.json").read_text())
+    assert rows[-1]["iteration"] == 2 and "val_mse_after" in rows[-1]
+
+
+def test_resume_continues_to_the_same_parameters(tmp_path):
+    base = RobotTrainConfig(
+        model=small_robot(batch=2), iterations=4, validate_every=2, validation_tasks=3, checkpoint_every=2
+    )
+    train(base, tmp_path / "straight", progress=False)
+    train(dataclasses.replace(base, iterations=2), tmp_path / "resumed", progress=False)
+    train(base, tmp_path / "resumed", resume=True, progress=False)
+    a, _, _ = load_robot_checkpoint(tmp_path / "straight" / "last.safetensors")
+    b, _, _ = load_robot_checkpoint(tmp_path / "resumed" / "last.safetensors")
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_eval_json_both_backends(tiny_checkpoint, capsys):
+    path, _ = tiny_checkpoint
+    results = {}
+    for backend in ("software", "chip"):
+        assert main(["robot", "eval", "--checkpoint", str(path), "--backend", backend, "--tasks", "3", "--json"]) == 0
+        results[backend] = json.loads(capsys.readouterr().out)
+    keys = {
+        "backend",
+        "tasks",
+        "mse_before",
+        "mse_after",
+        "mse_after_ci95",
+        "distance_cm_after",
+        "devices_reprogrammed_fraction",
+    }
+    for backend, result in results.items():
+        assert keys <= set(result) and result["backend"] == backend and result["tasks"] == 3
+    assert 0 <= results["chip"]["devices_reprogrammed_fraction"] <= 1
+
+
+def test_figures_and_gif(tiny_checkpoint, tmp_path):
+    path, config = tiny_checkpoint
+    params, config, _ = load_robot_checkpoint(path)
+    _, (targets, result) = evaluate(params, config.model, "chip", 2, keep_examples=True)
+    assert plot_trajectories(targets, result, tmp_path / "t.png").stat().st_size > 5_000
+    assert plot_spikes_and_signals(result, tmp_path / "s.png").stat().st_size > 5_000
+    gif = animate_arm(config.model.arm_model, targets, result, tmp_path / "a.gif", frames=4)
+    assert gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+
+
+def test_robot_bad_inputs(tiny_checkpoint, tmp_path, capsys):
+    path, config = tiny_checkpoint
+    params, config, _ = load_robot_checkpoint(path)
+    with pytest.raises(ConfigError, match="tasks"):
+        evaluate(params, config.model, "chip", 1)
+    with pytest.raises(ConfigError, match="backend"):
+        evaluate(params, config.model, "gpu", 4)
+    from l2l_pcm.fewshot.maml import MAMLConfig
+    from l2l_pcm.fewshot.model import CNNConfig
+    from l2l_pcm.fewshot.model import init_params as cnn_init
+    from l2l_pcm.fewshot.train import save_fewshot_checkpoint
+
+    fewshot = save_fewshot_checkpoint(
+        tmp_path / "fs.safetensors", cnn_init(jax.random.PRNGKey(0), CNNConfig(8)), MAMLConfig(channels=8)
+    )
+    with pytest.raises(CheckpointError, match="expected 'robot-l2l'"):
+        load_robot_checkpoint(fewshot)
+    assert main(["robot", "eval", "--checkpoint", str(fewshot), "--tasks", "3"]) == 2
+    assert "robot-l2l" in capsys.readouterr().err
