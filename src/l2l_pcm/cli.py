@@ -246,6 +246,12 @@ def _robot_demo(args: argparse.Namespace) -> None:
     print("wrote: " + ", ".join(str(p) for p in paths))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from l2l_pcm.training import export_checkpoint
+
+    print(export_checkpoint(args.source, args.destination))
+
+
 def _read_json(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -364,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_robot_eval_arguments(robot_demo)
     robot_demo.add_argument("--out", default="outputs")
     robot_demo.set_defaults(run=_robot_demo)
+
+    export = commands.add_parser("export", help="copy a training checkpoint without optimiser state")
+    export.add_argument("source")
+    export.add_argument("destination")
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -152,3 +152,15 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
         f"best_{trainer.score_name}": best,
         "out_dir": str(out_dir),
     }
+
+
+def export_checkpoint(source, destination) -> Path:
+    """Copy a training checkpoint without its optimiser state (what a user needs to deploy it)."""
+    tensors, metadata = _io.load_tensors(source)
+    if "kind" not in metadata or "config" not in metadata:
+        raise CheckpointError(f"{source} is not a training checkpoint (no kind/config)")
+    params = {name: value for name, value in tensors.items() if name.startswith("params/")}
+    if not params:
+        raise CheckpointError(f"{source} holds no parameters")
+    metadata = {**metadata, "exported_from": str(Path(source).name)}
+    return _io.save_tensors(destination, params, metadata)
