@@ -17,12 +17,48 @@ import numpy as np
 from l2l_pcm.errors import CheckpointError, L2LPCMError
 
 
+def _temp_prefix(name: str) -> str:
+    return f".{name}."
+
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def writable_folder(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check a file can be created in it, so a long run fails at its start,
+    not at its first checkpoint hours later."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("probe"), suffix=_TEMP_SUFFIX, dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise L2LPCMError(f"cannot write to folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Delete temp files that :func:`atomic_write_bytes` left for ``names`` when its process was killed
+    mid-write (SIGKILL runs no cleanup); call only when no other process writes these files."""
+    removed = []
+    for name in names:
+        for stale in Path(folder).glob(f"{_temp_prefix(name)}*{_TEMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    A killed process can leave its temp file behind (never a half-written ``path``); see
+    :func:`remove_stale_temporaries`.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise L2LPCMError(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
     try:

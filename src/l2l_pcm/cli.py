@@ -59,9 +59,24 @@ def _chip_demo(args: argparse.Namespace) -> None:
     print(f"\nplot: {path}")
 
 
+def _join_cluster(args: argparse.Namespace) -> None:
+    """Join a multi-process run (flags, or a SLURM job step) before any JAX computation."""
+    from l2l_pcm import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def _print_summary(summary: dict) -> None:
+    from l2l_pcm import distributed
+
+    if distributed.is_main():
+        print(json.dumps(summary))
+
+
 def _fewshot_train(args: argparse.Namespace) -> None:
     import dataclasses
 
+    _join_cluster(args)
     from l2l_pcm.fewshot.maml import MAMLConfig
     from l2l_pcm.fewshot.train import train
 
@@ -71,7 +86,7 @@ def _fewshot_train(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in ("variant", "iterations", "meta_batch", "seed")}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     summary = train(config, args.out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps(summary))
+    _print_summary(summary)
 
 
 def _load_fewshot(args: argparse.Namespace):
@@ -171,6 +186,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
 def _robot_train(args: argparse.Namespace) -> None:
     import dataclasses
 
+    _join_cluster(args)
     from l2l_pcm.robot.train import RobotTrainConfig, train
 
     config = RobotTrainConfig.from_json(_read_json(args.config)) if args.config else RobotTrainConfig()
@@ -182,7 +198,7 @@ def _robot_train(args: argparse.Namespace) -> None:
     if args.iterations is not None:
         config = dataclasses.replace(config, iterations=args.iterations)
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps(summary))
+    _print_summary(summary)
 
 
 def _robot_eval(args: argparse.Namespace) -> None:
@@ -254,11 +270,16 @@ def _export(args: argparse.Namespace) -> None:
 
 def _read_json(path: str) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise L2LPCMError(f"config file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise L2LPCMError(f"cannot read config {path}: {exc}") from None
+    except OSError as exc:
+        raise L2LPCMError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise L2LPCMError(f"config {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise L2LPCMError(f"config {path} must hold a JSON object of config fields, got {type(data).__name__}")
+    return data
 
 
 def _human_time(seconds: float) -> str:
@@ -268,8 +289,27 @@ def _human_time(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def add_distributed_arguments(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group(
+        "multi-process training",
+        "run the same command once per process; the meta-batch is split over the processes and only "
+        "process 0 writes. Without these flags, a SLURM job step of several tasks (srun) is joined "
+        "automatically from its environment.",
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (same on every process)")
+    group.add_argument("--num-processes", type=_positive_int, metavar="N", help="number of processes")
+    group.add_argument("--process-id", type=_non_negative_int, metavar="I", help="this process's rank, 0..N-1")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one ``error: ...`` line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l2l-pcm", description=__doc__)
+    parser = _Parser(prog="l2l-pcm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     chip = commands.add_parser("chip", help="the emulated PCM chip").add_subparsers(dest="chip_command", required=True)
@@ -301,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     train.add_argument("--no-progress", action="store_true")
+    add_distributed_arguments(train)
     train.set_defaults(run=_fewshot_train)
 
     def add_eval_arguments(sub: argparse.ArgumentParser) -> None:
@@ -346,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     robot_train.add_argument("--software-only", action="store_true", help="meta-train without the PCM model")
     robot_train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     robot_train.add_argument("--no-progress", action="store_true")
+    add_distributed_arguments(robot_train)
     robot_train.set_defaults(run=_robot_train)
 
     def add_robot_eval_arguments(sub: argparse.ArgumentParser) -> None:
@@ -358,9 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     robot_eval.add_argument("--backend", choices=("software", "chip"), default="chip")
     robot_eval.add_argument(
         "--precision",
-        choices=("fp32", "pcm"),
-        default="fp32",
-        help="software only: exact weights or the statistical PCM model",
+        choices=("trained", "fp32", "pcm"),
+        default="trained",
+        help="software only: exact weights, the statistical PCM model, or (default) the one the checkpoint "
+        "was meta-trained with",
     )
     robot_eval.add_argument("--time-since-programming", type=_non_negative_float, default=None)
     robot_eval.add_argument("--drift-compensation", action="store_true")
@@ -388,6 +431,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -403,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except L2LPCMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message
+        return 2
+    except OSError as exc:  # a file operation the library did not wrap: still one line, never a traceback
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

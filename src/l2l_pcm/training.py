@@ -6,7 +6,9 @@ and a NaN/inf guard that stops and keeps the last good checkpoint. A scenario su
 :class:`MetaTrainer`: its pure pieces (init, one step, validation) and its config.
 
 Randomness of iteration ``i`` is derived from ``(seed, i)`` by the scenario, so a resumed run draws
-the same tasks and noise as an uninterrupted one.
+the same tasks and noise as an uninterrupted one. The same loop runs data-parallel over several
+processes (see :mod:`l2l_pcm.distributed`): the scenario shards its meta-batch, the loop replicates the
+state, and only process 0 writes.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from l2l_pcm import _io
+from l2l_pcm import _io, distributed
 from l2l_pcm.checkpoint import load_checkpoint, save_checkpoint
 from l2l_pcm.errors import CheckpointError, L2LPCMError
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
+METRICS = ("metrics.csv", "metrics.json")
 
 
 @dataclasses.dataclass
@@ -44,7 +47,8 @@ class MetaTrainer:
     init: Callable[[], tuple[Any, Any]]
     """() -> (params, optimiser state), deterministic from the config's seed."""
     step: Callable[[Any, Any, int], tuple[Any, Any, float, dict]]
-    """(params, opt_state, iteration) -> (params, opt_state, loss, {metric: value})."""
+    """(params, opt_state, iteration) -> (params, opt_state, loss, {metric: value}); passes its meta-batch
+    through :func:`l2l_pcm.distributed.shard_tasks`."""
     validate: Callable[[Any], dict]
     """params -> validation metrics, including "score" (higher is better)."""
     score_name: str = "score"
@@ -72,16 +76,23 @@ def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _io.atomic_write_text(out_dir / "metrics.csv", buffer.getvalue())
-    _io.atomic_write_text(out_dir / "metrics.json", json.dumps(rows, indent=1))
+    _io.atomic_write_text(out_dir / METRICS[0], buffer.getvalue())
+    _io.atomic_write_text(out_dir / METRICS[1], json.dumps(rows, indent=1))
 
 
 def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors`` if present."""
+    """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors`` if present.
+
+    Temp files of a previously killed write are removed first; every file written is atomic.
+    """
     from tqdm.auto import tqdm
 
     config = trainer.config
     out_dir = Path(out_dir)
+    main = distributed.is_main()
+    if main:
+        _io.writable_folder(out_dir)
+        _io.remove_stale_temporaries(out_dir, (LAST, BEST, *METRICS))
     params, opt_state = trainer.init()
     start, rows, best, elapsed = 0, [], -math.inf, 0.0
     if resume and (out_dir / LAST).exists():
@@ -94,8 +105,12 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
             )
         params, opt_state = trees["params"], trees["opt"]
         start, rows, best, elapsed = meta["iteration"], meta["metrics"], meta["best_score"], meta["seconds"]
+    params, opt_state, start = distributed.replicate((params, opt_state, np.int32(start)))
+    start = int(start)
 
     def checkpoint(iteration: int, name: str) -> None:
+        if not main:
+            return
         metadata = {
             "config": config.to_json(),
             "iteration": iteration,
@@ -103,13 +118,14 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
             "best_score": best,
             "seconds": elapsed,
         }
-        save_checkpoint(out_dir / name, trainer.kind, {"params": params, "opt": opt_state}, metadata)
+        trees = distributed.local({"params": params, "opt": opt_state})
+        save_checkpoint(out_dir / name, trainer.kind, trees, metadata)
 
     bar = tqdm(
         range(start, config.iterations),
         initial=start,
         total=config.iterations,
-        disable=not progress,
+        disable=not (progress and main),
         desc=f"{trainer.kind} train",
         unit="it",
     )
@@ -130,17 +146,18 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
         bar.set_postfix({name: f"{value:.3g}" for name, value in list(averages.items())[:3]})
         done = iteration + 1
         if done % config.validate_every == 0 or done == config.iterations:
-            validation = trainer.validate(params)
+            validation = trainer.validate(distributed.local(params))
             elapsed += time.perf_counter() - tic
             tic = time.perf_counter()
             rows.append({"iteration": done, "seconds": round(elapsed, 1), **averages, **validation})
-            summary = ", ".join(f"{k} {v:.4g}" for k, v in validation.items())
-            bar.write(f"it {done}: {summary} ({elapsed / 60:.1f} min)")
-            sys.stdout.flush()
             if validation[trainer.score_name] > best:
                 best = validation[trainer.score_name]
                 checkpoint(done, BEST)
-            _write_metrics(out_dir, rows)
+            if main:
+                summary = ", ".join(f"{k} {v:.4g}" for k, v in validation.items())
+                bar.write(f"it {done}: {summary} ({elapsed / 60:.1f} min)")
+                sys.stdout.flush()
+                _write_metrics(out_dir, rows)
         if done % config.checkpoint_every == 0 or done == config.iterations:
             elapsed += time.perf_counter() - tic
             tic = time.perf_counter()

@@ -108,7 +108,8 @@ def analog_matmul(
         noise = jax.random.normal(key, stats.mean.shape, dtype=stats.mean.dtype)
         return inputs @ (stats.mean + jnp.sqrt(stats.variance) * noise)
     outputs = inputs @ stats.mean
-    std = jnp.sqrt((inputs * inputs) @ stats.variance)
+    # the floor keeps the gradient finite where no input is active (sqrt'(0) = inf)
+    std = jnp.sqrt(jnp.maximum((inputs * inputs) @ stats.variance, 1e-30))
     return outputs + std * jax.random.normal(key, outputs.shape, dtype=outputs.dtype)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from l2l_pcm import training
+from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import load_checkpoint, save_checkpoint
-from l2l_pcm.fewshot.data import TaskSampler, load_omniglot, split_background
+from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
 from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, train_step
 from l2l_pcm.fewshot.model import init_params
 from l2l_pcm.pcm import PCMDevice
@@ -53,6 +53,35 @@ def validate(params, sampler: TaskSampler, config: MAMLConfig, device: PCMDevice
     return mean_ci95(finals)
 
 
+def make_trainer(
+    config: MAMLConfig,
+    train_set: OmniglotImages | np.ndarray,
+    val_set: OmniglotImages | np.ndarray,
+    device: PCMDevice | None = None,
+) -> MetaTrainer:
+    """The few-shot :class:`MetaTrainer` on given images (:func:`train` passes Omniglot's background split;
+    tests pass synthetic images)."""
+    device = device or PCMDevice()
+    train_sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.augment_rotations)
+    val_sampler = TaskSampler(val_set, config.ways, config.shots, config.queries, augment_rotations=False)
+
+    def init():
+        params = init_params(jax.random.PRNGKey(config.seed), config.cnn)
+        return params, make_optimizer(config).init(params)
+
+    def step(params, opt_state, iteration):
+        batch = distributed.shard_tasks(train_sampler.sample(config.seed * 1_000_003 + iteration, config.meta_batch))
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), iteration)
+        params, opt_state, loss, accuracies = train_step(params, opt_state, batch, key, config, device)
+        return params, opt_state, float(loss), {"train_accuracy": float(accuracies[-1])}
+
+    def validation(params):
+        accuracy, ci95 = validate(params, val_sampler, config, device, config.validation_tasks, seed=1)
+        return {"val_accuracy": accuracy, "val_ci95": ci95}
+
+    return MetaTrainer(CHECKPOINT_KIND, config, init, step, validation, score_name="val_accuracy")
+
+
 def train(
     config: MAMLConfig,
     out_dir: str | Path,
@@ -62,24 +91,5 @@ def train(
     device: PCMDevice | None = None,
 ) -> dict:
     """Meta-train, writing ``last.safetensors``, ``best.safetensors`` and ``metrics.csv/json`` to ``out_dir``."""
-    device = device or PCMDevice()
     train_set, val_set = split_background(load_omniglot("background", data_dir))
-    train_sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.augment_rotations)
-    val_sampler = TaskSampler(val_set, config.ways, config.shots, config.queries, augment_rotations=False)
-
-    def init():
-        params = init_params(jax.random.PRNGKey(config.seed), config.cnn)
-        return params, make_optimizer(config).init(params)
-
-    def step(params, opt_state, iteration):
-        batch = train_sampler.sample(config.seed * 1_000_003 + iteration, config.meta_batch)
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), iteration)
-        params, opt_state, loss, accuracies = train_step(params, opt_state, batch, key, config, device)
-        return params, opt_state, float(loss), {"train_accuracy": float(accuracies[-1])}
-
-    def validation(params):
-        accuracy, ci95 = validate(params, val_sampler, config, device, config.validation_tasks, seed=1)
-        return {"val_accuracy": accuracy, "val_ci95": ci95}
-
-    trainer = MetaTrainer(CHECKPOINT_KIND, config, init, step, validation, score_name="val_accuracy")
-    return training.run(trainer, out_dir, resume=resume, progress=progress)
+    return training.run(make_trainer(config, train_set, val_set, device), out_dir, resume=resume, progress=progress)

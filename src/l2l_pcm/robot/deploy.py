@@ -9,7 +9,7 @@ from that deployed state:
    generator run digitally;
 2. the e-prop update ΔW = −η Σ_t L_j ψ_j ē_i is quantized to 1/16 (nearest) and written with
    :meth:`Chip.reprogram`: only devices whose quantized update is non-zero are re-programmed;
-3. pass 2 runs the trainee again through the chip.
+3. ``seconds_after_update`` later, pass 2 runs the trainee again through the chip.
 
 Self-connections do not exist on the chip (their cells are left unused: masked digitally).
 """
@@ -83,6 +83,7 @@ class ChipTrainee:
                 self.chip.restore(self._deployed)
                 # already on the 1/16 grid: nearest rounding writes it exactly
                 report = self.chip.reprogram(TRAINEE, applied[task], task_key, rounding="nearest")
+                self.chip.advance(self.config.seconds_after_update)
                 stats = self._masked(self.chip.read_statistics(TRAINEE))
                 means.append(stats.mean)
                 variances.append(stats.variance)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.chip.crossbar import WeightStatistics
+from l2l_pcm.chip.crossbar import WeightStatistics, program_layer, read_statistics
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice, quantize
 from l2l_pcm.robot.snn import (
@@ -186,29 +186,44 @@ def software_memory() -> WeightMemory:
     )
 
 
-def pcm_memory(device: PCMDevice, time_since_programming_s: float, mask: jax.Array | None = None) -> WeightMemory:
+def pcm_memory(
+    device: PCMDevice,
+    time_since_programming_s: float,
+    mask: jax.Array | None = None,
+    seconds_after_update: float = 1.0,
+) -> WeightMemory:
     """Statistical PCM model of the crossbar, for hardware-aware meta-training (straight-through).
 
-    Pass 1 reads :meth:`PCMDevice.noisy_weights` of the initial weights (programming noise, drift to
-    ``time_since_programming_s`` and one read-noise draw, shared by all tasks: one programmed chip).
-    After the update only the devices whose quantized update is non-zero are re-programmed
-    (fresh programming noise and drift); all others return exactly what pass 1 read, as on the chip.
-    Gradients are straight-through everywhere, also to the (rounded-to-zero) update of untouched
-    devices, so the LSG is trained as in the software model.
-    ``mask`` (e.g. :func:`recurrent_mask`) keeps absent synapses at zero.
+    The same pure functions as the chip (:func:`l2l_pcm.chip.program_layer`,
+    :func:`l2l_pcm.chip.read_statistics`): pass 1 reads the initial weights programmed once (one draw of
+    programming noise and drift exponents for all tasks) and aged ``time_since_programming_s``; the
+    returned statistics carry the per-read noise variance, so with a ``read_key`` every MVM gets fresh
+    read noise exactly as on the chip. After the update only devices whose quantized update is non-zero
+    are re-programmed (fresh programming noise and drift exponent) and read ``seconds_after_update``
+    later; all others keep what pass 1 read. Means are straight-through (gradient of the exact weights),
+    variances carry no gradient. ``mask`` (e.g. :func:`recurrent_mask`) keeps absent synapses at zero.
     """
 
     def masked(weights: jax.Array) -> jax.Array:
         return weights if mask is None else weights * mask
 
+    def programmed(weights: jax.Array, key: jax.Array, age_s: float) -> WeightStatistics:
+        state = program_layer(device, key, weights, 0.0)
+        stats = read_statistics(device, state, age_s, drift_compensation=False)
+        mean = weights + jax.lax.stop_gradient(stats.mean - weights)
+        return WeightStatistics(masked(mean), masked(jax.lax.stop_gradient(stats.variance)))
+
     def read_initial(w_stack: jax.Array, key: jax.Array) -> WeightStatistics:
-        return software_statistics(masked(device.noisy_weights(key, w_stack, time_since_programming_s)))
+        return programmed(w_stack, key, time_since_programming_s)
 
     def read_updated(previous: WeightStatistics, update: WeightUpdate, key: jax.Array) -> WeightStatistics:
-        fresh = masked(device.noisy_weights(key, update.weights, time_since_programming_s))
-        # previous + applied has the value of previous where nothing is written (applied = 0) but
-        # keeps the straight-through gradient to the update there, as the software update does
-        return software_statistics(jnp.where(update.applied != 0, fresh, previous.mean + update.applied))
+        fresh = programmed(update.weights, key, seconds_after_update)
+        touched = update.applied != 0
+        # previous + applied equals previous where nothing is written (applied = 0) but keeps the
+        # straight-through gradient to the update there, as the software update does
+        mean = jnp.where(touched, fresh.mean, previous.mean + update.applied)
+        variance = jnp.where(touched, fresh.variance, jnp.broadcast_to(previous.variance, touched.shape))
+        return WeightStatistics(mean, variance)
 
     return WeightMemory(read_initial, read_updated)
 

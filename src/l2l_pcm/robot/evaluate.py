@@ -45,16 +45,20 @@ def evaluate(
     backend: str = "chip",
     tasks: int = 200,
     seed: int = 0,
-    precision: str = "fp32",
+    precision: str = "trained",
     chip_config: ChipConfig | None = None,
     time_since_programming_s: float | None = None,
     keep_examples: bool = False,
 ) -> dict:
     """MSE before/after the single update over ``tasks`` unseen trajectories.
 
-    ``backend="software"``: ``precision`` "fp32" (exact weights) or "pcm" (the statistical PCM model the
-    hardware-aware training uses). ``backend="chip"``: the trainee's weights on the emulated chip.
+    ``backend="software"``: ``precision`` "fp32" (exact weights), "pcm" (the statistical PCM model of
+    hardware-aware training) or "trained" (whichever of the two the checkpoint was meta-trained with: a
+    network meta-trained with drift in the loop expects drifted weights). ``backend="chip"``: the
+    trainee's weights on the emulated chip.
     """
+    if precision == "trained":
+        precision = "pcm" if config.hardware_aware else "fp32"
     if tasks < 2:
         raise ConfigError(f"number of tasks must be >= 2 (for a confidence interval), got {tasks}")
     if backend not in ("software", "chip"):
@@ -73,7 +77,8 @@ def evaluate(
         if chip is None:
             hardware = dataclasses.replace(config, hardware_aware=True)
             memory = software_memory() if precision == "fp32" else default_memory(hardware)
-            result = inner_loop(params, targets, key, config, memory=memory)
+            read_key = None if precision == "fp32" else jax.random.fold_in(key, 1)
+            result = inner_loop(params, targets, key, config, memory=memory, read_key=read_key)
         else:
             result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.fold_in(key, 1))
             chip.count_mvms(targets.xyz.shape[0])

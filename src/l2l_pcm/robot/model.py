@@ -112,6 +112,8 @@ class RobotConfig:
     quantize_step: float | None = 1.0 / 16
     """Granularity of the written update (None: no quantization)."""
     time_since_programming_s: float = 3600.0
+    seconds_after_update: float = 1.0
+    """Time between writing the update and pass 2 (re-programmed devices are this old when read)."""
     """Device age at which the PCM model reads the trainee (hardware-aware only)."""
     device: PCMDevice = PCMDevice()
     """PCM device model of the hardware-aware variant; its ``w_max`` bounds the trainee's weights."""
@@ -132,7 +134,7 @@ class RobotConfig:
             "batch",
         ):
             _positive(name, getattr(self, name), integer=True)
-        for name in ("velocity_dt_s", "eta", "lr", "lr_decay", "time_since_programming_s"):
+        for name in ("velocity_dt_s", "eta", "lr", "lr_decay", "time_since_programming_s", "seconds_after_update"):
             _positive(name, getattr(self, name))
         for name in ("reg_lambda", "target_rate_trainee_hz", "target_rate_lsg_hz"):
             value = getattr(self, name)
@@ -204,7 +206,7 @@ def default_memory(config: RobotConfig) -> WeightMemory:
     if not config.hardware_aware:
         return software_memory()
     mask = recurrent_mask(config.trainee)
-    return pcm_memory(config.device, config.time_since_programming_s, mask)
+    return pcm_memory(config.device, config.time_since_programming_s, mask, config.seconds_after_update)
 
 
 def inner_loop(
@@ -273,7 +275,9 @@ def meta_loss(
     ``rate_trainee_hz`` (both passes), ``rate_trainee_after_hz``, ``rate_lsg_hz`` (means over neurons),
     ``fraction_updated`` (non-zero quantized entries over plastic synapses), ``mean_abs_delta_w``.
     """
-    result = inner_loop(params, targets, key, config)
+    # hardware-aware: fresh read noise on every MVM, as on the chip
+    read_key = jax.random.fold_in(key, 1) if config.hardware_aware else None
+    result = inner_loop(params, targets, key, config, read_key=read_key)
     eprop = result.eprop
     mse_omega = _mse(result.after.angular_velocity, targets.angular_velocity)
     mse_xyz = _mse(result.after.xyz, targets.xyz)

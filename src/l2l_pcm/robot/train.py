@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from l2l_pcm import training
+from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import load_checkpoint
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
@@ -84,8 +84,8 @@ def validate(params, config: RobotConfig, tasks: int) -> dict:
     }
 
 
-def train(config: RobotTrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Meta-train the trainee's initial weights and the LSG; see :mod:`l2l_pcm.training` for the files."""
+def make_trainer(config: RobotTrainConfig) -> MetaTrainer:
+    """The robot :class:`MetaTrainer` (one home for its step, shared by :func:`train` and tests)."""
     model = config.model
 
     def init():
@@ -95,15 +95,19 @@ def train(config: RobotTrainConfig, out_dir: str | Path, resume: bool = False, p
     def step(params, opt_state, iteration):
         key = jax.random.fold_in(jax.random.PRNGKey(model.seed), iteration)
         key_targets, key_step = jax.random.split(key)
-        targets = trajectories(model, key_targets, model.batch)
+        targets = distributed.shard_tasks(trajectories(model, key_targets, model.batch))
         params, opt_state, loss, aux = train_step(params, opt_state, targets, key_step, model)
         metrics = {
             name: float(aux[name]) for name in ("mse_xyz_after", "rate_trainee_hz", "rate_lsg_hz", "fraction_updated")
         }
         return params, opt_state, float(loss), metrics
 
-    trainer = MetaTrainer(CHECKPOINT_KIND, config, init, step, lambda p: validate(p, model, config.validation_tasks))
-    return training.run(trainer, out_dir, resume=resume, progress=progress)
+    return MetaTrainer(CHECKPOINT_KIND, config, init, step, lambda p: validate(p, model, config.validation_tasks))
+
+
+def train(config: RobotTrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Meta-train the trainee's initial weights and the LSG; see :mod:`l2l_pcm.training` for the files."""
+    return training.run(make_trainer(config), out_dir, resume=resume, progress=progress)
 
 
 def load_robot_checkpoint(path) -> tuple[dict, RobotTrainConfig, dict]:
