@@ -23,9 +23,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# every benchmark, one summary table; `make bench QUICK=1` for small iteration counts
 bench: $(STAMP)
-	$(BIN)/python benchmarks/chip_mvm.py
-	$(BIN)/python benchmarks/fewshot_train.py
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

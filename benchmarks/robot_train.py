@@ -114,6 +114,7 @@ def main() -> None:
     headline = 16 if 16 in seconds else args.batches[0]
     print(f"seconds_per_iteration_batch{headline}: {seconds[headline]:.3f}")
     print(f"fraction_of_matmul_peak: {fractions[headline]:.3f}")
+    print(f"peak_memory_mb: {peak_mb:.0f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ kill leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -24,17 +25,25 @@ def _temp_prefix(name: str) -> str:
 _TEMP_SUFFIX = ".tmp"
 
 
+def _temp_file(folder: Path, name: str) -> tuple[int, str]:
+    """Create ``folder`` if needed and an empty temp file for ``name`` in it: (fd, path)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=_temp_prefix(name), suffix=_TEMP_SUFFIX, dir=folder)
+    except FileExistsError:  # ``folder`` itself is a file
+        reason = os.strerror(errno.ENOTDIR)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    raise L2LPCMError(f"cannot write to folder {folder}: {reason}")
+
+
 def writable_folder(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check a file can be created in it, so a long run fails at its start,
     not at its first checkpoint hours later."""
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("probe"), suffix=_TEMP_SUFFIX, dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise L2LPCMError(f"cannot write to folder {path}: {exc.strerror or exc}") from None
+    fd, probe = _temp_file(path, "probe")
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 
@@ -56,11 +65,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     :func:`remove_stale_temporaries`.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX, dir=path.parent)
-    except OSError as exc:
-        raise L2LPCMError(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
+    fd, tmp = _temp_file(path.parent, path.name)
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from l2l_pcm.errors import L2LPCMError
+from l2l_pcm.errors import SEED_MAX, L2LPCMError, check_seed
 
 
 def _chip_stats(args: argparse.Namespace) -> None:
@@ -85,7 +85,14 @@ def _fewshot_train(args: argparse.Namespace) -> None:
         config = MAMLConfig.from_json(_read_json(args.config))
     overrides = {name: getattr(args, name) for name in ("variant", "iterations", "meta_batch", "seed")}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    summary = train(config, args.out, data_dir=args.data_dir, resume=args.resume, progress=not args.no_progress)
+    summary = train(
+        config,
+        args.out,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        init_from=args.init_from,
+    )
     _print_summary(summary)
 
 
@@ -316,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = chip.add_parser("stats", help="sampled device statistics vs. their equations")
     stats.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
     stats.add_argument("--samples", type=_positive_int, default=100_000, help="samples per conductance (default 1e5)")
-    stats.add_argument("--seed", type=int, default=0)
+    stats.add_argument("--seed", type=_seed, default=0)
     stats.add_argument(
         "--authors-read-noise",
         action="store_true",
@@ -325,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(run=_chip_stats)
     demo = chip.add_parser("demo", help="drift over 1 s … 1 day and devices touched by an update; writes a plot")
     demo.add_argument("--out", default="outputs", help="folder for the plot (default: outputs/)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.set_defaults(run=_chip_demo)
 
     fewshot = commands.add_parser("fewshot", help="few-shot Omniglot with MAML").add_subparsers(
@@ -337,9 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--variant", choices=("fp32", "4bit", "pcm"))
     train.add_argument("--iterations", type=_positive_int)
     train.add_argument("--meta-batch", type=_positive_int)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=_seed)
     train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    train.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
     train.add_argument("--no-progress", action="store_true")
     add_distributed_arguments(train)
     train.set_defaults(run=_fewshot_train)
@@ -348,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", help="few-shot checkpoint (default: the shipped one)")
         sub.add_argument("--tasks", type=_positive_int, default=600, help="unseen tasks (default 600)")
         sub.add_argument("--queries", type=_positive_int, default=15, help="query images per class (default 15)")
-        sub.add_argument("--seed", type=int, default=0, help="task seed: same seed, same tasks on every backend")
+        sub.add_argument("--seed", type=_seed, default=0, help="task seed: same seed, same tasks on every backend")
         sub.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
 
     evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
@@ -383,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     robot_train.add_argument("--iterations", type=_positive_int)
     robot_train.add_argument("--batch", type=_positive_int, help="trajectories per outer iteration")
     robot_train.add_argument("--arm", choices=("scorbot", "two_link"))
-    robot_train.add_argument("--seed", type=int)
+    robot_train.add_argument("--seed", type=_seed)
     robot_train.add_argument("--software-only", action="store_true", help="meta-train without the PCM model")
     robot_train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     robot_train.add_argument("--no-progress", action="store_true")
@@ -393,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_robot_eval_arguments(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--checkpoint", help="robot checkpoint (default: the shipped one)")
         sub.add_argument("--tasks", type=_positive_int, default=200, help="unseen trajectories (default 200)")
-        sub.add_argument("--seed", type=int, default=0, help="trajectory seed: same seed, same trajectories")
+        sub.add_argument("--seed", type=_seed, default=0, help="trajectory seed: same seed, same trajectories")
 
     robot_eval = robot.add_parser("eval", help="MSE before/after the single update, software or chip")
     add_robot_eval_arguments(robot_eval)
@@ -429,6 +437,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return check_seed("seed", int(text))
+    except (ValueError, L2LPCMError):
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..{SEED_MAX}, got {text!r}") from None
 
 
 def _non_negative_int(text: str) -> int:

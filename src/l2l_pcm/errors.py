@@ -23,3 +23,15 @@ class CheckpointError(L2LPCMError):
 
 class ChipCapacityError(ConfigError):
     """A layer does not fit onto the crossbar arrays that are still free."""
+
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: ``jax.random.PRNGKey`` and NumPy take any 32-bit seed, and derived seeds (seed·k + i)
+stay far from their 64-bit limits."""
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` as a seed, or a :class:`ConfigError` naming ``name`` (bools and floats are not seeds)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX):
+        raise ConfigError(f"{name} must be an integer in 0..{SEED_MAX}, got {value!r}")
+    return value

@@ -44,6 +44,10 @@ from l2l_pcm.errors import ConfigError
 _G_REL_FLOOR = 1e-7  # keeps ln(ĝ) finite for devices at zero conductance, as aihwkit does
 
 
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class PCMDevice:
     """Constants of the PCM device model; every field can be overridden.
@@ -86,12 +90,12 @@ class PCMDevice:
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (_is_finite_number(value) and value > 0):
                 raise ConfigError(f"PCMDevice.{name} must be a finite number > 0, got {value!r}")
 
         def non_negative(name: str) -> None:
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if not (_is_finite_number(value) and value >= 0):
                 raise ConfigError(f"PCMDevice.{name} must be a finite number >= 0, got {value!r}")
 
         for name in ("g_max_uS", "w_max", "t0_s", "t_read_s", "read_noise_q_coeff", "read_noise_q_max"):
@@ -100,12 +104,25 @@ class PCMDevice:
             non_negative(name)
         if self.g_max_uS > 1e3:
             raise ConfigError(f"PCMDevice.g_max_uS = {self.g_max_uS} µS is not a PCM conductance (expected <= 1000 µS)")
+
+        def numbers(name: str, count: int) -> tuple | None:
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) == count and all(_is_finite_number(v) for v in value):
+                return value
+            return None
+
         for name in ("drift_mu_clip", "drift_sigma_clip"):
-            low, high = getattr(self, name)
-            if not (0 <= low <= high):
-                raise ConfigError(f"PCMDevice.{name} must satisfy 0 <= low <= high, got {(low, high)}")
-        if len(self.prog_noise_coeffs_uS) != 3:
-            raise ConfigError("PCMDevice.prog_noise_coeffs_uS needs 3 coefficients (c0, c1, c2)")
+            pair = numbers(name, 2)
+            if pair is None or not 0 <= pair[0] <= pair[1]:
+                raise ConfigError(
+                    f"PCMDevice.{name} must be two numbers with 0 <= low <= high, got {getattr(self, name)!r}"
+                )
+        for name, count in (("prog_noise_coeffs_uS", 3), ("drift_mu_coeffs", 2), ("drift_sigma_coeffs", 2)):
+            if numbers(name, count) is None:
+                raise ConfigError(f"PCMDevice.{name} must be {count} finite numbers, got {getattr(self, name)!r}")
+        if not isinstance(self.read_noise_uses_microsiemens, bool):
+            value = self.read_noise_uses_microsiemens
+            raise ConfigError(f"PCMDevice.read_noise_uses_microsiemens must be true or false, got {value!r}")
 
     def replace(self, **changes) -> PCMDevice:
         """A copy with some fields changed (validated again)."""

@@ -107,6 +107,7 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
         start, rows, best, elapsed = meta["iteration"], meta["metrics"], meta["best_score"], meta["seconds"]
     params, opt_state, start = distributed.replicate((params, opt_state, np.int32(start)))
     start = int(start)
+    saved_at = start  # iteration of the last.safetensors on disk (0: none yet)
 
     def checkpoint(iteration: int, name: str) -> None:
         if not main:
@@ -135,11 +136,12 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
         new_params, new_opt, loss, metrics = trainer.step(params, opt_state, iteration)
         if not math.isfinite(loss):
             bar.close()
-            last = rows[-1]["iteration"] if rows else 0
-            raise L2LPCMError(
-                f"training loss became {loss} at iteration {iteration + 1}; stopped, last good checkpoint "
-                f"{out_dir / LAST} (iteration {last}) is kept"
+            kept = (
+                f"last good checkpoint {out_dir / LAST} (iteration {saved_at}) is kept"
+                if saved_at
+                else "no checkpoint yet"
             )
+            raise L2LPCMError(f"training loss became {loss} at iteration {iteration + 1}; stopped, {kept}")
         params, opt_state = new_params, new_opt
         for name, value in {"train_loss": loss, **metrics}.items():
             averages[name] = value if name not in averages else 0.95 * averages[name] + 0.05 * value
@@ -162,6 +164,7 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
             elapsed += time.perf_counter() - tic
             tic = time.perf_counter()
             checkpoint(done, LAST)
+            saved_at = done
     bar.close()
     return {
         "iterations": config.iterations,

@@ -24,11 +24,14 @@ TASK_BATCH = 50
 
 
 def _task_batches(images: OmniglotImages, config: MAMLConfig, tasks: int, queries: int, seed: int):
+    """(start, batch) pairs, drawn lazily; impossible requests fail here, before any work starts."""
     if tasks < 1:
         raise ConfigError(f"number of tasks must be >= 1, got {tasks}")
     sampler = TaskSampler(images, config.ways, config.shots, queries, augment_rotations=False)
-    for start in range(0, tasks, TASK_BATCH):
-        yield start, sampler.sample(seed * 7_919 + start, min(TASK_BATCH, tasks - start))
+    return (
+        (start, sampler.sample(seed * 7_919 + start, min(TASK_BATCH, tasks - start)))
+        for start in range(0, tasks, TASK_BATCH)
+    )
 
 
 def _summary(backend: str, config: MAMLConfig, per_step: np.ndarray, queries: int, **extra) -> dict:
@@ -93,20 +96,20 @@ def evaluate_chip(
     """Accuracy per inner step with the network deployed on the emulated chip (see :mod:`.deploy`)."""
     from tqdm.auto import tqdm
 
+    batches = _task_batches(images, config, tasks, queries, seed)
     learner = ChipFewShotLearner(
         params, config, jax.random.PRNGKey(10_000 + seed), chip_config, time_since_programming_s
     )
     per_step, devices, unique, energy = [], [], [], []
-    bar = tqdm(total=tasks, desc="chip tasks", unit="task", disable=not progress)
-    for start, (sx, sy, qx, qy) in _task_batches(images, config, tasks, queries, seed):
-        for i in range(sx.shape[0]):
-            result = learner.adapt(sx[i], sy[i], qx[i], qy[i], jax.random.PRNGKey(seed * 100_003 + start + i))
-            per_step.append(result.accuracy_per_step)
-            devices.append(result.devices_reprogrammed)
-            unique.append(result.unique_devices_reprogrammed)
-            energy.append(result.energy_pJ)
-            bar.update()
-    bar.close()
+    with tqdm(total=tasks, desc="chip tasks", unit="task", disable=not progress) as bar:
+        for start, (sx, sy, qx, qy) in batches:
+            for i in range(sx.shape[0]):
+                result = learner.adapt(sx[i], sy[i], qx[i], qy[i], jax.random.PRNGKey(seed * 100_003 + start + i))
+                per_step.append(result.accuracy_per_step)
+                devices.append(result.devices_reprogrammed)
+                unique.append(result.unique_devices_reprogrammed)
+                energy.append(result.energy_pJ)
+                bar.update()
     devices = np.asarray(devices)
     total = learner.readout_devices
     return _summary(

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.errors import ConfigError, check_seed
 from l2l_pcm.fewshot.model import (
     CONV_NAMES,
     CNNConfig,
@@ -41,6 +41,14 @@ from l2l_pcm.fewshot.model import (
 from l2l_pcm.pcm import PCMDevice, quantize, quantize_weights
 
 VARIANTS = ("fp32", "4bit", "pcm")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no count
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,18 +90,25 @@ class MAMLConfig:
             "weight_bits",
         ):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= (0 if name == "inner_steps" else 1)):
+            if not (_is_int(value) and value >= (0 if name == "inner_steps" else 1)):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 2 <= self.weight_bits <= 24:  # a sign bit at least; float32 resolves no more than 24 bits
+            raise ConfigError(f"weight_bits must be in 2..24, got {self.weight_bits}")
         if self.shots + self.queries > 20:
             raise ConfigError(
                 f"shots + queries = {self.shots + self.queries} exceeds the 20 drawings per Omniglot class"
             )
         for name in ("inner_lr", "outer_lr", "update_step"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-        if not (math.isfinite(self.time_since_programming_s) and self.time_since_programming_s >= 0):
-            raise ConfigError(f"time_since_programming_s must be >= 0, got {self.time_since_programming_s!r}")
+        if not (_is_number(self.time_since_programming_s) and self.time_since_programming_s >= 0):
+            raise ConfigError(
+                f"time_since_programming_s must be a finite number >= 0, got {self.time_since_programming_s!r}"
+            )
+        if not isinstance(self.augment_rotations, bool):
+            raise ConfigError(f"augment_rotations must be true or false, got {self.augment_rotations!r}")
+        check_seed("seed", self.seed)
         if self.update_rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"update_rounding must be 'stochastic' or 'nearest', got {self.update_rounding!r}")
         if self.variant not in VARIANTS:

@@ -13,6 +13,7 @@ import numpy as np
 
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import load_checkpoint, save_checkpoint
+from l2l_pcm.errors import CheckpointError
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
 from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, train_step
 from l2l_pcm.fewshot.model import init_params
@@ -58,6 +59,7 @@ def make_trainer(
     train_set: OmniglotImages | np.ndarray,
     val_set: OmniglotImages | np.ndarray,
     device: PCMDevice | None = None,
+    init_from: str | Path | None = None,
 ) -> MetaTrainer:
     """The few-shot :class:`MetaTrainer` on given images (:func:`train` passes Omniglot's background split;
     tests pass synthetic images)."""
@@ -67,6 +69,10 @@ def make_trainer(
 
     def init():
         params = init_params(jax.random.PRNGKey(config.seed), config.cnn)
+        if init_from is not None:
+            params, source, _ = load_fewshot_checkpoint(init_from)
+            if source.cnn != config.cnn:
+                raise CheckpointError(f"{init_from} has model {source.cnn}, this run needs {config.cnn}")
         return params, make_optimizer(config).init(params)
 
     def step(params, opt_state, iteration):
@@ -89,7 +95,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     device: PCMDevice | None = None,
+    init_from: str | Path | None = None,
 ) -> dict:
-    """Meta-train, writing ``last.safetensors``, ``best.safetensors`` and ``metrics.csv/json`` to ``out_dir``."""
+    """Meta-train, writing ``last.safetensors``, ``best.safetensors`` and ``metrics.csv/json`` to ``out_dir``.
+
+    ``init_from``: start from the parameters of another few-shot checkpoint of the same model size
+    (fresh optimiser state), e.g. to continue a run with a changed inner learning rate.
+    """
     train_set, val_set = split_background(load_omniglot("background", data_dir))
-    return training.run(make_trainer(config, train_set, val_set, device), out_dir, resume=resume, progress=progress)
+    return training.run(
+        make_trainer(config, train_set, val_set, device, init_from), out_dir, resume=resume, progress=progress
+    )

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.errors import ConfigError, check_seed
 from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.eprop import (
@@ -144,6 +144,7 @@ class RobotConfig:
             _positive("quantize_step", self.quantize_step)
         if not isinstance(self.hardware_aware, bool):
             raise ConfigError(f"RobotConfig.hardware_aware must be a bool, got {self.hardware_aware!r}")
+        check_seed("RobotConfig.seed", self.seed)
         if self.xyz_bits > 24:
             raise ConfigError(f"RobotConfig.xyz_bits must be <= 24, got {self.xyz_bits}")
         expected = self.trainee.n_in + 3 * self.xyz_bits

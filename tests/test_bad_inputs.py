@@ -1,0 +1,691 @@
+"""Bad inputs through the CLI: exit code 2, exactly one ``error: ...`` line, no traceback, nothing saved lost.
+
+Each case is a generator registered with :func:`case`: it prepares files under a temp folder, yields the
+command line, and after the CLI has run checks that what was saved before is intact. The same cases
+print the table of ``docs/bad_inputs.md`` (``python tests/_bad_inputs_table.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from l2l_pcm.cli import main
+from l2l_pcm.fewshot.maml import MAMLConfig
+from l2l_pcm.fewshot.model import init_params as fewshot_init
+from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
+
+SMALL_ROBOT_MODEL = dict(
+    trainee=dict(n_in=5, n_rec=12),
+    lsg=dict(n_in=5 + 3 * 4, n_rec=16, n_out=12),
+    n_steps=60,
+    smoothing_window=30,
+    clock_interval_steps=12,
+    clock_period_steps=3,
+    xyz_bits=4,
+    batch=2,
+    eta=0.05,
+)
+SMALL_ROBOT = dict(model=SMALL_ROBOT_MODEL, iterations=2, validate_every=2, validation_tasks=3, checkpoint_every=1)
+TINY_FEWSHOT = MAMLConfig(channels=8, meta_batch=2, iterations=2, validate_every=2, validation_tasks=2, queries=2)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """Exit code and stderr of ``l2l-pcm argv`` in this process (argparse's exit counts as a return)."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, err.getvalue()
+
+
+def error_line(stderr: str) -> str:
+    """The one ``error: ...`` line; fails on anything else (tracebacks, warnings, several lines)."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------- shared files
+class Files:
+    """Small files the cases start from, made on first use under one folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, Path] = {}
+
+    def _once(self, name: str, make: Callable[[Path], None]) -> Path:
+        if name not in self._made:
+            path = self.root / name
+            make(path)
+            self._made[name] = path
+        return self._made[name]
+
+    def robot_config(self, **changes) -> Path:
+        data = json.loads(json.dumps(SMALL_ROBOT))
+        data.update(changes)
+        path = self.root / f"robot_{len(list(self.root.glob('robot_*.json')))}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    def fewshot_config(self, **changes) -> Path:
+        data = {**TINY_FEWSHOT.to_json(), **changes}
+        path = self.root / f"fewshot_{len(list(self.root.glob('fewshot_*.json')))}.json"
+        path.write_text(json.dumps(data, allow_nan=True))
+        return path
+
+    def robot_run(self) -> Path:
+        """A finished 2-iteration robot run folder (checkpoints and metrics)."""
+
+        def make(path: Path) -> None:
+            assert run_cli(["robot", "train", "--config", str(self.robot_config()), "--out", str(path)])[0] == 0
+
+        return self._once("robot_run", make)
+
+    def copy_of_robot_run(self, name: str) -> Path:
+        destination = self.root / name
+        shutil.copytree(self.robot_run(), destination)
+        return destination
+
+    def fewshot_checkpoint(self) -> Path:
+        from l2l_pcm.fewshot.train import save_fewshot_checkpoint
+
+        return self._once(
+            "fewshot.safetensors",
+            lambda path: save_fewshot_checkpoint(
+                path, fewshot_init(jax.random.PRNGKey(0), TINY_FEWSHOT.cnn), TINY_FEWSHOT
+            ),
+        )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+# --------------------------------------------------------------------------------------------- cases
+CaseFn = Callable[[Files, pytest.MonkeyPatch], Iterator[list[str]]]
+CASES: dict[str, tuple[str, str, CaseFn, bool]] = {}
+
+
+def case(description: str, expect: str, needs_data: bool = False) -> Callable[[CaseFn], CaseFn]:
+    """Register a case: what is wrong (for the table) and a regex the error line must match."""
+
+    def register(fn: CaseFn) -> CaseFn:
+        CASES[fn.__name__] = (description, expect, fn, needs_data)
+        return fn
+
+    return register
+
+
+def shared_data() -> Path | None:
+    from conftest import SHARED
+
+    return SHARED
+
+
+# data
+@case("data dir does not exist", r"Omniglot data directory not found: .*nowhere")
+def missing_data_dir(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--data-dir", str(files.root / "nowhere")]
+    assert not (files.root / "run").exists()
+
+
+@case("data dir is a file", r"Omniglot data directory is not a folder")
+def data_dir_is_a_file(files, mp):
+    (files.root / "afile").write_text("x")
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--data-dir", str(files.root / "afile")]
+
+
+@case("data of the wrong format (garbage npz) = failed checksum", r"checksum mismatch for .*omniglot_background\.npz")
+def garbage_npz(files, mp):
+    (files.root / "data").mkdir()
+    (files.root / "data" / "omniglot_background.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--data-dir", str(files.root / "data")]
+
+
+@case("data of the wrong format (garbage zip)", r"cannot read Omniglot zip .*images_background\.zip")
+def garbage_zip(files, mp):
+    (files.root / "data").mkdir()
+    (files.root / "data" / "images_background.zip").write_bytes(b"garbage")
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--data-dir", str(files.root / "data")]
+
+
+# checkpoints
+@case("truncated checkpoint (eval)", r"corrupt or truncated checkpoint .*cut\.safetensors")
+def truncated_checkpoint(files, mp):
+    data = files.fewshot_checkpoint().read_bytes()
+    (files.root / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    yield ["fewshot", "eval", "--checkpoint", str(files.root / "cut.safetensors"), "--tasks", "2"]
+
+
+@case("garbage checkpoint (eval)", r"corrupt or truncated checkpoint .*junk\.safetensors")
+def garbage_checkpoint(files, mp):
+    (files.root / "junk.safetensors").write_bytes(os.urandom(300))
+    yield ["robot", "eval", "--checkpoint", str(files.root / "junk.safetensors"), "--tasks", "2"]
+
+
+@case("corrupt last.safetensors on --resume", r"corrupt or truncated checkpoint .*last\.safetensors")
+def corrupt_resume(files, mp):
+    run = files.copy_of_robot_run("corrupt_run")
+    last = run / "last.safetensors"
+    last.write_bytes(last.read_bytes()[:-64])
+    before = snapshot(run)
+    yield [
+        "robot",
+        "train",
+        "--config",
+        str(files.robot_config(iterations=4)),
+        "--out",
+        str(run),
+        "--resume",
+        "--no-progress",
+    ]
+    assert snapshot(run) == before
+
+
+@case("safetensors file that is not an l2l-pcm checkpoint", r"not an l2l-pcm checkpoint \(no metadata\)")
+def foreign_safetensors(files, mp):
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(3, np.float32)}, str(files.root / "foreign.safetensors"))
+    yield ["export", str(files.root / "foreign.safetensors"), str(files.root / "out.safetensors")]
+    assert not (files.root / "out.safetensors").exists()
+
+
+@case(
+    "checkpoint of the other scenario (robot eval of a few-shot file)",
+    r"holds a 'fewshot-maml' checkpoint, expected 'robot-l2l'",
+)
+def other_scenario_robot(files, mp):
+    yield ["robot", "eval", "--checkpoint", str(files.fewshot_checkpoint()), "--tasks", "2"]
+
+
+@case(
+    "checkpoint of the other scenario (few-shot eval of a robot file)",
+    r"holds a 'robot-l2l' checkpoint, expected 'fewshot-maml'",
+)
+def other_scenario_fewshot(files, mp):
+    yield ["fewshot", "eval", "--checkpoint", str(files.robot_run() / "last.safetensors"), "--tasks", "2"]
+
+
+@case(
+    "checkpoint of a different model size",
+    r"tensor 'params/conv1' has shape \(3, 3, 1, 12\), model needs \(3, 3, 1, 8\)",
+)
+def other_model_size(files, mp):
+    from l2l_pcm.checkpoint import save_checkpoint
+
+    bigger = fewshot_init(jax.random.PRNGKey(0), dataclasses.replace(TINY_FEWSHOT, channels=12).cnn)
+    path = files.root / "bigger.safetensors"
+    save_checkpoint(path, "fewshot-maml", {"params": bigger}, {"config": TINY_FEWSHOT.to_json()})
+    yield ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2"]
+
+
+@case("--resume with another config", r"was trained with another config \(only --iterations may change on resume\)")
+def resume_other_config(files, mp):
+    run = files.copy_of_robot_run("other_config_run")
+    before = snapshot(run)
+    yield ["robot", "train", "--config", str(files.robot_config()), "--out", str(run), "--resume", "--batch", "4"]
+    assert snapshot(run) == before
+
+
+# impossible tasks
+@case(
+    'impossible task: shots + queries > 20, config `{"shots": 15, "queries": 10}`',
+    r"shots \+ queries = 25 exceeds the 20 drawings",
+)
+def too_many_drawings(files, mp):
+    yield [
+        "fewshot",
+        "train",
+        "--out",
+        str(files.root / "run"),
+        "--config",
+        str(files.fewshot_config(shots=15, queries=10)),
+    ]
+
+
+@case(
+    'impossible task: ways > classes, config `{"ways": 1000}`',
+    r"ways=1000 exceeds the number of classes",
+    needs_data=True,
+)
+def too_many_ways(files, mp):
+    config = files.fewshot_config(ways=1000)
+    yield [
+        "fewshot",
+        "train",
+        "--out",
+        str(files.root / "run"),
+        "--config",
+        str(config),
+        "--data-dir",
+        str(shared_data()),
+    ]
+    assert not (files.root / "run").exists()
+
+
+@case(
+    "impossible task: --queries 16 with 5 shots (eval)", r"shots\+queries=21 exceeds the 20 drawings", needs_data=True
+)
+def too_many_queries(files, mp):
+    checkpoint = str(files.fewshot_checkpoint())
+    yield ["fewshot", "eval", "--checkpoint", checkpoint, "--queries", "16", "--data-dir", str(shared_data())]
+
+
+# sizes, rates, times
+@case("zero iterations (CLI)", r"argument --iterations: expected a positive integer, got '0'")
+def zero_iterations(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--iterations", "0"]
+
+
+@case("negative batch (CLI)", r"argument --batch: expected a positive integer, got '-3'")
+def negative_batch(files, mp):
+    yield ["robot", "train", "--out", str(files.root / "run"), "--batch", "-3"]
+
+
+@case("zero samples (CLI)", r"argument --samples: expected a positive integer, got '0'")
+def zero_samples(files, mp):
+    yield ["chip", "stats", "--samples", "0"]
+
+
+@case("negative time since programming (CLI)", r"argument --time-since-programming: expected a finite number >= 0")
+def negative_time(files, mp):
+    yield ["robot", "eval", "--time-since-programming", "-1"]
+
+
+@case(
+    "NaN time since programming (CLI)", r"argument --time-since-programming: expected a finite number >= 0, got 'nan'"
+)
+def nan_time(files, mp):
+    yield ["fewshot", "eval", "--time-since-programming", "nan"]
+
+
+@case("seed out of range (CLI)", r"argument --seed: expected an integer in 0\.\.4294967295, got '-1'")
+def negative_seed(files, mp):
+    yield ["robot", "eval", "--seed", "-1"]
+
+
+@case("one robot evaluation task (no confidence interval)", r"number of tasks must be >= 2")
+def one_robot_task(files, mp):
+    yield ["robot", "eval", "--checkpoint", str(files.robot_run() / "last.safetensors"), "--tasks", "1"]
+
+
+@case('negative learning rate, config `{"outer_lr": -0.001}`', r"outer_lr must be a finite number > 0, got -0\.001")
+def negative_lr(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(outer_lr=-1e-3))]
+
+
+@case('NaN learning rate, config `{"inner_lr": NaN}`', r"inner_lr must be a finite number > 0, got nan")
+def nan_lr(files, mp):
+    yield [
+        "fewshot",
+        "train",
+        "--out",
+        str(files.root / "run"),
+        "--config",
+        str(files.fewshot_config(inner_lr=float("nan"))),
+    ]
+
+
+@case(
+    'negative time, config `{"time_since_programming_s": -1}`',
+    r"time_since_programming_s must be a finite number >= 0, got -1",
+)
+def negative_time_config(files, mp):
+    config = files.fewshot_config(time_since_programming_s=-1)
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+
+
+@case('zero size, config `{"meta_batch": 0}`', r"meta_batch must be a positive integer, got 0")
+def zero_meta_batch(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(meta_batch=0))]
+
+
+@case('fractional size, config `{"channels": 8.5}`', r"channels must be a positive integer, got 8\.5")
+def fractional_channels(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(channels=8.5))]
+
+
+@case('boolean for a count, config `{"ways": true}`', r"ways must be a positive integer, got True")
+def boolean_ways(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(ways=True))]
+
+
+@case('seed not an integer, config `{"seed": 1.5}`', r"seed must be an integer in 0\.\.4294967295, got 1\.5")
+def fractional_seed(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(seed=1.5))]
+
+
+@case('zero rate, robot config `{"model": {"lr": 0}}`', r"RobotConfig\.lr must be a finite number > 0, got 0")
+def zero_robot_lr(files, mp):
+    config = files.robot_config(model={**SMALL_ROBOT_MODEL, "lr": 0})
+    yield ["robot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+
+
+@case('zero size, robot config `{"model": {"trainee": {"n_rec": 0}}}`', r"TraineeConfig\.n_rec must be")
+def zero_neurons(files, mp):
+    config = files.robot_config(model={**SMALL_ROBOT_MODEL, "trainee": {"n_in": 5, "n_rec": 0}})
+    yield ["robot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+
+
+@case('unknown field, config `{"wayz": 5}`', r"unknown few-shot config fields: \['wayz'\]")
+def unknown_field(files, mp):
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(wayz=5))]
+
+
+@case("config file that is not JSON (`{ways: 5`)", r"config .*bad\.json is not valid JSON")
+def config_not_json(files, mp):
+    (files.root / "bad.json").write_text("{ways: 5")
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.root / "bad.json")]
+
+
+@case("config JSON that is not an object (`[5, 5]`)", r"must hold a JSON object of config fields, got list")
+def config_list(files, mp):
+    (files.root / "list.json").write_text("[5, 5]")
+    yield ["robot", "train", "--out", str(files.root / "run"), "--config", str(files.root / "list.json")]
+
+
+@case("config file missing", r"config file not found: .*missing\.json")
+def config_missing(files, mp):
+    yield ["robot", "train", "--out", str(files.root / "run"), "--config", str(files.root / "missing.json")]
+
+
+# device constants
+def robot_device(files: Files, **device) -> list[str]:
+    config = files.robot_config(model={**SMALL_ROBOT_MODEL, "device": device})
+    return ["robot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+
+
+@case(
+    'device constant out of range, robot config `{"model": {"device": {"g_max_uS": -25}}}`',
+    r"PCMDevice\.g_max_uS must be a finite number > 0, got -25",
+)
+def negative_gmax(files, mp):
+    yield robot_device(files, g_max_uS=-25)
+
+
+@case(
+    'device constant out of range, `"device": {"g_max_uS": 5000}`',
+    r"PCMDevice\.g_max_uS = 5000 µS is not a PCM conductance",
+)
+def huge_gmax(files, mp):
+    yield robot_device(files, g_max_uS=5000)
+
+
+@case(
+    'device constant out of range, `"device": {"t_read_s": 0}`',
+    r"PCMDevice\.t_read_s must be a finite number > 0, got 0",
+)
+def zero_read_time(files, mp):
+    yield robot_device(files, t_read_s=0)
+
+
+@case(
+    'device constant out of range, `"device": {"read_noise_scale": -1}`',
+    r"PCMDevice\.read_noise_scale must be a finite number >= 0, got -1",
+)
+def negative_read_noise(files, mp):
+    yield robot_device(files, read_noise_scale=-1)
+
+
+@case(
+    'device constant out of range, `"device": {"drift_mu_clip": [0.2, 0.1]}`',
+    r"PCMDevice\.drift_mu_clip must be two numbers with 0 <= low <= high, got \(0\.2, 0\.1\)",
+)
+def reversed_clip(files, mp):
+    yield robot_device(files, drift_mu_clip=[0.2, 0.1])
+
+
+@case(
+    'device constant of the wrong type, `"device": {"drift_mu_clip": ["a", "b"]}`',
+    r"PCMDevice\.drift_mu_clip must be two numbers with 0 <= low <= high",
+)
+def string_clip(files, mp):
+    yield robot_device(files, drift_mu_clip=["a", "b"])
+
+
+@case(
+    'device constant of the wrong shape, `"device": {"prog_noise_coeffs_uS": 5}`',
+    r"PCMDevice\.prog_noise_coeffs_uS must be 3 finite numbers",
+)
+def scalar_poly(files, mp):
+    yield robot_device(files, prog_noise_coeffs_uS=5)
+
+
+@case('device constant NaN, `"device": {"w_max": NaN}`', r"PCMDevice\.w_max must be a finite number > 0, got nan")
+def nan_wmax(files, mp):
+    yield robot_device(files, w_max=float("nan"))
+
+
+# training
+@case(
+    "NaN loss at iteration 3 (train step monkeypatched)",
+    r"training loss became nan at iteration 3; stopped, last good checkpoint .*\(iteration 2\)",
+)
+def nan_loss(files, mp):
+    from l2l_pcm.robot import train as robot_train
+
+    original, calls = robot_train.train_step, {"n": 0}
+
+    def flaky(params, opt_state, targets, key, config):
+        calls["n"] += 1
+        params, opt_state, loss, aux = original(params, opt_state, targets, key, config)
+        return params, opt_state, (loss * jnp.nan if calls["n"] == 3 else loss), aux
+
+    mp.setattr(robot_train, "train_step", flaky)
+    out = files.root / "nan_run"
+    yield ["robot", "train", "--config", str(files.robot_config(iterations=4)), "--out", str(out), "--no-progress"]
+    _, _, meta = robot_train.load_robot_checkpoint(out / "last.safetensors")
+    assert meta["iteration"] == 2
+
+
+@case(
+    "a layer that does not fit the chip (trainee of 300 neurons)",
+    r"layer 'trainee' has 300 outputs but an array has only 256 columns",
+)
+def layer_too_big(files, mp):
+    from l2l_pcm.checkpoint import save_checkpoint
+    from l2l_pcm.robot.model import RobotConfig, init_params
+    from l2l_pcm.robot.train import RobotTrainConfig
+
+    model = RobotConfig(trainee=TraineeConfig(n_rec=300), lsg=LSGConfig(n_out=300), n_steps=20, smoothing_window=10)
+    config = RobotTrainConfig(model=model)
+    path = files.root / "big.safetensors"
+    params = init_params(jax.random.PRNGKey(0), model)
+    save_checkpoint(path, "robot-l2l", {"params": params}, {"config": config.to_json()})
+    yield ["robot", "eval", "--checkpoint", str(path), "--backend", "chip", "--tasks", "2"]
+
+
+# output
+@case("--out below a regular file", r"cannot write to folder .*afile/run: Not a directory")
+def out_below_file(files, mp):
+    (files.root / "afile").write_text("x")
+    yield ["robot", "train", "--config", str(files.robot_config()), "--out", str(files.root / "afile" / "run")]
+    assert (files.root / "afile").read_text() == "x"
+
+
+@case("--out on a read-only file system (/proc)", r"cannot write to folder /proc/l2l-pcm-run")
+def out_on_proc(files, mp):
+    yield ["robot", "train", "--config", str(files.robot_config()), "--out", "/proc/l2l-pcm-run"]
+
+
+@case(
+    "disk full while saving a checkpoint (`os.replace` raises ENOSPC)",
+    r"cannot write .*last\.safetensors: No space left on device",
+)
+def disk_full(files, mp):
+    from l2l_pcm import _io
+
+    run = files.copy_of_robot_run("full_run")
+    before = snapshot(run)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    mp.setattr(_io.os, "replace", full)
+    yield [
+        "robot",
+        "train",
+        "--config",
+        str(files.robot_config(iterations=4)),
+        "--out",
+        str(run),
+        "--resume",
+        "--no-progress",
+    ]
+    assert snapshot(run) == before  # the last good checkpoint is intact and no temp file is left
+
+
+@case("export to a path below a regular file", r"cannot write to folder .*afile: Not a directory")
+def export_below_file(files, mp):
+    (files.root / "afile").write_text("x")
+    yield ["export", str(files.robot_run() / "last.safetensors"), str(files.root / "afile" / "out.safetensors")]
+
+
+def run_case(name: str, root: Path) -> tuple[list[str], str]:
+    """Run one case in ``root``; returns its command line and error line (after checking both)."""
+    description, expect, fn, needs_data = CASES[name]
+    root.mkdir(parents=True, exist_ok=True)
+    files = Files(root)
+    with pytest.MonkeyPatch.context() as mp:
+        steps = fn(files, mp)
+        argv = next(steps)
+        code, stderr = run_cli(argv)
+        assert code == 2, (code, stderr)
+        line = error_line(stderr)
+        assert re.search(expect, line), line
+        next(steps, None)  # checks that nothing saved before was lost
+    return argv, line
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gives_one_clean_error_line(name, tmp_path):
+    if CASES[name][3] and shared_data() is None:
+        pytest.skip("needs the shared Omniglot copy")
+    run_case(name, tmp_path)
+
+
+# ----------------------------------------------------------------------------------- property tests
+class Reached(Exception):
+    """Raised by a stubbed heavy function: the command line was accepted."""
+
+
+ANY_TEXT = st.one_of(
+    st.integers(-(10**12), 10**12).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["", "1e400", "-0", "0x10", "nan", "inf", "1_000", " 3", "三"]),
+    st.text(max_size=6),
+)
+JSON_NUMBER = st.one_of(
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=4),
+    st.lists(st.integers(-3, 3), max_size=3),
+)
+
+
+def outcome(argv: list[str]) -> str:
+    """ "ok" if the heavy function was reached, "error" for a clean one-line error; fails otherwise."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except Reached:
+            return "ok"
+        except SystemExit as exc:
+            code = exc.code
+    assert code == 2, (argv, code, err.getvalue())
+    line = error_line(err.getvalue())
+    assert len(line) < 400, line
+    return "error"
+
+
+def stub(*args, **kwargs):
+    raise Reached
+
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(samples=ANY_TEXT, seed=ANY_TEXT)
+def test_chip_stats_values(samples, seed):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("l2l_pcm.chip.diagnostics.device_statistics", stub)
+        outcome(["chip", "stats", "--samples", samples, "--seed", seed])
+
+
+@SETTINGS
+@given(batch=ANY_TEXT, iterations=ANY_TEXT, seed=ANY_TEXT)
+def test_robot_train_values(batch, iterations, seed):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("l2l_pcm.robot.train.train", stub)
+        outcome(["robot", "train", "--out", "unused", "--batch", batch, "--iterations", iterations, "--seed", seed])
+
+
+@SETTINGS
+@given(tasks=ANY_TEXT, queries=ANY_TEXT, time=ANY_TEXT)
+def test_fewshot_eval_values(tasks, queries, time):
+    """Values reach the library's own checks (the task sampler) with the data loading stubbed out."""
+    from l2l_pcm.fewshot.data import OmniglotImages
+
+    images = OmniglotImages(np.zeros((6, 20, 28, 28), np.float32), [f"a/character{i:02d}" for i in range(6)], ["a"] * 6)
+    params = fewshot_init(jax.random.PRNGKey(0), TINY_FEWSHOT.cnn)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("l2l_pcm.cli._load_fewshot", lambda args: (params, TINY_FEWSHOT, {}, images))
+        mp.setattr("l2l_pcm.fewshot.evaluate.evaluate_batch", stub)
+        mp.setattr("l2l_pcm.fewshot.evaluate.ChipFewShotLearner", stub)
+        argv = ["fewshot", "eval", "--tasks", tasks, "--queries", queries, "--time-since-programming", time]
+        outcome(argv + ["--backend", "software"])
+
+
+FEWSHOT_FIELDS = [field.name for field in dataclasses.fields(MAMLConfig)]
+ROBOT_MODEL_FIELDS = ["n_steps", "batch", "eta", "lr", "lr_decay", "reg_lambda", "quantize_step", "seed"]
+DEVICE_FIELDS = ["g_max_uS", "w_max", "t0_s", "t_read_s", "drift_scale", "drift_mu_clip", "prog_noise_coeffs_uS"]
+
+
+@SETTINGS
+@given(field=st.sampled_from(FEWSHOT_FIELDS), value=JSON_NUMBER)
+def test_fewshot_config_values(tmp_path, field, value):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({field: value}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("l2l_pcm.fewshot.train.train", stub)
+        outcome(["fewshot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
+
+
+@SETTINGS
+@given(
+    where=st.sampled_from(["run", "model", "device"]),
+    field=st.sampled_from(["iterations", "validate_every"] + ROBOT_MODEL_FIELDS + DEVICE_FIELDS),
+    value=JSON_NUMBER,
+)
+def test_robot_config_values(tmp_path, where, field, value):
+    data = {"model": {"device": {}}}
+    target = {"run": data, "model": data["model"], "device": data["model"]["device"]}[where]
+    target[field] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("l2l_pcm.robot.train.train", stub)
+        outcome(["robot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
