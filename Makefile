@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/l2l-pcm chip demo --out outputs
 	$(BIN)/l2l-pcm fewshot demo --tasks 200 --out outputs
+	$(BIN)/l2l-pcm robot demo --tasks 200 --out outputs
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
