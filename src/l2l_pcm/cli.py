@@ -316,6 +316,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {' '.join(message.split())} (see '{self.prog} --help')\n")
 
 
+def add_train_arguments(sub: argparse.ArgumentParser, config_class: str) -> None:
+    """Arguments every ``train`` command shares: run folder, config, length, seed, resume, processes."""
+    sub.add_argument("--out", required=True, help="run folder (checkpoints and metrics)")
+    sub.add_argument("--config", help=f"JSON file with {config_class} fields")
+    sub.add_argument("--iterations", type=_positive_int)
+    sub.add_argument("--seed", type=_seed)
+    sub.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    sub.add_argument("--no-progress", action="store_true")
+    add_distributed_arguments(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="l2l-pcm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -340,17 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fewshot_command", required=True
     )
     train = fewshot.add_parser("train", help="meta-train in software (checkpoints, metrics, resume)")
-    train.add_argument("--out", required=True, help="run folder (checkpoints and metrics)")
-    train.add_argument("--config", help="JSON file with MAMLConfig fields")
+    add_train_arguments(train, "MAMLConfig")
     train.add_argument("--variant", choices=("fp32", "4bit", "pcm"))
-    train.add_argument("--iterations", type=_positive_int)
     train.add_argument("--meta-batch", type=_positive_int)
-    train.add_argument("--seed", type=_seed)
     train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     train.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
-    train.add_argument("--no-progress", action="store_true")
-    add_distributed_arguments(train)
     train.set_defaults(run=_fewshot_train)
 
     def add_eval_arguments(sub: argparse.ArgumentParser) -> None:
@@ -387,16 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="robot_command", required=True
     )
     robot_train = robot.add_parser("train", help="meta-train trainee initial weights and the LSG (BPTT)")
-    robot_train.add_argument("--out", required=True, help="run folder (checkpoints and metrics)")
-    robot_train.add_argument("--config", help="JSON file with RobotTrainConfig fields")
-    robot_train.add_argument("--iterations", type=_positive_int)
+    add_train_arguments(robot_train, "RobotTrainConfig")
     robot_train.add_argument("--batch", type=_positive_int, help="trajectories per outer iteration")
     robot_train.add_argument("--arm", choices=("scorbot", "two_link"))
-    robot_train.add_argument("--seed", type=_seed)
     robot_train.add_argument("--software-only", action="store_true", help="meta-train without the PCM model")
-    robot_train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
-    robot_train.add_argument("--no-progress", action="store_true")
-    add_distributed_arguments(robot_train)
     robot_train.set_defaults(run=_robot_train)
 
     def add_robot_eval_arguments(sub: argparse.ArgumentParser) -> None:
