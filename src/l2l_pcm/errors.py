@@ -4,6 +4,9 @@ The CLI catches :class:`L2LPCMError` and prints ``error: <message>`` without a t
 message must name the offending input (a path, a field, a value) on its own.
 """
 
+import math
+import numbers
+
 
 class L2LPCMError(Exception):
     """Base class of every error l2l-pcm raises on bad input."""
@@ -23,6 +26,21 @@ class CheckpointError(L2LPCMError):
 
 class ChipCapacityError(ConfigError):
     """A layer does not fit onto the crossbar arrays that are still free."""
+
+
+def check_int(label: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an integer >= ``minimum``, or a :class:`ConfigError` naming ``label`` (bools are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{label} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_number(label: str, value: object, minimum: float = 0.0, strict: bool = True) -> float:
+    """``value`` as a finite number > ``minimum`` (>= if not ``strict``), or a one-line :class:`ConfigError`."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if strict else value < minimum):
+        raise ConfigError(f"{label} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
 
 
 SEED_MAX = 2**32 - 1

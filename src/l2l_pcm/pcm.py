@@ -39,7 +39,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.errors import ConfigError, check_number
 
 _G_REL_FLOOR = 1e-7  # keeps ln(ĝ) finite for devices at zero conductance, as aihwkit does
 
@@ -88,20 +88,10 @@ class PCMDevice:
     """False: Q_s(ĝ) on normalised conductance (published model). True: Q_s(|g_T| in µS) (authors' code)."""
 
     def __post_init__(self) -> None:
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if not (_is_finite_number(value) and value > 0):
-                raise ConfigError(f"PCMDevice.{name} must be a finite number > 0, got {value!r}")
-
-        def non_negative(name: str) -> None:
-            value = getattr(self, name)
-            if not (_is_finite_number(value) and value >= 0):
-                raise ConfigError(f"PCMDevice.{name} must be a finite number >= 0, got {value!r}")
-
         for name in ("g_max_uS", "w_max", "t0_s", "t_read_s", "read_noise_q_coeff", "read_noise_q_max"):
-            positive(name)
+            check_number(f"PCMDevice.{name}", getattr(self, name))
         for name in ("prog_noise_scale", "drift_scale", "read_noise_scale", "read_noise_q_exponent"):
-            non_negative(name)
+            check_number(f"PCMDevice.{name}", getattr(self, name), strict=False)
         if self.g_max_uS > 1e3:
             raise ConfigError(f"PCMDevice.g_max_uS = {self.g_max_uS} µS is not a PCM conductance (expected <= 1000 µS)")
 

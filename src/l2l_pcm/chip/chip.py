@@ -25,7 +25,7 @@ from l2l_pcm.chip.crossbar import (
 )
 from l2l_pcm.chip.energy import EnergyModel
 from l2l_pcm.chip.layout import LayerPlacement, place_matrix
-from l2l_pcm.errors import CheckpointError, ConfigError
+from l2l_pcm.errors import CheckpointError, ConfigError, check_int, check_number
 from l2l_pcm.pcm import PCMDevice, quantize
 
 STATE_KIND = "chip-state"
@@ -59,9 +59,7 @@ class ChipConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_arrays", "array_rows", "array_cols"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"ChipConfig.{name} must be an integer >= 1, got {value!r}")
+            check_int(f"ChipConfig.{name}", getattr(self, name))
         if not (math.isfinite(self.update_step) and 0 < self.update_step <= self.device.w_max):
             raise ConfigError(f"ChipConfig.update_step must be in (0, w_max], got {self.update_step!r}")
         for name in ("dac_bits", "adc_bits"):
@@ -73,9 +71,7 @@ class ChipConfig:
                 f"ChipConfig.read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}"
             )
         for name in ("dac_range", "adc_range"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"ChipConfig.{name} must be a finite number > 0, got {value!r}")
+            check_number(f"ChipConfig.{name}", getattr(self, name))
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

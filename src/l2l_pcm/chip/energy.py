@@ -19,9 +19,8 @@ Where each constant comes from:
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.errors import check_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +33,7 @@ class EnergyModel:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"EnergyModel.{field.name} must be a finite number >= 0, got {value!r}")
+            check_number(f"EnergyModel.{field.name}", getattr(self, field.name), strict=False)
 
     def mvm_energy_pJ(self, macs: float) -> float:
         return macs * self.mvm_energy_pJ_per_mac

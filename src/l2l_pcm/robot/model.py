@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_pcm.errors import ConfigError, check_seed
+from l2l_pcm.errors import ConfigError, check_int, check_number, check_seed
 from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.eprop import (
@@ -63,14 +63,7 @@ PARAM_NAMES = ("trainee_w_in", "trainee_w_rec", "trainee_w_out", "lsg_w_in", "ls
 
 
 def _positive(name: str, value: object, integer: bool = False) -> None:
-    if integer:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        raise ConfigError(
-            f"RobotConfig.{name} must be {'an integer >= 1' if integer else 'a finite number > 0'}, got {value!r}"
-        )
+    (check_int if integer else check_number)(f"RobotConfig.{name}", value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm.chip.crossbar import READ_NOISE_MODES, WeightStatistics, analog_matmul
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.errors import ConfigError, check_int, check_number
 
 __all__ = [
     "SNNConfig",
@@ -84,17 +84,6 @@ __all__ = [
 ]
 
 READOUT_INITS = ("scaled_normal", "glorot_uniform")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_float(name: str, value: object, *, minimum: float = 0.0, strict: bool = True) -> None:
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= minimum if strict else value < minimum):
-        raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,13 +120,13 @@ class SNNConfig:
     def __post_init__(self) -> None:
         name = type(self).__name__
         for field in ("n_in", "n_rec", "n_out"):
-            _check_int(f"{name}.{field}", getattr(self, field), 1)
-        _check_int(f"{name}.n_refractory", self.n_refractory, 0)
+            check_int(f"{name}.{field}", getattr(self, field), 1)
+        check_int(f"{name}.n_refractory", self.n_refractory, 0)
         for field in ("threshold", "tau_m_ms", "tau_out_ms", "dt_ms", "tau_adapt_ms"):
-            _check_float(f"{name}.{field}", getattr(self, field))
+            check_number(f"{name}.{field}", getattr(self, field))
         for field in ("damping", "beta"):
-            _check_float(f"{name}.{field}", getattr(self, field), strict=False)
-        _check_float(f"{name}.alif_fraction", self.alif_fraction, strict=False)
+            check_number(f"{name}.{field}", getattr(self, field), strict=False)
+        check_number(f"{name}.alif_fraction", self.alif_fraction, strict=False)
         if self.alif_fraction > 1:
             raise ConfigError(f"{name}.alif_fraction must be in [0, 1], got {self.alif_fraction!r}")
         if self.readout_init not in READOUT_INITS:
@@ -301,7 +290,7 @@ def clock_input(n_steps: int = 249, n_neurons: int = 5, interval_steps: int = 50
         ("interval_steps", interval_steps),
         ("period_steps", period_steps),
     ):
-        _check_int(f"clock_input {name}", value, 1)
+        check_int(f"clock_input {name}", value, 1)
     t = np.arange(n_steps)
     active = (t // interval_steps) % n_neurons
     fires = (t % interval_steps) % period_steps == 0
