@@ -231,14 +231,19 @@ def test_bad_inputs_name_the_problem(key):
         ChipConfig(adc_bits=1)
 
 
-def test_conv_kernel_matrix_order_matches_patches(key):
+@pytest.mark.parametrize(("size", "stride", "padding"), [(6, 2, 1), (7, 2, 1), (28, 2, 1), (5, 1, 1), (8, 1, 0)])
+def test_conv_kernel_matrix_order_matches_patches(key, size, stride, padding):
     kernel = jax.random.normal(key, (3, 3, 2, 4))
-    images = jax.random.normal(key, (1, 6, 6, 2))
+    images = jax.random.normal(jax.random.fold_in(key, 1), (2, size, size, 2))
     from l2l_pcm.chip import image_patches
 
-    patches = image_patches(images, (3, 3), 2, 1)
+    patches = image_patches(images, (3, 3), stride, padding)
     reference = jax.lax.conv_general_dilated(
-        images, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        images,
+        kernel,
+        (stride, stride),
+        ((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     np.testing.assert_allclose(patches @ conv_kernel_to_matrix(kernel), reference, rtol=1e-5, atol=1e-5)
 

@@ -69,9 +69,11 @@ def test_meta_training_reduces_the_loss_on_a_fixed_batch(key, variant):
     assert all(float(jnp.max(jnp.abs(w))) <= 1.0 for w in jax.tree_util.tree_leaves(params))
 
 
-def test_chip_with_noise_off_matches_software(key):
-    """Same tasks, noiseless devices, a 2^-20 update grid: the chip's inner loop equals software fp32."""
-    config = dataclasses.replace(TINY, channels=16)
+@pytest.mark.parametrize("budget", [0, 7])
+def test_chip_with_noise_off_matches_software(key, budget):
+    """Same tasks, noiseless devices, a 2^-20 update grid: the chip's inner loop equals software fp32,
+    with and without an update budget (at most ``budget`` readout weights changed per step)."""
+    config = dataclasses.replace(TINY, channels=16, update_budget=budget)
     params = init_params(key, config.cnn)
     params["readout"] = 0.2 * jax.random.normal(key, params["readout"].shape)
     chip_config = ChipConfig(device=PCMDevice().noiseless(), update_step=2.0**-20)
@@ -87,6 +89,22 @@ def test_chip_with_noise_off_matches_software(key):
         software = np.asarray(evaluate_batch(params, batch, key, config, PCMDevice()))[0]
         np.testing.assert_allclose(chip_result.accuracy_per_step, software, atol=1e-6)
         assert chip_result.devices_reprogrammed > 0
+        if budget:  # one device per changed weight, two only where a pair must be reset
+            assert chip_result.devices_reprogrammed <= 2 * budget * config.inner_steps
+            assert chip_result.unique_devices_reprogrammed <= budget * config.inner_steps + 2
+
+
+@pytest.mark.parametrize("variant", ["fp32", "4bit", "pcm"])
+def test_update_budget_limits_changed_readout_weights(key, variant):
+    from l2l_pcm.fewshot.maml import inner_update
+
+    config = dataclasses.replace(TINY, variant=variant, update_budget=5, inner_lr=0.4)
+    readout = jnp.zeros((8, 5))
+    gradient = jax.random.normal(key, (8, 5))
+    changed = inner_update(config, PCMDevice(), readout, gradient, key) != readout
+    assert 1 <= int(jnp.sum(changed)) <= 5
+    unlimited = inner_update(dataclasses.replace(config, update_budget=0), PCMDevice(), readout, gradient, key)
+    assert int(jnp.sum(unlimited != readout)) > 5
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path, key):

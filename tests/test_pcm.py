@@ -7,7 +7,7 @@ import pytest
 
 from l2l_pcm.chip.diagnostics import DEFAULT_GRID_uS, device_statistics
 from l2l_pcm.errors import ConfigError
-from l2l_pcm.pcm import PCMDevice, quantize, quantize_weights
+from l2l_pcm.pcm import PCMDevice, keep_largest, quantize, quantize_weights
 
 SAMPLES = 100_000
 
@@ -116,6 +116,23 @@ def test_stochastic_rounding_is_unbiased_and_on_grid(key):
     values = np.unique(np.asarray(q))
     assert set(np.round(values * 16).astype(int)) <= {0, 1}
     assert float(jnp.mean(q)) == pytest.approx(0.02, rel=0.02)
+
+
+def test_keep_largest_keeps_exactly_the_budget(key):
+    update = jax.random.normal(key, (56, 5))
+    kept = keep_largest(update, 32)
+    assert int(jnp.sum(kept != 0)) == 32
+    smallest_kept = float(jnp.min(jnp.abs(kept[kept != 0])))
+    assert smallest_kept >= float(jnp.max(jnp.abs(jnp.where(kept == 0, update, 0.0))))
+    assert np.array_equal(np.asarray(kept[kept != 0]), np.asarray(update[kept != 0]))
+    ties = keep_largest(jnp.ones((4, 4)), 3)  # ties: still exactly 3
+    assert int(jnp.sum(ties != 0)) == 3
+    assert np.array_equal(keep_largest(update, 0), update)
+    assert np.array_equal(keep_largest(update, 10_000), update)
+    grad = jax.grad(lambda u: jnp.sum(keep_largest(u, 32) * 2.0))(update)
+    assert np.array_equal(np.asarray(grad != 0), np.asarray(kept != 0))
+    with pytest.raises(ConfigError, match="update budget"):
+        keep_largest(update, -1)
 
 
 def test_four_bit_weights_have_fifteen_levels(key):

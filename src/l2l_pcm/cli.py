@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -103,6 +104,8 @@ def _load_fewshot(args: argparse.Namespace):
 
     path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
     params, config, metadata = load_fewshot_checkpoint(path)
+    if args.update_budget is not None:
+        config = dataclasses.replace(config, update_budget=args.update_budget)
     images = load_omniglot("evaluation", args.data_dir)
     return params, config, metadata, images
 
@@ -364,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--queries", type=_positive_int, default=15, help="query images per class (default 15)")
         sub.add_argument("--seed", type=_seed, default=0, help="task seed: same seed, same tasks on every backend")
         sub.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+        sub.add_argument(
+            "--update-budget",
+            type=_non_negative_int,
+            metavar="N",
+            help="readout weights changed per inner step, largest updates first (default: the checkpoint's; 0 = all)",
+        )
 
     evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
     add_eval_arguments(evaluate)

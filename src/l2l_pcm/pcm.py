@@ -238,6 +238,24 @@ def quantize(values: jax.Array, step: float, key: jax.Array | None = None) -> ja
     return values + jax.lax.stop_gradient(rounded * step - values)
 
 
+def keep_largest(update: jax.Array, count: int) -> jax.Array:
+    """``update`` with all but its ``count`` largest-magnitude entries set to zero (0 = keep all).
+
+    A device budget for on-chip learning: the digital periphery computes the whole update, and only
+    the ``count`` weights that need the largest change are re-programmed. Exactly ``count`` entries
+    survive (ties broken by position), so the budget holds on every step. The kept entries pass
+    gradients, so a meta-learner trained with the budget in the loop learns to live with it.
+    """
+    if not (isinstance(count, int) and count >= 0):
+        raise ConfigError(f"update budget must be an integer >= 0, got {count!r}")
+    size = math.prod(jnp.shape(update))
+    if count == 0 or count >= size:
+        return update
+    _, kept = jax.lax.top_k(jnp.abs(jax.lax.stop_gradient(update)).ravel(), count)
+    mask = jnp.zeros(size, dtype=bool).at[kept].set(True).reshape(jnp.shape(update))
+    return jnp.where(mask, update, 0.0)
+
+
 def quantize_weights(weights: jax.Array, bits: int, w_max: float = 1.0, key: jax.Array | None = None) -> jax.Array:
     """Symmetric ``bits``-bit weights: 2^(bits-1)−1 levels per sign in [−w_max, w_max], straight-through.
 

@@ -12,8 +12,9 @@ programmed chip):
 2. each of the ``inner_steps`` updates reads the readout on the chip for the support features, forms
    the gradient digitally as the outer product of penultimate activations and output errors
    F^T(softmax − Y)/N (no backpropagation through the chip), and writes −lr·gradient with
-   :meth:`Chip.reprogram`: rounding to 1/16 as ``MAMLConfig.update_rounding`` says, only devices
-   whose update is non-zero are re-programmed;
+   :meth:`Chip.reprogram`: only the ``MAMLConfig.update_budget`` largest entries are kept (if set),
+   rounding to 1/16 as ``MAMLConfig.update_rounding`` says, only devices whose update is non-zero are
+   re-programmed;
 3. query accuracy is read after every step (step 0 = before any update).
 """
 
@@ -28,6 +29,7 @@ import numpy as np
 from l2l_pcm.chip import Chip, ChipConfig
 from l2l_pcm.fewshot.maml import MAMLConfig
 from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, embed, readout_gradient
+from l2l_pcm.pcm import keep_largest
 
 READOUT = "readout"
 
@@ -95,6 +97,7 @@ class ChipFewShotLearner:
                 break
             logits = self.chip.mvm(READOUT, f_support, key_support)
             update = -self.config.inner_lr * readout_gradient(f_support, logits, jnp.asarray(support_y))
+            update = keep_largest(update, self.config.update_budget)
             report = self.chip.reprogram(READOUT, update, key_update, rounding=self.config.update_rounding)
             touched |= report.touched
             devices += report.devices_touched

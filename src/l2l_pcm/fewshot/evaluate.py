@@ -43,6 +43,7 @@ def _summary(backend: str, config: MAMLConfig, per_step: np.ndarray, queries: in
         "queries": queries,
         "tasks": int(per_step.shape[0]),
         "inner_steps": config.inner_steps,
+        "update_budget": config.update_budget,
         "accuracy_mean": final_mean,
         "accuracy_ci95": final_ci,
         "accuracy_per_step": per_step.mean(axis=0).tolist(),

@@ -38,7 +38,7 @@ from l2l_pcm.fewshot.model import (
     readout_gradient,
     software_conv,
 )
-from l2l_pcm.pcm import PCMDevice, quantize, quantize_weights
+from l2l_pcm.pcm import PCMDevice, keep_largest, quantize, quantize_weights
 
 VARIANTS = ("fp32", "4bit", "pcm")
 
@@ -61,12 +61,18 @@ class MAMLConfig:
     inner_lr: float = 0.1
     meta_batch: int = 32
     outer_lr: float = 1e-3
+    outer_lr_schedule: str = "constant"
+    """"constant", or "cosine": decays the outer learning rate to 0 over ``iterations`` (a fine-tuning
+    stage that must end within a time budget ends on a small learning rate)."""
     variant: str = "fp32"
     weight_bits: int = 4
     update_step: float = 1.0 / 16
     update_rounding: str = "stochastic"
     """How inner updates are rounded to ``update_step`` (pcm variant and chip): "stochastic" (unbiased,
     the authors' few-shot choice) or "nearest" (updates below half a step are dropped: fewer devices)."""
+    update_budget: int = 0
+    """At most this many readout weights change per inner step (the largest updates; 0 = no limit), in
+    every variant and on the chip: a cap on the devices re-programmed per task."""
     time_since_programming_s: float = 3600.0
     iterations: int = 3000
     validate_every: int = 250
@@ -88,10 +94,12 @@ class MAMLConfig:
             "validation_tasks",
             "checkpoint_every",
             "weight_bits",
+            "update_budget",
         ):
             value = getattr(self, name)
-            if not (_is_int(value) and value >= (0 if name == "inner_steps" else 1)):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if not (_is_int(value) and value >= (0 if name in ("inner_steps", "update_budget") else 1)):
+                kind = "a non-negative" if name in ("inner_steps", "update_budget") else "a positive"
+                raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
         if not 2 <= self.weight_bits <= 24:  # a sign bit at least; float32 resolves no more than 24 bits
             raise ConfigError(f"weight_bits must be in 2..24, got {self.weight_bits}")
         if self.shots + self.queries > 20:
@@ -111,6 +119,8 @@ class MAMLConfig:
         check_seed("seed", self.seed)
         if self.update_rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"update_rounding must be 'stochastic' or 'nearest', got {self.update_rounding!r}")
+        if self.outer_lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"outer_lr_schedule must be 'constant' or 'cosine', got {self.outer_lr_schedule!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
 
@@ -141,7 +151,7 @@ def read_weights(config: MAMLConfig, device: PCMDevice, weights: jax.Array, key:
 
 def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) -> jax.Array:
     """One inner SGD step on the readout, written as the variant's hardware would store it."""
-    step = -config.inner_lr * gradient
+    step = keep_largest(-config.inner_lr * gradient, config.update_budget)
     if config.variant == "pcm":
         step = quantize(step, config.update_step, key if config.update_rounding == "stochastic" else None)
         return jnp.clip(readout + step, -device.w_max, device.w_max)
@@ -193,6 +203,8 @@ def meta_batch_loss(params, batch, key, config: MAMLConfig, device: PCMDevice):
 
 
 def make_optimizer(config: MAMLConfig) -> optax.GradientTransformation:
+    if config.outer_lr_schedule == "cosine":
+        return optax.adam(optax.cosine_decay_schedule(config.outer_lr, config.iterations))
     return optax.adam(config.outer_lr)
 
 
