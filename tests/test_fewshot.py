@@ -231,3 +231,29 @@ def test_task_sampler_refuses_impossible_requests():
     images = np.zeros((4, 20, 28, 28), np.float32)
     with pytest.raises(ConfigError):
         TaskSampler(images, ways=5, shots=1, queries=1)
+
+
+@needs_shared
+def test_init_from_keeps_the_earlier_stages_in_the_record(tmp_path):
+    from l2l_pcm.training import training_record
+
+    first = tmp_path / "first"
+    train_module.train(TINY, first, data_dir=SHARED, progress=False)
+    second = tmp_path / "second"
+    stage2 = dataclasses.replace(TINY, iterations=2, seed=3)
+    train_module.train(
+        dataclasses.replace(stage2, iterations=1),
+        second,
+        data_dir=SHARED,
+        progress=False,
+        init_from=first / "best.safetensors",
+    )
+    # a resumed later stage keeps the history it started with, even without --init-from
+    train_module.train(stage2, second, data_dir=SHARED, resume=True, progress=False)
+    _, _, meta = load_fewshot_checkpoint(second / "last.safetensors")
+    record = training_record(meta)
+    best_first = load_fewshot_checkpoint(first / "best.safetensors")[2]["iteration"]
+    assert [row["stage"] for row in record] == [1] * len(meta["history"]) + [2] * len(meta["metrics"])
+    assert [row["iteration"] for row in record if row["stage"] == 1][-1] == best_first
+    assert [row["iteration"] for row in record if row["stage"] == 2] == [best_first + 1, best_first + 2]
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(record, record[1:], strict=False))

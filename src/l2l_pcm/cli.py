@@ -160,6 +160,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
         plot_inner_step_curves,
         plot_training_curves,
     )
+    from l2l_pcm.training import training_record
 
     params, config, metadata, images = _load_fewshot(args)
     out = Path(args.out)
@@ -180,7 +181,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     )
     paths = [plot_inner_step_curves(results, out / "fewshot_inner_steps.png")]
     if metadata.get("metrics"):
-        paths.append(plot_training_curves(metadata["metrics"], out / "fewshot_training.png"))
+        paths.append(plot_training_curves(training_record(metadata), out / "fewshot_training.png"))
     sampler = TaskSampler(images, config.ways, config.shots, args.queries)
     sx, sy, qx, qy = (a[0] for a in sampler.sample(args.seed + 99, 1))
     learner = ChipFewShotLearner(params, config, jax.random.PRNGKey(args.seed))

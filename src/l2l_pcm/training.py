@@ -52,6 +52,27 @@ class MetaTrainer:
     validate: Callable[[Any], dict]
     """params -> validation metrics, including "score" (higher is better)."""
     score_name: str = "score"
+    history: list[dict] = dataclasses.field(default_factory=list)
+    """Metric rows of the earlier stages this run continues (``--init-from``), from :func:`training_record`;
+    saved with every checkpoint, so an exported model keeps its whole training record."""
+
+
+def training_record(metadata: dict) -> list[dict]:
+    """All metric rows behind a checkpoint, earlier stages (``--init-from``) included.
+
+    Rows carry ``stage`` (1, 2, …) and ``iteration``/``seconds`` counted from the first stage's start;
+    the checkpoint's own rows (up to the iteration it was saved at) are the last stage. A run started
+    from the checkpoint keeps this as its ``history``.
+    """
+    history = [dict(row) for row in metadata.get("history", [])]
+    stage = max((row["stage"] for row in history), default=0) + 1
+    offset_it = max((row["iteration"] for row in history), default=0)
+    offset_s = max((row["seconds"] for row in history), default=0.0)
+    for row in metadata.get("metrics", []):
+        if row["iteration"] <= metadata.get("iteration", math.inf):
+            shifted = {"iteration": row["iteration"] + offset_it, "seconds": round(row["seconds"] + offset_s, 1)}
+            history.append({**row, **shifted, "stage": stage})
+    return history
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -95,6 +116,7 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
         _io.remove_stale_temporaries(out_dir, (LAST, BEST, *METRICS))
     params, opt_state = trainer.init()
     start, rows, best, elapsed = 0, [], -math.inf, 0.0
+    history = trainer.history
     if resume and (out_dir / LAST).exists():
         trees, meta = load_checkpoint(out_dir / LAST, trainer.kind, {"params": params, "opt": opt_state})
         saved = dataclasses.replace(type(config).from_json(meta["config"]), iterations=config.iterations)
@@ -105,6 +127,7 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
             )
         params, opt_state = trees["params"], trees["opt"]
         start, rows, best, elapsed = meta["iteration"], meta["metrics"], meta["best_score"], meta["seconds"]
+        history = meta.get("history") or history
     params, opt_state, start = distributed.replicate((params, opt_state, np.int32(start)))
     start = int(start)
     saved_at = start  # iteration of the last.safetensors on disk (0: none yet)
@@ -118,6 +141,7 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
             "metrics": rows,
             "best_score": best,
             "seconds": elapsed,
+            "history": history,
         }
         trees = distributed.local({"params": params, "opt": opt_state})
         save_checkpoint(out_dir / name, trainer.kind, trees, metadata)

@@ -163,11 +163,11 @@ def plot_training_curves(metrics: list[dict], path) -> Path:
     ci = np.asarray([row["val_ci95"] for row in metrics]) * 100
     ax_acc.errorbar(it, val, yerr=ci, marker="o", capsize=3, label="validation alphabets")
     stages = sorted({row.get("stage", 1) for row in metrics})
-    for stage in stages[1:]:  # mark where a later stage (e.g. --init-from with a new inner lr) began
-        first = min(row["iteration"] for row in metrics if row.get("stage", 1) == stage)
+    for previous, stage in zip(stages, stages[1:], strict=False):  # where a later (--init-from) stage began
+        began = max(row["iteration"] for row in metrics if row.get("stage", 1) == previous)
         for ax in (ax_loss, ax_acc):
-            ax.axvline(first, color="gray", linestyle=":", linewidth=1)
-        ax_acc.text(first, ax_acc.get_ylim()[0], f" stage {stage}", color="gray", fontsize=8, va="bottom")
+            ax.axvline(began, color="gray", linestyle=":", linewidth=1)
+        ax_loss.text(began, ax_loss.get_ylim()[1], f" stage {stage}", color="gray", fontsize=8, va="top")
     ax_acc.set_xlabel("outer iteration")
     ax_acc.set_ylabel("query accuracy after adaptation (%)")
     ax_acc.grid(alpha=0.3)

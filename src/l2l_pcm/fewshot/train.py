@@ -67,12 +67,17 @@ def make_trainer(
     train_sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.augment_rotations)
     val_sampler = TaskSampler(val_set, config.ways, config.shots, config.queries, augment_rotations=False)
 
+    history = []
+    if init_from is not None:
+        source_params, source, source_metadata = load_fewshot_checkpoint(init_from)
+        if source.cnn != config.cnn:
+            raise CheckpointError(f"{init_from} has model {source.cnn}, this run needs {config.cnn}")
+        history = training.training_record(source_metadata)
+
     def init():
         params = init_params(jax.random.PRNGKey(config.seed), config.cnn)
         if init_from is not None:
-            params, source, _ = load_fewshot_checkpoint(init_from)
-            if source.cnn != config.cnn:
-                raise CheckpointError(f"{init_from} has model {source.cnn}, this run needs {config.cnn}")
+            params = source_params
         return params, make_optimizer(config).init(params)
 
     def step(params, opt_state, iteration):
@@ -85,7 +90,7 @@ def make_trainer(
         accuracy, ci95 = validate(params, val_sampler, config, device, config.validation_tasks, seed=1)
         return {"val_accuracy": accuracy, "val_ci95": ci95}
 
-    return MetaTrainer(CHECKPOINT_KIND, config, init, step, validation, score_name="val_accuracy")
+    return MetaTrainer(CHECKPOINT_KIND, config, init, step, validation, score_name="val_accuracy", history=history)
 
 
 def train(
