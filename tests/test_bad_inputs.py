@@ -369,6 +369,23 @@ def boolean_ways(files, mp):
     yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(ways=True))]
 
 
+@case('negative update budget, config `{"update_budget": -4}`', r"update_budget must be a non-negative integer, got -4")
+def negative_update_budget(files, mp):
+    config = files.fewshot_config(update_budget=-4)
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+
+
+@case("negative update budget (CLI)", r"argument --update-budget: expected an integer >= 0, got '-1'")
+def negative_update_budget_cli(files, mp):
+    yield ["fewshot", "eval", "--update-budget", "-1", "--tasks", "2"]
+
+
+@case('unknown schedule, config `{"outer_lr_schedule": "linear"}`', r"outer_lr_schedule must be 'constant' or 'cosine'")
+def unknown_schedule(files, mp):
+    config = files.fewshot_config(outer_lr_schedule="linear")
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+
+
 @case('seed not an integer, config `{"seed": 1.5}`', r"seed must be an integer in 0\.\.4294967295, got 1\.5")
 def fractional_seed(files, mp):
     yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(seed=1.5))]
