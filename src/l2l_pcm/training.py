@@ -66,12 +66,16 @@ def training_record(metadata: dict) -> list[dict]:
     """
     history = [dict(row) for row in metadata.get("history", [])]
     stage = max((row["stage"] for row in history), default=0) + 1
-    offset_it = max((row["iteration"] for row in history), default=0)
-    offset_s = max((row["seconds"] for row in history), default=0.0)
-    for row in metadata.get("metrics", []):
-        if row["iteration"] <= metadata.get("iteration", math.inf):
-            shifted = {"iteration": row["iteration"] + offset_it, "seconds": round(row["seconds"] + offset_s, 1)}
-            history.append({**row, **shifted, "stage": stage})
+    # a stage ends where its checkpoint was saved, which can lie after its last validation row
+    offset_it = max((row.get("stage_end", row["iteration"]) for row in history), default=0)
+    offset_s = max((row.get("stage_end_seconds", row["seconds"]) for row in history), default=0.0)
+    rows = [row for row in metadata.get("metrics", []) if row["iteration"] <= metadata.get("iteration", math.inf)]
+    end = metadata.get("iteration", max((row["iteration"] for row in rows), default=0))
+    end_s = metadata.get("seconds", max((row["seconds"] for row in rows), default=0.0))
+    for row in rows:
+        shifted = {"iteration": row["iteration"] + offset_it, "seconds": round(row["seconds"] + offset_s, 1)}
+        ends = {"stage_end": offset_it + end, "stage_end_seconds": round(offset_s + end_s, 1)}
+        history.append({**row, **shifted, "stage": stage, **ends})
     return history
 
 

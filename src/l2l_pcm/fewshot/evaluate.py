@@ -164,7 +164,7 @@ def plot_training_curves(metrics: list[dict], path) -> Path:
     ax_acc.errorbar(it, val, yerr=ci, marker="o", capsize=3, label="validation alphabets")
     stages = sorted({row.get("stage", 1) for row in metrics})
     for previous, stage in zip(stages, stages[1:], strict=False):  # where a later (--init-from) stage began
-        began = max(row["iteration"] for row in metrics if row.get("stage", 1) == previous)
+        began = max(row.get("stage_end", row["iteration"]) for row in metrics if row.get("stage", 1) == previous)
         for ax in (ax_loss, ax_acc):
             ax.axvline(began, color="gray", linestyle=":", linewidth=1)
         ax_loss.text(began, ax_loss.get_ylim()[1], f" stage {stage}", color="gray", fontsize=8, va="top")
