@@ -97,8 +97,9 @@ class MAMLConfig:
             "update_budget",
         ):
             value = getattr(self, name)
-            if not (_is_int(value) and value >= (0 if name in ("inner_steps", "update_budget") else 1)):
-                kind = "a non-negative" if name in ("inner_steps", "update_budget") else "a positive"
+            may_be_zero = name in ("inner_steps", "update_budget")
+            if not (_is_int(value) and value >= (0 if may_be_zero else 1)):
+                kind = "a non-negative" if may_be_zero else "a positive"
                 raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
         if not 2 <= self.weight_bits <= 24:  # a sign bit at least; float32 resolves no more than 24 bits
             raise ConfigError(f"weight_bits must be in 2..24, got {self.weight_bits}")
