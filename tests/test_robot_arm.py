@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from l2l_pcm.errors import ConfigError
-from l2l_pcm.robot.arm import AUTHORS_ANGLE_OFFSETS_RAD, ScorbotER7, TwoLinkArm
+from l2l_pcm.robot.arm import ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.tasks import (
     Trajectories,
     hann_window,
@@ -37,45 +37,81 @@ def x64():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# independent numpy reference of the Scorbot DH chain (explicit 4x4 matrices, float64)
-
-
-def _np_dh(theta: float, d: float, a: float, alpha: float) -> np.ndarray:
-    rz = np.array(
-        [
-            [np.cos(theta), -np.sin(theta), 0, 0],
-            [np.sin(theta), np.cos(theta), 0, 0],
-            [0, 0, 1, 0],
-            [0, 0, 0, 1],
-        ]
-    )
-    tz = np.eye(4)
-    tz[2, 3] = d
-    tx = np.eye(4)
-    tx[0, 3] = a
-    rx = np.array(
-        [
-            [1, 0, 0, 0],
-            [0, np.cos(alpha), -np.sin(alpha), 0],
-            [0, np.sin(alpha), np.cos(alpha), 0],
-            [0, 0, 0, 1],
-        ]
-    )
-    return rz @ tz @ tx @ rx
-
-
-def _np_scorbot_fk(arm: ScorbotER7, q: np.ndarray) -> np.ndarray:
-    # DH rows written out from the documented table, independently of arm.dh_parameters
-    rows = [(arm.d1, arm.a1, np.pi / 2), (arm.d2, arm.a2, 0.0), (arm.d3, arm.a3, 0.0), (0.0, arm.a4, 0.0)]
-    t = np.eye(4)
-    for i, (d, a, alpha) in enumerate(rows):
-        theta = q[i] + np.deg2rad(arm.home_offsets_deg[i]) + arm.angle_offsets_rad[i]
-        t = t @ _np_dh(theta, d, a, alpha)
-    return t[:3, 3]
-
-
-# ---------------------------------------------------------------------------------------------------------
 # arm.py
+
+# the authors' closed-form kinematics evaluated at these poses (paper.md §11.1): q1, q2 in degrees, q3 = q4 = 0
+SCORBOT_REFERENCE_POSES = [
+    ((0, 0), (0.9200, -0.0330, 0.3585)),
+    ((90, 0), (-0.0330, -0.9200, 0.3585)),
+    ((-130, 0), (-0.5661, 0.7260, 0.3585)),
+    ((0, 70), (0.3476, -0.0330, 1.1760)),
+    ((0, -70), (0.3476, -0.0330, -0.4590)),
+    ((45, 30), (0.5448, -0.5915, 0.7935)),
+    ((-60, -45), (0.3612, 0.5596, -0.2567)),
+    ((120, 60), (-0.2711, -0.4035, 1.1119)),
+]
+
+
+@pytest.mark.parametrize(("q_deg", "xyz"), SCORBOT_REFERENCE_POSES)
+def test_scorbot_reference_poses_of_the_authors_formula(q_deg, xyz, x64):
+    got = np.asarray(SCORBOT.forward_kinematics(jnp.deg2rad(jnp.asarray(q_deg, jnp.float64))))
+    # the table is printed to 4 decimals: 1e-4 m plus half a printed digit
+    np.testing.assert_allclose(got, xyz, atol=1.5e-4)
+
+
+def _closed_form(q: np.ndarray) -> np.ndarray:
+    # paper.md §11.1, written out independently of the class
+    d1, a1, a2, a3, a4, d = 0.3585, 0.050, 0.300, 0.350, 0.22, -0.098 + 0.065
+    q1, q2, q3, q4 = q
+    r = a1 + a2 * np.cos(q2) + a3 * np.cos(q2 + q3) + a4 * np.cos(q2 + q3 - q4)
+    z = d1 + a2 * np.sin(q2) + a3 * np.sin(q2 + q3) + a4 * np.sin(q2 + q3 - q4)
+    return np.array([r * np.cos(q1) + d * np.sin(q1), -r * np.sin(q1) + d * np.cos(q1), z])
+
+
+def test_scorbot_all_four_joints_follow_the_closed_form(x64):
+    rng = np.random.default_rng(0)
+    qs = rng.uniform(-math.pi, math.pi, size=(16, 4))
+    got = np.asarray(SCORBOT.forward_kinematics_full(jnp.asarray(qs)))
+    np.testing.assert_allclose(got, np.stack([_closed_form(q) for q in qs]), atol=1e-12)
+    # task-level kinematics fills q3 = q4 = 0, and with them the arm is one straight link of 0.87 m
+    q12 = qs[:, :2]
+    want = np.stack([_closed_form(np.r_[q, 0.0, 0.0]) for q in q12])
+    np.testing.assert_allclose(np.asarray(SCORBOT.forward_kinematics(jnp.asarray(q12))), want, atol=1e-12)
+    np.testing.assert_allclose(want[:, 2], 0.3585 + 0.87 * np.sin(q12[:, 1]), atol=1e-12)
+
+
+def test_scorbot_constants():
+    arm = SCORBOT
+    assert arm.moving_joints == (0, 1) and arm.n_moving == 2 and arm.n_joints == 4
+    assert arm.home_angles == (0.0, 0.0)
+    np.testing.assert_allclose(arm.joint_limits_rad, np.deg2rad([[-130, 130], [-70, 70]]))
+    np.testing.assert_allclose(arm.forward_kinematics(jnp.zeros(2)), (0.920, -0.033, 0.3585), atol=1e-6)
+
+
+def test_scorbot_float32_close_to_float64():
+    q = np.array([0.3, -0.5, 0.2, 0.1])
+    np.testing.assert_allclose(SCORBOT.forward_kinematics_full(jnp.asarray(q, jnp.float32)), _closed_form(q), atol=1e-6)
+
+
+@pytest.mark.parametrize("phi", [0.3, -1.1, 2.0])
+def test_scorbot_base_rotation_rotates_about_z(phi):
+    rng = np.random.default_rng(1)
+    q = rng.uniform(-1.0, 1.0, size=(5, 4)).astype(np.float32)
+    p = np.asarray(SCORBOT.forward_kinematics_full(jnp.asarray(q)))
+    q_rot = q.copy()
+    q_rot[:, 0] += phi
+    p_rot = np.asarray(SCORBOT.forward_kinematics_full(jnp.asarray(q_rot)))
+    c, s = math.cos(phi), math.sin(phi)  # positive q1 turns clockwise seen from above (authors' sign)
+    want = np.stack([c * p[:, 0] + s * p[:, 1], -s * p[:, 0] + c * p[:, 1], p[:, 2]], axis=1)
+    np.testing.assert_allclose(p_rot, want, atol=1e-5)
+
+
+def test_scorbot_reach_covers_below_the_table_and_above_one_metre():
+    q = jax.random.uniform(jax.random.PRNGKey(2), (4000, 2), minval=-1.0, maxval=1.0)
+    q = q * jnp.asarray([math.radians(130), math.radians(70)])
+    xyz = np.asarray(SCORBOT.forward_kinematics(q))
+    assert xyz[:, 2].min() < 0.0 and xyz[:, 2].max() > 1.0
+    assert np.hypot(xyz[:, 0], xyz[:, 1]).max() <= math.hypot(0.92, 0.033) + 1e-5
 
 
 @pytest.mark.parametrize(
@@ -98,78 +134,6 @@ def test_two_link_interface():
     assert TWO_LINK.moving_joints == (0, 1) and TWO_LINK.n_moving == 2
     assert TWO_LINK.joint_limits_rad == ((-math.pi, math.pi), (-math.pi, math.pi))
     np.testing.assert_allclose(TWO_LINK.forward_kinematics(jnp.asarray(TWO_LINK.home_angles)), (0.5, 0.5, 0), atol=1e-6)
-
-
-def test_scorbot_constants():
-    arm = SCORBOT
-    assert arm.moving_joints == (0, 1) and arm.n_moving == 2 and arm.n_joints == 4
-    assert arm.home_angles == (0.0, 0.0)
-    np.testing.assert_allclose(arm.joint_limits_rad, np.deg2rad([[-130, 130], [-70, 70]]))
-    np.testing.assert_allclose(AUTHORS_ANGLE_OFFSETS_RAD[:3], (0.412, -0.384, 0.391), atol=1e-3)
-    # the authors' constant offsets are the home offsets in rad, so they are counted once (default 0)
-    np.testing.assert_allclose(AUTHORS_ANGLE_OFFSETS_RAD[:3], np.deg2rad(arm.home_offsets_deg[:3]), rtol=1e-9)
-    assert arm.angle_offsets_rad == (0.0, 0.0, 0.0, 0.0)
-    assert arm.dh_parameters[0] == (0.3585, 0.050, math.pi / 2)
-
-
-def test_scorbot_matches_numpy_dh_chain(x64):
-    rng = np.random.default_rng(0)
-    qs = rng.uniform(-math.pi, math.pi, size=(8, 4))
-    got = np.asarray(SCORBOT.forward_kinematics_full(jnp.asarray(qs)))
-    want = np.stack([_np_scorbot_fk(SCORBOT, q) for q in qs])
-    np.testing.assert_allclose(got, want, atol=1e-12)
-    # task-level kinematics fills q3 = q4 = 0
-    q2 = qs[:, :2]
-    full = np.concatenate([q2, np.zeros((8, 2))], axis=1)
-    np.testing.assert_allclose(
-        np.asarray(SCORBOT.forward_kinematics(jnp.asarray(q2))),
-        [_np_scorbot_fk(SCORBOT, q) for q in full],
-        atol=1e-12,
-    )
-    # overridden constants are used
-    other = ScorbotER7(a2=0.4, d2=0.0, angle_offsets_rad=(0.0, 0.0, 0.0, 0.0))
-    np.testing.assert_allclose(
-        np.asarray(other.forward_kinematics_full(jnp.asarray(qs))),
-        [_np_scorbot_fk(other, q) for q in qs],
-        atol=1e-12,
-    )
-
-
-def test_scorbot_float32_close_to_reference():
-    q = np.array([0.3, -0.5, 0.2, 0.1])
-    np.testing.assert_allclose(
-        SCORBOT.forward_kinematics_full(jnp.asarray(q, jnp.float32)), _np_scorbot_fk(SCORBOT, q), atol=1e-5
-    )
-
-
-@pytest.mark.parametrize("phi", [0.3, -1.1, 2.0])
-def test_scorbot_base_rotation_rotates_about_z(phi):
-    rng = np.random.default_rng(1)
-    q = rng.uniform(-1.0, 1.0, size=(5, 4)).astype(np.float32)
-    p = np.asarray(SCORBOT.forward_kinematics_full(jnp.asarray(q)))
-    q_rot = q.copy()
-    q_rot[:, 0] += phi
-    p_rot = np.asarray(SCORBOT.forward_kinematics_full(jnp.asarray(q_rot)))
-    c, s = math.cos(phi), math.sin(phi)
-    want = np.stack([c * p[:, 0] - s * p[:, 1], s * p[:, 0] + c * p[:, 1], p[:, 2]], axis=1)
-    np.testing.assert_allclose(p_rot, want, atol=1e-5)
-    np.testing.assert_allclose(np.hypot(p_rot[:, 0], p_rot[:, 1]), np.hypot(p[:, 0], p[:, 1]), atol=1e-5)
-
-
-def test_scorbot_reach_bounded():
-    arm = SCORBOT
-    q = jax.random.uniform(jax.random.PRNGKey(2), (2000, 4), minval=-math.pi, maxval=math.pi)
-    xyz = np.asarray(arm.forward_kinematics_full(q))
-    theta1 = np.asarray(q[:, 0]) + arm.theta_offsets_rad[0]
-    shoulder = np.stack([arm.a1 * np.cos(theta1), arm.a1 * np.sin(theta1), np.full_like(theta1, arm.d1)], axis=1)
-    dist = np.linalg.norm(xyz - shoulder, axis=1)
-    reach = arm.a2 + arm.a3 + arm.a4
-    assert dist.max() <= math.hypot(reach, arm.d2 + arm.d3) + 1e-5
-    assert dist.max() > 0.95 * reach  # the bound is nearly attained (straight arm)
-    # fully stretched arm (theta2 = theta3 = theta4 = 0 total) reaches exactly the bound
-    straight = -np.asarray(arm.theta_offsets_rad)
-    p = np.asarray(arm.forward_kinematics_full(jnp.asarray(straight, jnp.float32)))
-    np.testing.assert_allclose(p, [arm.a1 + reach, -(arm.d2 + arm.d3), arm.d1], atol=1e-5)
 
 
 def test_scorbot_gradient_matches_finite_differences(x64):
@@ -340,28 +304,51 @@ def test_integrate_velocities_differentiable(scorbot_batch):
         integrate_velocities(SCORBOT, jnp.zeros((4, 3)))
 
 
-def test_spike_encode_round_trip():
-    xyz = jax.random.uniform(jax.random.PRNGKey(9), (4, 10, 3), minval=-1.0, maxval=1.0)
-    spikes = spike_encode_xyz(xyz)
+@pytest.mark.parametrize("code", ["full_range", "authors"])
+def test_spike_encode_round_trip(code):
+    xyz = jax.random.uniform(jax.random.PRNGKey(9), (4, 10, 3), minval=-0.99, maxval=0.99)
+    spikes = spike_encode_xyz(xyz, code=code)
     assert spikes.shape == (4, 10, 48) and spikes.dtype == jnp.float32
     assert set(np.unique(spikes).tolist()) <= {0.0, 1.0}
-    back = spike_decode_xyz(spikes)
-    err = np.asarray(xyz) - np.asarray(back)
-    assert np.all(err >= -1e-6) and np.all(err < 2.0**-15 + 1e-6)
+    back = np.asarray(spike_decode_xyz(spikes, code=code))
+    resolution = 2.0**-15 * (1.0 if code == "authors" else 1.25)
+    err = np.asarray(xyz) - back
+    assert np.all(err >= -1e-6) and np.all(err < resolution + 1e-6)
 
 
-def test_spike_encode_known_values():
-    # c = 0 -> 2**15 = 1000...0 ; c = -1 -> 0 ; c >= 1 -> clipped to 2**16 - 1 (all ones); MSB first
-    spikes = np.asarray(spike_encode_xyz(jnp.asarray([0.0, -1.0, 2.0])))
-    np.testing.assert_array_equal(spikes[:16], [1] + [0] * 15)
-    np.testing.assert_array_equal(spikes[16:32], [0] * 16)
-    np.testing.assert_array_equal(spikes[32:], [1] * 16)
+def test_spike_encode_authors_bit_order_and_wrap_around():
+    # n = int((c + 1) * 2**15), bit k of n is neuron k: least significant bit first (paper.md §11.2)
     c = 0.3
     n = int((c + 1) * 2**15)
-    code = np.asarray(spike_encode_xyz(jnp.asarray([c, c, c]), bits=16))[:16]
-    assert int("".join(str(int(b)) for b in code), 2) == n
+    code = np.asarray(spike_encode_xyz(jnp.asarray([c, c, c]), code="authors"))[:16]
+    np.testing.assert_array_equal(code, [(n >> k) & 1 for k in range(16)])
+    spikes = np.asarray(spike_encode_xyz(jnp.asarray([0.0, -1.0, 1.1]), code="authors"))
+    np.testing.assert_array_equal(spikes[:16], [0] * 15 + [1])  # 2**15: only the last neuron
+    np.testing.assert_array_equal(spikes[16:32], [0] * 16)
+    # z = 1.1 wraps around and is sent like -0.9
+    np.testing.assert_array_equal(spikes[32:], np.asarray(spike_encode_xyz(jnp.asarray([0.0, 0.0, -0.9]), code="authors"))[32:])
+
+
+def test_spike_encode_full_range_covers_the_reach_without_wrapping():
+    z = jnp.asarray([[0.0, 0.0, -0.46], [0.0, 0.0, 1.1], [0.0, 0.0, 1.18]])
+    back = np.asarray(spike_decode_xyz(spike_encode_xyz(z)))
+    np.testing.assert_allclose(back, z, atol=1e-4)
+    # saturates instead of wrapping beyond the range
+    far = np.asarray(spike_encode_xyz(jnp.asarray([5.0, -5.0, 0.0])))
+    np.testing.assert_array_equal(far[:16], [1] * 16)
+    np.testing.assert_array_equal(far[16:32], [0] * 16)
     assert spike_encode_xyz(jnp.zeros((2, 3)), bits=4).shape == (2, 12)
     with pytest.raises(ConfigError, match="bits"):
         spike_encode_xyz(jnp.zeros(3), bits=0)
     with pytest.raises(ConfigError, match="xyz"):
         spike_encode_xyz(jnp.zeros(2))
+    with pytest.raises(ConfigError, match="xyz code"):
+        spike_encode_xyz(jnp.zeros(3), code="msb")
+
+
+def test_integrate_velocities_clipping_is_an_option():
+    omega = jnp.full((1, 200, 2), 2.0)  # 4 rad after 200 steps: beyond the safe space
+    clipped = integrate_velocities(SCORBOT, omega)
+    free = integrate_velocities(SCORBOT, omega, clip_angles=False)
+    assert float(clipped.angles.max()) == pytest.approx(math.radians(130))
+    assert float(free.angles.max()) == pytest.approx(4.0, rel=1e-4)

@@ -264,16 +264,19 @@ def test_software_update_quantizes_clips_and_counts(x64):
 def test_pcm_memory_keeps_untouched_devices(key):
     memory = pcm_memory(PCMDevice(), 3600.0)
     w = 0.3 * jax.random.normal(key, (6, 4))
-    before = memory.read_initial(w, key)
+    before, state = memory.read_initial(w, key)
     applied = jnp.zeros((2, 6, 4)).at[0, 1, 2].set(0.125).at[1, 3, 0].set(-0.0625)
     update = WeightUpdate(w + applied, applied, jnp.array([1, 1]))
-    after = memory.read_updated(before, update, jax.random.fold_in(key, 1))
+    after = memory.read_updated(state, update, jax.random.fold_in(key, 1))
     touched = np.asarray(applied != 0)
-    np.testing.assert_array_equal(np.asarray(after.mean)[~touched], np.broadcast_to(before.mean, (2, 6, 4))[~touched])
+    # untouched devices keep their state: read 1 s later they have drifted by (3601/3600)^-nu only
+    np.testing.assert_allclose(
+        np.asarray(after.mean)[~touched], np.broadcast_to(before.mean, (2, 6, 4))[~touched], rtol=1e-4, atol=1e-7
+    )
     assert not np.allclose(np.asarray(after.mean)[touched], np.asarray(w + applied)[touched])
     assert float(jnp.abs(before.mean - w).max()) > 0  # programming noise and drift
     # straight-through: the update of untouched devices still gets a gradient (as in software)
-    grad = jax.grad(lambda a: memory.read_updated(before, WeightUpdate(w + a, a, None), key).mean.sum())(applied)
+    grad = jax.grad(lambda a: memory.read_updated(state, WeightUpdate(w + a, a, None), key).mean.sum())(applied)
     inside = np.asarray(jnp.abs(w + applied) < 1)
     np.testing.assert_array_equal(np.asarray(grad)[inside], 1.0)
 
@@ -350,7 +353,7 @@ def test_inner_loop_with_chip_memory(key):
             chip.restore(deployed)
         return WeightStatistics(*(jnp.stack(parts) for parts in zip(*stats, strict=True)))
 
-    memory = WeightMemory(lambda w, k: chip.read_statistics("trainee"), read_updated)
+    memory = WeightMemory(lambda w, k: (chip.read_statistics("trainee"), None), read_updated)
     result = inner_loop(params, targets, key, config, memory=memory, read_key=jax.random.fold_in(key, 3))
     assert result.after.xyz.shape == (3, 40, 3) and bool(jnp.all(jnp.isfinite(result.after.xyz)))
     assert int(result.eprop.update.n_nonzero.sum()) > 0

@@ -34,6 +34,7 @@ A signed weight :math:`w \in [-w_{max}, w_{max}]` is stored on a differential pa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -42,6 +43,14 @@ import jax.numpy as jnp
 from l2l_pcm.errors import ConfigError, check_number
 
 _G_REL_FLOOR = 1e-7  # keeps ln(ĝ) finite for devices at zero conductance, as aihwkit does
+AUTHORS_INITIAL_JITTER = 0.01
+"""Half-width of the uniform jitter of the authors' initial write, in units of w_max (paper.md §3.1)."""
+_CHOICES = {
+    "read_noise_q_from": ("target", "programmed"),
+    "drift_time_origin": ("t0", "aihwkit"),
+    "initial_programming": ("program", "authors_jitter"),
+    "reprogram_from": ("target", "read"),
+}
 
 
 def _is_finite_number(value: object) -> bool:
@@ -85,7 +94,39 @@ class PCMDevice:
     """Multiplier on σ_read (0 switches read noise off; the authors' robot code uses 1/√2 for two
     averaged devices per polarity)."""
     read_noise_uses_microsiemens: bool = False
-    """False: Q_s(ĝ) on normalised conductance (published model). True: Q_s(|g_T| in µS) (authors' code)."""
+    """False: Q_s(ĝ) on normalised conductance (published model, aihwkit). True: Q_s(|g| in µS), the
+    authors' code (paper.md §3.4): about 8× less read noise at g_max."""
+    read_noise_log_divisor: float = 2.0
+    """k of ln((t + t_read)/(k·t_read)) in σ_read: 2 in the published model and aihwkit; 1 in the authors'
+    robot and conv-layer code (paper.md §3.4)."""
+    read_noise_q_from: str = "target"
+    """Which conductance Q_s is evaluated on: "target" g_T (this project's default) or "programmed" g_P
+    (aihwkit, paper.md §11.6 (4)): they differ on the idle device of a pair and below ~1 µS."""
+    clamp_reads_at_zero: bool = False
+    """aihwkit clamps every read conductance at 0 (paper.md §11.6 (3)). The chip then uses the exact mean
+    and variance of the clamped (rectified-normal) read of each device."""
+    clip_programmed_at_g_max: bool = True
+    """Clip g_P to [0, g_max] (this project, the authors' code) or only at 0 (aihwkit, §11.6 (2))."""
+    prog_noise_reference_g_max_uS: float | None = None
+    """aihwkit scales σ_prog by g_max/25 µS (§11.6): set 25.0 for that; None = σ_prog in µS as published."""
+    drift_time_origin: str = "t0"
+    """"t0": g(t) = g_P·(max(t, t0)/t0)^(−ν), no drift before t0, t in the read-noise log (this project);
+    "aihwkit": ((t + t0)/t0)^(−ν) and t + t0 in the read-noise log (§11.6 (1))."""
+    fixed_age_s: float | None = None
+    """If set, every device drifts and reads as if it were this old, whatever the chip clock says: the
+    authors' code evaluates drift at t/t0 = 32 with t0 = 1 s, and read noise at t = 32 s, both right
+    after programming and again after re-programming (paper.md §3.3, §11.3)."""
+    initial_programming: str = "program"
+    """How a layer is first written. "program": target + programming noise (published model).
+    "authors_jitter" (the authors' ``init_weights``, paper.md §3.1, §11.3; needs ``fixed_age_s``): no
+    programming noise, w + U(±0.01·w_max), drifted, and their arithmetic for |w| > w_max, which reflects
+    such a weight to about 2·sign(w)·w_max − w: clip(clip(w) + u + clip(w·d) − w) with d = (t/t0)^(−ν)."""
+    reprogram_from: str = "target"
+    """New target of a re-programmed pair: "target" = last target + update (the chip's digital record);
+    "read" = its current drifted weight + update (the authors' ``re_program``, §11.3), so it drifts again."""
+    idle_device_noise: bool = True
+    """Whether a device programmed to 0 µS (the idle half of a pair) gets programming noise (published
+    model, aihwkit) or stays at exactly 0 (the authors' code: noise on the active polarity only)."""
 
     def __post_init__(self) -> None:
         for name in ("g_max_uS", "w_max", "t0_s", "t_read_s", "read_noise_q_coeff", "read_noise_q_max"):
@@ -110,22 +151,34 @@ class PCMDevice:
         for name, count in (("prog_noise_coeffs_uS", 3), ("drift_mu_coeffs", 2), ("drift_sigma_coeffs", 2)):
             if numbers(name, count) is None:
                 raise ConfigError(f"PCMDevice.{name} must be {count} finite numbers, got {getattr(self, name)!r}")
-        if not isinstance(self.read_noise_uses_microsiemens, bool):
-            value = self.read_noise_uses_microsiemens
-            raise ConfigError(f"PCMDevice.read_noise_uses_microsiemens must be true or false, got {value!r}")
+        for name in ("read_noise_uses_microsiemens", "clamp_reads_at_zero", "clip_programmed_at_g_max",
+                     "idle_device_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"PCMDevice.{name} must be true or false, got {getattr(self, name)!r}")
+        check_number("PCMDevice.read_noise_log_divisor", self.read_noise_log_divisor)
+        for name in ("prog_noise_reference_g_max_uS", "fixed_age_s"):
+            if getattr(self, name) is not None:
+                check_number(f"PCMDevice.{name}", getattr(self, name))
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"PCMDevice.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.initial_programming == "authors_jitter" and self.fixed_age_s is None:
+            raise ConfigError("PCMDevice.initial_programming 'authors_jitter' drifts at a fixed age: set fixed_age_s")
 
     def replace(self, **changes) -> PCMDevice:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def noiseless(self) -> PCMDevice:
-        """The same device with programming noise, drift and read noise switched off."""
-        return self.replace(prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0)
+        """The same device with programming noise, drift, read noise and the initial jitter switched off."""
+        return self.replace(
+            prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0, initial_programming="program"
+        )
 
     # ----------------------------------------------------------------------------------- mapping
-    def weights_to_conductances(self, weights: jax.Array) -> jax.Array:
-        """Target conductances [2, ...] (µS) of the differential pairs that store ``weights``."""
-        w = jnp.clip(weights, -self.w_max, self.w_max) * (self.g_max_uS / self.w_max)
+    def weights_to_conductances(self, weights: jax.Array, clip: bool = True) -> jax.Array:
+        """Target conductances [2, ...] (µS) of the differential pairs that store ``weights`` (clipped to ±w_max)."""
+        w = (jnp.clip(weights, -self.w_max, self.w_max) if clip else weights) * (self.g_max_uS / self.w_max)
         return jnp.stack([jnp.maximum(w, 0.0), jnp.maximum(-w, 0.0)])
 
     def conductances_to_weights(self, conductances: jax.Array) -> jax.Array:
@@ -140,7 +193,10 @@ class PCMDevice:
         """σ_prog(g_T) in µS."""
         c0, c1, c2 = self.prog_noise_coeffs_uS
         g = jnp.abs(g_target_uS) / self.g_max_uS
-        return self.prog_noise_scale * jnp.maximum(c0 + c1 * g + c2 * g * g, 0.0)
+        scale = self.prog_noise_scale
+        if self.prog_noise_reference_g_max_uS is not None:
+            scale = scale * self.g_max_uS / self.prog_noise_reference_g_max_uS
+        return scale * jnp.maximum(c0 + c1 * g + c2 * g * g, 0.0)
 
     def drift_nu_mean_std(self, g_target_uS: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(μ_ν, σ_ν) of the normal distribution whose absolute value is the drift exponent ν."""
@@ -165,30 +221,102 @@ class PCMDevice:
         """
         key_prog, key_nu = jax.random.split(key)
         noise = jax.random.normal(key_prog, jnp.shape(g_target_uS), dtype=jnp.result_type(g_target_uS, jnp.float32))
-        g_prog = jnp.clip(g_target_uS + self.prog_noise_std_uS(g_target_uS) * noise, 0.0, self.g_max_uS)
+        if not self.idle_device_noise:
+            noise = jnp.where(g_target_uS > 0, noise, 0.0)
+        g_max = self.g_max_uS if self.clip_programmed_at_g_max else jnp.inf
+        g_prog = jnp.clip(g_target_uS + self.prog_noise_std_uS(g_target_uS) * noise, 0.0, g_max)
+        return g_prog, self._draw_nu(key_nu, g_target_uS, g_prog.dtype)
+
+    def _draw_nu(self, key: jax.Array, g_target_uS: jax.Array, dtype) -> jax.Array:
         mu, sigma = self.drift_nu_mean_std(g_target_uS)
-        nu = jnp.abs(mu + sigma * jax.random.normal(key_nu, jnp.shape(g_target_uS), dtype=g_prog.dtype))
-        return g_prog, self.drift_scale * nu
+        return self.drift_scale * jnp.abs(mu + sigma * jax.random.normal(key, jnp.shape(g_target_uS), dtype=dtype))
+
+    def program_weights(self, key: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """First write of signed ``weights``: (target conductances, programmed conductances, ν), each [2, ...].
+
+        ``initial_programming="program"``: :meth:`program` of the pairs' targets. ``"authors_jitter"``: the
+        authors' initial write (field docstring); g_P is set so that the read at ``fixed_age_s`` returns
+        exactly their drifted weight, and both devices of a pair share one ν drawn from |w|.
+        """
+        g_target = self.weights_to_conductances(weights)
+        if self.initial_programming == "program":
+            return (g_target, *self.program(key, g_target))
+        key_jitter, key_nu = jax.random.split(key)
+        w = jnp.asarray(weights, jnp.result_type(weights, jnp.float32))
+        w_max = self.w_max
+        nu = self._draw_nu(key_nu, jnp.abs(w) * (self.g_max_uS / w_max), w.dtype)
+        decay = self.drift_factor(nu, self.fixed_age_s)
+        jitter = AUTHORS_INITIAL_JITTER * w_max * jax.random.uniform(key_jitter, w.shape, w.dtype, -1.0, 1.0)
+        clip = functools.partial(jnp.clip, min=-w_max, max=w_max)
+        written = clip(clip(w) + jitter)
+        drifted = clip(clip(w) + jitter + clip(w * decay) - w)
+        g_prog = self.weights_to_conductances(drifted / decay, clip=False)
+        return self.weights_to_conductances(written), g_prog, jnp.stack([nu, nu])
+
+    def reprogram_target(self, g_target_uS: jax.Array, g_now_uS: jax.Array, update: jax.Array) -> jax.Array:
+        """Target conductances [2, ...] of pairs after adding a weight ``update`` (``reprogram_from``)."""
+        base = g_target_uS if self.reprogram_from == "target" else g_now_uS
+        return self.weights_to_conductances(self.conductances_to_weights(base) + update)
 
     # ----------------------------------------------------------------------------------- drift
+    def effective_age_s(self, time_since_programming_s: jax.Array) -> jax.Array:
+        """The age the drift and read-noise laws see: ``fixed_age_s`` if set, else the real one."""
+        return time_since_programming_s if self.fixed_age_s is None else jnp.full_like(
+            jnp.asarray(time_since_programming_s, jnp.float32), self.fixed_age_s
+        )
+
+    def drift_factor(self, nu: jax.Array, time_since_programming_s: jax.Array) -> jax.Array:
+        """g(t)/g_P: (max(t, t0)/t0)^(−ν), or ((t + t0)/t0)^(−ν) with ``drift_time_origin="aihwkit"``."""
+        t = self.effective_age_s(time_since_programming_s)
+        if self.drift_time_origin == "aihwkit":
+            ratio = (jnp.maximum(t, 0.0) + self.t0_s) / self.t0_s
+        else:
+            ratio = jnp.maximum(t, self.t0_s) / self.t0_s
+        return jnp.exp(-nu * jnp.log(ratio))
+
     def drift(self, g_prog_uS: jax.Array, nu: jax.Array, time_since_programming_s: jax.Array) -> jax.Array:
-        """Conductance after drift: g_P·(t/t0)^(−ν) for t > t0, unchanged before t0."""
-        ratio = jnp.maximum(time_since_programming_s, self.t0_s) / self.t0_s
-        return g_prog_uS * jnp.exp(-nu * jnp.log(ratio))
+        """Conductance after drift: g_P·(t/t0)^(−ν) for t > t0, unchanged before t0 (see :meth:`drift_factor`)."""
+        return g_prog_uS * self.drift_factor(nu, time_since_programming_s)
 
     # -------------------------------------------------------------------------------- read noise
     def read_noise_std_uS(
-        self, g_target_uS: jax.Array, g_now_uS: jax.Array, time_since_programming_s: jax.Array
+        self,
+        g_target_uS: jax.Array,
+        g_now_uS: jax.Array,
+        time_since_programming_s: jax.Array,
+        g_prog_uS: jax.Array | None = None,
     ) -> jax.Array:
-        """σ_read = |g(t)|·Q_s(g_T)·sqrt(ln((t + t_read)/(2 t_read))), zero for t <= t_read."""
+        """σ_read = |g(t)|·Q_s·sqrt(ln((t + t_read)/(k t_read))), zero for t <= (k − 1) t_read.
+
+        Q_s is evaluated on g_T, or on ``g_prog_uS`` with ``read_noise_q_from="programmed"``; k is
+        ``read_noise_log_divisor``; t is the effective age (plus t0 with ``drift_time_origin="aihwkit"``).
+        """
+        g_q = g_target_uS
+        if self.read_noise_q_from == "programmed" and g_prog_uS is not None:
+            g_q = g_prog_uS
         if self.read_noise_uses_microsiemens:
-            g_for_q = jnp.maximum(jnp.abs(g_target_uS), _G_REL_FLOOR)
+            g_for_q = jnp.maximum(jnp.abs(g_q), _G_REL_FLOOR)
         else:
-            g_for_q = self._g_rel(g_target_uS)
+            g_for_q = self._g_rel(g_q)
         q_s = jnp.minimum(self.read_noise_q_coeff / g_for_q**self.read_noise_q_exponent, self.read_noise_q_max)
-        t = jnp.asarray(time_since_programming_s, dtype=jnp.result_type(g_now_uS, jnp.float32))
-        log_term = jnp.maximum(jnp.log((t + self.t_read_s) / (2 * self.t_read_s)), 0.0)
+        t = jnp.asarray(self.effective_age_s(time_since_programming_s), dtype=jnp.result_type(g_now_uS, jnp.float32))
+        if self.drift_time_origin == "aihwkit":
+            t = t + self.t0_s
+        log_term = jnp.maximum(jnp.log((t + self.t_read_s) / (self.read_noise_log_divisor * self.t_read_s)), 0.0)
         return self.read_noise_scale * jnp.abs(g_now_uS) * q_s * jnp.sqrt(log_term)
+
+    def read_moments(self, g_now_uS: jax.Array, sigma_uS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Mean and variance of one read g(t) + σ·ξ; with ``clamp_reads_at_zero`` those of max(0, ·)."""
+        if not self.clamp_reads_at_zero:
+            return g_now_uS, sigma_uS**2
+        safe = jnp.maximum(sigma_uS, 1e-12)
+        a = g_now_uS / safe
+        cdf, pdf = jax.scipy.stats.norm.cdf(a), jax.scipy.stats.norm.pdf(a)
+        mean = g_now_uS * cdf + safe * pdf
+        second = (g_now_uS**2 + safe**2) * cdf + g_now_uS * safe * pdf
+        mean = jnp.where(sigma_uS > 0, mean, jnp.maximum(g_now_uS, 0.0))
+        var = jnp.where(sigma_uS > 0, jnp.maximum(second - mean**2, 0.0), 0.0)
+        return mean, var
 
     def read(
         self,
@@ -200,8 +328,9 @@ class PCMDevice:
     ) -> jax.Array:
         """One noisy read of programmed devices: drift to ``t`` then add fresh 1/f read noise."""
         g_now = self.drift(g_prog_uS, nu, time_since_programming_s)
-        sigma = self.read_noise_std_uS(g_target_uS, g_now, time_since_programming_s)
-        return g_now + sigma * jax.random.normal(key, jnp.shape(g_now), dtype=g_now.dtype)
+        sigma = self.read_noise_std_uS(g_target_uS, g_now, time_since_programming_s, g_prog_uS)
+        g_read = g_now + sigma * jax.random.normal(key, jnp.shape(g_now), dtype=g_now.dtype)
+        return jnp.maximum(g_read, 0.0) if self.clamp_reads_at_zero else g_read
 
     # ------------------------------------------------------------- software hardware-aware model
     def noisy_weights(self, key: jax.Array, weights: jax.Array, time_since_programming_s: float) -> jax.Array:
@@ -212,12 +341,61 @@ class PCMDevice:
         that the chip uses shapes the loss without its noise entering the backward pass.
         """
         key_prog, key_read = jax.random.split(key)
-        g_target = self.weights_to_conductances(weights)
-        g_prog, nu = self.program(key_prog, g_target)
+        g_target, g_prog, nu = self.program_weights(key_prog, weights)
         g_read = self.read(key_read, g_target, g_prog, nu, time_since_programming_s)
         noisy = self.conductances_to_weights(g_read)
         clipped = jnp.clip(weights, -self.w_max, self.w_max)
         return clipped + jax.lax.stop_gradient(noisy - clipped)
+
+
+# ---------------------------------------------------------------------------------------- profiles
+DEVICE_PROFILES: dict[str, PCMDevice] = {
+    "ibm": PCMDevice(),
+    "authors": PCMDevice(
+        t0_s=1.0,
+        fixed_age_s=32.0,
+        read_noise_uses_microsiemens=True,
+        read_noise_log_divisor=1.0,
+        read_noise_scale=1.0 / math.sqrt(2.0),
+        initial_programming="authors_jitter",
+        reprogram_from="read",
+        idle_device_noise=False,
+    ),
+    "aihwkit": PCMDevice(
+        drift_time_origin="aihwkit",
+        clip_programmed_at_g_max=False,
+        clamp_reads_at_zero=True,
+        read_noise_q_from="programmed",
+        prog_noise_reference_g_max_uS=25.0,
+    ),
+}
+"""Named device conventions (one home; ``l2l-pcm chip stats --device NAME`` prints each).
+
+* ``ibm``: IBM's published statistical model (Nandakumar et al. 2019, Joshi et al. 2020) as this project
+  applies it: Q_s on the normalised target, g_P clipped to [0, g_max], no drift before t0 = 20 s.
+* ``authors``: the paper's code (paper.md §3, §11.3): t/t0 = 32 at every read (t0 = 1 s, age fixed at
+  32 s) right after programming and again after re-programming; the first write adds U(±0.01) jitter, no
+  programming noise, and reflects |w| > 1; re-programming starts from the drifted weight and puts noise on
+  the active polarity only; read noise with Q_s on µS, ln((t + t_read)/t_read), and 1/√2 for two devices
+  averaged per polarity. (The authors' few-shot readout used ln((t + t_read)/(2 t_read)) without the 1/√2,
+  about 1.4× this read noise, which is itself ~8× below the published model's: not modelled separately.)
+* ``aihwkit``: aihwkit 1.1 ``PCMLikeNoiseModel`` conventions (paper.md §11.6): drift ((t + t0)/t0)^(−ν) and
+  t + t0 in the read-noise log, g_P clipped only at 0, reads clamped at 0, Q_s on the programmed g_P,
+  σ_prog scaled by g_max/25 µS. (aihwkit draws the 1/f term once per drift call; the chip draws it at
+  every read.)
+"""
+
+
+def device_profile(name: str) -> PCMDevice:
+    """The :class:`PCMDevice` of a named profile (``ibm``, ``authors``, ``aihwkit``)."""
+    if name not in DEVICE_PROFILES:
+        raise ConfigError(f"unknown device profile {name!r}; choose one of {sorted(DEVICE_PROFILES)}")
+    return DEVICE_PROFILES[name]
+
+
+def profile_name(device: PCMDevice) -> str:
+    """The profile a device equals, or ``custom``."""
+    return next((name for name, preset in DEVICE_PROFILES.items() if preset == device), "custom")
 
 
 # ------------------------------------------------------------------------------------ quantization

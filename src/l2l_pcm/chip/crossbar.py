@@ -41,8 +41,7 @@ class WeightStatistics(NamedTuple):
 
 def program_layer(device: PCMDevice, key: jax.Array, weights: jax.Array, now_s: float) -> LayerState:
     """Program every device of a layer to hold ``weights`` [fan_in, fan_out]."""
-    g_target = device.weights_to_conductances(weights)
-    g_prog, nu = device.program(key, g_target)
+    g_target, g_prog, nu = device.program_weights(key, weights)
     programmed_at = jnp.full(g_target.shape, now_s, dtype=g_prog.dtype)
     return LayerState(g_target, g_prog, nu, programmed_at)
 
@@ -52,14 +51,15 @@ def reprogram_layer(
 ) -> tuple[LayerState, jax.Array]:
     """Apply an already-quantized weight update, re-programming only the devices it changes.
 
-    The new target of a pair is its previous target plus ``update`` (clipped to ±w_max). A device is
+    The new target of a pair is its previous target (or, with ``device.reprogram_from="read"``, its current
+    drifted weight) plus ``update``, clipped to ±w_max. A device is
     re-programmed — fresh programming noise, fresh drift exponent, programming time = ``now_s`` — iff the
     update of its pair is non-zero and its own target conductance changes (adding 1/16 to a positive
     weight moves G⁺ only). All other devices keep their state bit for bit. Returns the new state and the
     boolean mask [2, fan_in, fan_out] of devices touched.
     """
-    old_weights = device.conductances_to_weights(state.g_target_uS)
-    new_target = device.weights_to_conductances(old_weights + update)
+    g_now = device.drift(state.g_prog_uS, state.nu, now_s - state.programmed_at_s)
+    new_target = device.reprogram_target(state.g_target_uS, g_now, update)
     touched = (update != 0)[None] & (new_target != state.g_target_uS)
     g_prog, nu = device.program(key, new_target)
     new_state = LayerState(
@@ -80,12 +80,13 @@ def read_statistics(device: PCMDevice, state: LayerState, now_s: float, drift_co
     """
     age = now_s - state.programmed_at_s
     g_now = device.drift(state.g_prog_uS, state.nu, age)
-    sigma = device.read_noise_std_uS(state.g_target_uS, g_now, age)
+    sigma = device.read_noise_std_uS(state.g_target_uS, g_now, age, state.g_prog_uS)
+    g_mean, g_var = device.read_moments(g_now, sigma)
     scale = device.w_max / device.g_max_uS
     if drift_compensation:
         scale = scale * jnp.sum(state.g_prog_uS) / jnp.maximum(jnp.sum(g_now), 1e-12)
-    mean = (g_now[0] - g_now[1]) * scale
-    variance = (sigma[0] ** 2 + sigma[1] ** 2) * scale**2
+    mean = (g_mean[0] - g_mean[1]) * scale
+    variance = (g_var[0] + g_var[1]) * scale**2
     return WeightStatistics(mean, variance)
 
 

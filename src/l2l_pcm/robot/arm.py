@@ -6,8 +6,8 @@ over any leading (batch, time) dimensions and differentiable.
 
 Two arms are provided:
 
-* :class:`ScorbotER7` -- the Scorbot ER-VII used by the authors' code (base and shoulder move, elbow
-  and wrist are held at their home position).
+* :class:`ScorbotER7` -- the Scorbot ER-VII of the authors' code, their closed-form kinematics (base and
+  shoulder move, elbow and wrist are held at their home position).
 * :class:`TwoLinkArm` -- a planar two-link arm, the code's ``--use_scorbot=False`` alternative.
 
 Every arm exposes the same small interface, which is all :mod:`l2l_pcm.robot.tasks` relies on:
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from l2l_pcm.errors import ConfigError
 
-__all__ = ["ScorbotER7", "TwoLinkArm", "Arm", "dh_transform"]
+__all__ = ["ScorbotER7", "TwoLinkArm", "Arm"]
 
 
 def _as_float_array(q: jnp.ndarray) -> jnp.ndarray:
@@ -47,28 +47,6 @@ def _check_last_dim(q: jnp.ndarray, n: int, what: str) -> None:
         raise ConfigError(f"{what}: last dimension must be {n} joint angles, got shape {tuple(q.shape)}")
 
 
-def dh_transform(theta: jnp.ndarray, d: float, a: float, alpha: float) -> jnp.ndarray:
-    """Standard Denavit-Hartenberg link transform ``Rz(theta) Tz(d) Tx(a) Rx(alpha)``.
-
-    Returns ``[..., 4, 4]`` for ``theta[...]``::
-
-        [[cos t, -sin t cos al,  sin t sin al, a cos t],
-         [sin t,  cos t cos al, -cos t sin al, a sin t],
-         [0,      sin al,        cos al,       d      ],
-         [0,      0,             0,            1      ]]
-    """
-    ct, st = jnp.cos(theta), jnp.sin(theta)
-    ca, sa = math.cos(alpha), math.sin(alpha)
-    zero, one = jnp.zeros_like(theta), jnp.ones_like(theta)
-    rows = [
-        [ct, -st * ca, st * sa, a * ct],
-        [st, ct * ca, -ct * sa, a * st],
-        [zero, zero + sa, zero + ca, zero + d],
-        [zero, zero, zero, one],
-    ]
-    return jnp.stack([jnp.stack(r, axis=-1) for r in rows], axis=-2)
-
-
 def _check_limits(limits: tuple[tuple[float, float], ...], n: int, field: str) -> None:
     if len(limits) != n:
         raise ConfigError(f"{field}: need {n} (low, high) pairs, got {limits!r}")
@@ -82,45 +60,24 @@ def _check_moving(moving: tuple[int, ...], n_joints: int, field: str = "moving_j
         raise ConfigError(f"{field}: must be distinct joint indices in [0, {n_joints}), got {moving!r}")
 
 
-AUTHORS_ANGLE_OFFSETS_RAD = (3745578344 / 9093467413, -3357166075 / 8743247601, 1421104251 / 3634967671, 0.0)
-"""Constant angle offsets in the authors' analytic Scorbot kinematics: the home offsets in rad."""
-
-
 @dataclass(frozen=True)
 class ScorbotER7:
-    """Scorbot ER-VII (5-axis vertical articulated arm), position kinematics of its first 4 joints.
+    r"""Scorbot ER-VII (5-axis vertical articulated arm), position kinematics of its first 4 joints.
 
     Joints (commanded angles ``q``, rad): ``q1`` base (about the vertical axis), ``q2`` shoulder,
-    ``q3`` elbow, ``q4`` wrist pitch. Wrist roll (axis 5) does not move the tool point and is
-    omitted. In the task only ``moving_joints = (0, 1)`` move; ``q3 = q4 = 0``.
+    ``q3`` elbow, ``q4`` wrist pitch. Wrist roll does not move the tool point and is omitted. In the
+    task only ``moving_joints = (0, 1)`` move; ``q3 = q4 = 0``.
 
-    The angle fed to the DH chain is ``theta_i = q_i + home_i + offset_i`` with ``home`` =
-    ``home_offsets_deg`` (converted to rad) and ``offset`` = ``angle_offsets_rad``.
+    The authors' closed form (paper.md §11.1; their home offsets 23.6°, −22.0°, 22.4° enter it twice
+    with opposite signs and cancel exactly, so they do not appear here). With ``d = d2 + d3``::
 
-    DH table (standard convention, link transform ``A_i = Rz(theta_i) Tz(d_i) Tx(a_i) Rx(alpha_i)``,
-    ``xyz`` = translation of ``A_1 A_2 A_3 A_4``, base frame: z up, origin on the floor under the
-    base axis)::
+        r = a1 + a2 cos q2 + a3 cos(q2 + q3) + a4 cos(q2 + q3 - q4)
+        x = r cos q1 + d sin q1
+        y = -r sin q1 + d cos q1
+        z = d1 + a2 sin q2 + a3 sin(q2 + q3) + a4 sin(q2 + q3 - q4)
 
-        i  joint     theta_i   d_i       a_i   alpha_i
-        1  base      theta_1   d1        a1    +pi/2
-        2  shoulder  theta_2   d2        a2    0
-        3  elbow     theta_3   d3        a3    0
-        4  wrist     theta_4   0         a4    0
-
-    Assumptions (the authors' analytic formula is not available):
-
-    * the shoulder axis sits at height ``d1`` and radial offset ``a1`` from the base axis; with
-      ``alpha_1 = +pi/2`` the shoulder/elbow/wrist axes are horizontal, so ``theta_2 = 0`` is a
-      horizontal upper arm and positive ``theta_2`` / ``theta_3`` / ``theta_4`` raise the
-      following link (the arm moves in a vertical plane through the base axis);
-    * ``a2`` upper arm, ``a3`` forearm, ``a4`` wrist-pitch axis to tool point, all along the arm;
-    * ``d2`` / ``d3`` are sideways (along the horizontal joint axes) offsets of the upper arm and
-      forearm, so the arm plane is displaced laterally by ``d2 + d3`` from the base axis.
-
-    Note: the constant offsets of the authors' code (``3745578344/9093467413`` etc.,
-    :data:`AUTHORS_ANGLE_OFFSETS_RAD`) equal the home offsets 23.6°, −22.0°, 22.4° in rad to all
-    printed digits: they *are* the home offsets baked into the analytic formula. Adding both would
-    count the home pose twice, so ``angle_offsets_rad`` defaults to zeros (home counted once).
+    Start pose ``q = 0``: (0.920, −0.033, 0.3585) m. With the shoulder's ±70° the tool point reaches
+    below the table (z < 0) and above 1 m.
     """
 
     d1: float = 0.3585
@@ -137,10 +94,6 @@ class ScorbotER7:
     """Lateral offset of the upper arm along the shoulder axis (m)."""
     d3: float = 0.065
     """Lateral offset of the forearm along the elbow axis (m)."""
-    home_offsets_deg: tuple[float, float, float, float] = (23.6, -22.0, 22.4, 0.0)
-    """Home position of each joint, added to the commanded angle (deg)."""
-    angle_offsets_rad: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    """Extra constant angle offsets (rad), added on top of the home offsets."""
     safe_space_deg: tuple[tuple[float, float], ...] = ((-130.0, 130.0), (-70.0, 70.0))
     """Allowed commanded angle range of each moving joint (deg); target angles are clipped to it."""
     moving_joints: tuple[int, ...] = (0, 1)
@@ -161,10 +114,6 @@ class ScorbotER7:
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ConfigError(f"ScorbotER7.{name}: must be finite, got {value!r}")
-        for name in ("home_offsets_deg", "angle_offsets_rad"):
-            value = getattr(self, name)
-            if len(value) != self.n_joints or not all(math.isfinite(v) for v in value):
-                raise ConfigError(f"ScorbotER7.{name}: need {self.n_joints} finite values, got {value!r}")
         _check_moving(self.moving_joints, self.n_joints)
         _check_limits(self.safe_space_deg, len(self.moving_joints), "ScorbotER7.safe_space_deg")
         _check_home(self)
@@ -180,34 +129,27 @@ class ScorbotER7:
         """Safe space of the moving joints in rad, ``((low, high), ...)``."""
         return tuple((math.radians(lo), math.radians(hi)) for lo, hi in self.safe_space_deg)
 
-    @property
-    def dh_parameters(self) -> tuple[tuple[float, float, float], ...]:
-        """``(d_i, a_i, alpha_i)`` of the 4 DH rows (see class docstring)."""
-        return (
-            (self.d1, self.a1, math.pi / 2),
-            (self.d2, self.a2, 0.0),
-            (self.d3, self.a3, 0.0),
-            (0.0, self.a4, 0.0),
-        )
+    def _plane_points(self, q: jnp.ndarray) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
+        """(r, z) of shoulder, elbow, wrist and tool point in the arm's vertical plane."""
+        q2, q23, q234 = q[..., 1], q[..., 1] + q[..., 2], q[..., 1] + q[..., 2] - q[..., 3]
+        r, z = self.a1 + jnp.zeros_like(q2), self.d1 + jnp.zeros_like(q2)
+        points = [(r, z)]
+        for length, angle in ((self.a2, q2), (self.a3, q23), (self.a4, q234)):
+            r, z = r + length * jnp.cos(angle), z + length * jnp.sin(angle)
+            points.append((r, z))
+        return points
 
-    @property
-    def theta_offsets_rad(self) -> tuple[float, ...]:
-        """Total offset ``home_i + offset_i`` (rad) added to each commanded joint angle."""
-        return tuple(math.radians(h) + o for h, o in zip(self.home_offsets_deg, self.angle_offsets_rad, strict=True))
+    def _to_base_frame(self, q1: jnp.ndarray, r: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
+        d = self.d2 + self.d3
+        c, s = jnp.cos(q1), jnp.sin(q1)
+        return jnp.stack([r * c + d * s, -r * s + d * c, z], axis=-1)
 
     def forward_kinematics_full(self, q: jnp.ndarray) -> jnp.ndarray:
-        """Tool-point position ``xyz[..., 3]`` (m) for commanded angles ``q[..., 4]`` (rad).
-
-        ``T = A_1(theta_1) A_2(theta_2) A_3(theta_3) A_4(theta_4)``, ``theta = q + home + offset``,
-        ``xyz = T[:3, 3]``.
-        """
+        """Tool-point position ``xyz[..., 3]`` (m) for commanded angles ``q[..., 4]`` (rad)."""
         q = _as_float_array(q)
         _check_last_dim(q, self.n_joints, "ScorbotER7.forward_kinematics_full q")
-        transform = None
-        for i, ((d, a, alpha), off) in enumerate(zip(self.dh_parameters, self.theta_offsets_rad, strict=True)):
-            link = dh_transform(q[..., i] + off, d, a, alpha)
-            transform = link if transform is None else transform @ link
-        return transform[..., :3, 3]
+        r, z = self._plane_points(q)[-1]
+        return self._to_base_frame(q[..., 0], r, z)
 
     def full_angles(self, q_moving: jnp.ndarray) -> jnp.ndarray:
         """Embed moving-joint angles ``[..., n_moving]`` into ``[..., 4]`` with the others at 0."""
@@ -226,12 +168,8 @@ class ScorbotER7:
         """Points ``[..., 6, 3]`` to draw the arm: floor, base top, shoulder, elbow, wrist, tool point."""
         q = self.full_angles(q_moving)
         origin = jnp.zeros(q.shape[:-1] + (3,), dtype=q.dtype)
-        points = [origin, origin.at[..., 2].set(self.dh_parameters[0][0])]
-        transform = None
-        for i, ((d, a, alpha), off) in enumerate(zip(self.dh_parameters, self.theta_offsets_rad, strict=True)):
-            link = dh_transform(q[..., i] + off, d, a, alpha)
-            transform = link if transform is None else transform @ link
-            points.append(transform[..., :3, 3])
+        points = [origin, origin.at[..., 2].set(self.d1)]
+        points += [self._to_base_frame(q[..., 0], r, z) for r, z in self._plane_points(q)]
         return jnp.stack(points, axis=-2)
 
 

@@ -11,6 +11,10 @@ from that deployed state:
    :meth:`Chip.reprogram`: only devices whose quantized update is non-zero are re-programmed;
 3. ``seconds_after_update`` later, pass 2 runs the trainee again through the chip.
 
+The chip is built with the checkpoint's device model (``RobotConfig.device``) unless a ``ChipConfig`` is
+given. With ``RobotConfig.w_out_on_pcm`` the readout ``W_out`` is a second layer on the chip, read with
+noise at every step; otherwise it runs digitally.
+
 Self-connections do not exist on the chip (their cells are left unused: masked digitally).
 """
 
@@ -28,6 +32,7 @@ from l2l_pcm.robot.model import RobotConfig
 from l2l_pcm.robot.snn import recurrent_mask, stack_weights
 
 TRAINEE = "trainee"
+READOUT = "trainee_readout"
 
 
 @dataclasses.dataclass
@@ -50,11 +55,15 @@ class ChipTrainee:
         time_since_programming_s: float | None = None,
     ) -> None:
         self.config = config
-        self.chip = Chip(chip_config)
+        self.chip = Chip(ChipConfig(device=config.device) if chip_config is None else chip_config)
         w_stack = stack_weights(params["trainee_w_in"], params["trainee_w_rec"])
         self.mask = recurrent_mask(config.trainee, w_stack.dtype)
         self.chip.place_dense(TRAINEE, w_stack.shape)
-        self.chip.program(TRAINEE, w_stack * self.mask, key)
+        key_trainee, key_readout = jax.random.split(key)
+        self.chip.program(TRAINEE, w_stack * self.mask, key_trainee)
+        if config.w_out_on_pcm:
+            self.chip.place_dense(READOUT, params["trainee_w_out"].shape)
+            self.chip.program(READOUT, params["trainee_w_out"], key_readout)
         self.chip.advance(
             config.time_since_programming_s if time_since_programming_s is None else time_since_programming_s
         )
@@ -73,9 +82,13 @@ class ChipTrainee:
 
         def read_initial(w_stack, key):
             self.chip.restore(self._deployed)
-            return self._masked(self.chip.read_statistics(TRAINEE))
+            return self._masked(self.chip.read_statistics(TRAINEE)), None
 
-        def read_updated(previous, update: WeightUpdate, key):
+        def read_readout(w_out, key):
+            self.chip.restore(self._deployed)
+            return self.chip.read_statistics(READOUT)
+
+        def read_updated(carry, update: WeightUpdate, key):
             means, variances = [], []
             self.record = ChipUpdateRecord()
             applied = np.asarray(update.applied)
@@ -92,8 +105,10 @@ class ChipTrainee:
             self.chip.restore(self._deployed)
             return WeightStatistics(jnp.stack(means), jnp.stack(variances))
 
-        return WeightMemory(read_initial, read_updated)
+        return WeightMemory(read_initial, read_updated, read_readout if self.config.w_out_on_pcm else None)
 
     def count_mvms(self, tasks: int) -> None:
         """Book the trainee's MVMs of both passes (T steps each) in the chip's counters."""
         self.chip.record_mvms(TRAINEE, 2 * tasks * self.config.n_steps)
+        if self.config.w_out_on_pcm:
+            self.chip.record_mvms(READOUT, 2 * tasks * self.config.n_steps)

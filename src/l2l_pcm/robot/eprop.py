@@ -38,7 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.chip.crossbar import WeightStatistics, program_layer, read_statistics
+from l2l_pcm.chip.crossbar import WeightStatistics, program_layer, read_statistics, reprogram_layer
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice, quantize
 from l2l_pcm.robot.snn import (
@@ -87,14 +87,17 @@ UpdateFn = Callable[[jax.Array, jax.Array, jax.Array], WeightUpdate]
 class WeightMemory(NamedTuple):
     """Where the trainee's ``W_stack`` lives and what a crossbar read of it returns.
 
-    ``read_initial(w_stack [n, m], key) -> WeightStatistics`` ([n, m]: one array for all tasks) for
-    pass 1; ``read_updated(previous_stats, update: WeightUpdate, key) -> WeightStatistics``
-    ([B, n, m]) for pass 2, given what pass 1 read (devices that the update does not touch keep
-    their state).
+    ``read_initial(w_stack [n, m], key) -> (WeightStatistics, carry)``: the statistics ([n, m]: one
+    array for all tasks) that pass 1 reads, and whatever the memory needs to write the update later
+    (e.g. the programmed device state). ``read_updated(carry, update: WeightUpdate, key) ->
+    WeightStatistics`` ([B, n, m]) for pass 2 (devices the update does not touch keep their state).
     """
 
-    read_initial: Callable[[jax.Array, jax.Array], WeightStatistics]
-    read_updated: Callable[[WeightStatistics, WeightUpdate, jax.Array], WeightStatistics]
+    read_initial: Callable[[jax.Array, jax.Array], tuple[WeightStatistics, object]]
+    read_updated: Callable[[object, WeightUpdate, jax.Array], WeightStatistics]
+    read_readout: Callable[[jax.Array, jax.Array], WeightStatistics] | None = None
+    """``read_readout(w_out [n_rec, n_out], key)``: the trainee's readout on PCM too (the authors' code,
+    paper.md §11.3); None = digital readout with exact weights."""
 
 
 class SNNWeights(NamedTuple):
@@ -181,8 +184,8 @@ def software_update(quantize_step: float | None = 1.0 / 16, w_max: float = 1.0) 
 def software_memory() -> WeightMemory:
     """Exact weights, no read noise: the software model the meta-training runs on by default."""
     return WeightMemory(
-        read_initial=lambda w_stack, key: software_statistics(w_stack),
-        read_updated=lambda previous, update, key: software_statistics(update.weights),
+        read_initial=lambda w_stack, key: (software_statistics(w_stack), None),
+        read_updated=lambda carry, update, key: software_statistics(update.weights),
     )
 
 
@@ -191,41 +194,49 @@ def pcm_memory(
     time_since_programming_s: float,
     mask: jax.Array | None = None,
     seconds_after_update: float = 1.0,
+    readout_on_pcm: bool = False,
 ) -> WeightMemory:
     """Statistical PCM model of the crossbar, for hardware-aware meta-training (straight-through).
 
     The same pure functions as the chip (:func:`l2l_pcm.chip.program_layer`,
-    :func:`l2l_pcm.chip.read_statistics`): pass 1 reads the initial weights programmed once (one draw of
-    programming noise and drift exponents for all tasks) and aged ``time_since_programming_s``; the
-    returned statistics carry the per-read noise variance, so with a ``read_key`` every MVM gets fresh
-    read noise exactly as on the chip. After the update only devices whose quantized update is non-zero
-    are re-programmed (fresh programming noise and drift exponent) and read ``seconds_after_update``
-    later; all others keep what pass 1 read. Means are straight-through (gradient of the exact weights),
-    variances carry no gradient. ``mask`` (e.g. :func:`recurrent_mask`) keeps absent synapses at zero.
+    :func:`l2l_pcm.chip.reprogram_layer`, :func:`l2l_pcm.chip.read_statistics`), so every convention of
+    ``device`` applies: pass 1 reads the initial weights programmed once (one draw of programming noise
+    and drift exponents for all tasks) and aged ``time_since_programming_s``; the returned statistics
+    carry the per-read noise variance, so with a ``read_key`` every MVM gets fresh read noise exactly as
+    on the chip. The update re-programs, per task, only the devices its quantized entries change, which
+    are read ``seconds_after_update`` later; all others keep their state. Means are straight-through
+    (gradient of the exact weights), variances carry no gradient. ``mask`` (e.g. :func:`recurrent_mask`)
+    keeps absent synapses at zero. ``readout_on_pcm`` puts ``W_out`` on PCM too (programmed once, read
+    with noise at every step).
     """
 
-    def masked(weights: jax.Array) -> jax.Array:
-        return weights if mask is None else weights * mask
+    def masked(stats: WeightStatistics) -> WeightStatistics:
+        return stats if mask is None else WeightStatistics(stats.mean * mask, stats.variance * mask)
 
-    def programmed(weights: jax.Array, key: jax.Array, age_s: float) -> WeightStatistics:
-        state = program_layer(device, key, weights, 0.0)
-        stats = read_statistics(device, state, age_s, drift_compensation=False)
+    def straight_through(weights: jax.Array, stats: WeightStatistics) -> WeightStatistics:
         mean = weights + jax.lax.stop_gradient(stats.mean - weights)
-        return WeightStatistics(masked(mean), masked(jax.lax.stop_gradient(stats.variance)))
+        return WeightStatistics(mean, jax.lax.stop_gradient(stats.variance))
 
-    def read_initial(w_stack: jax.Array, key: jax.Array) -> WeightStatistics:
-        return programmed(w_stack, key, time_since_programming_s)
+    def read_initial(w_stack: jax.Array, key: jax.Array) -> tuple[WeightStatistics, tuple]:
+        state = program_layer(device, key, jax.lax.stop_gradient(w_stack), 0.0)
+        stats = read_statistics(device, state, time_since_programming_s, drift_compensation=False)
+        return masked(straight_through(w_stack, stats)), state
 
-    def read_updated(previous: WeightStatistics, update: WeightUpdate, key: jax.Array) -> WeightStatistics:
-        fresh = programmed(update.weights, key, seconds_after_update)
-        touched = update.applied != 0
-        # previous + applied equals previous where nothing is written (applied = 0) but keeps the
-        # straight-through gradient to the update there, as the software update does
-        mean = jnp.where(touched, fresh.mean, previous.mean + update.applied)
-        variance = jnp.where(touched, fresh.variance, jnp.broadcast_to(previous.variance, touched.shape))
-        return WeightStatistics(mean, variance)
+    def read_updated(state, update: WeightUpdate, key: jax.Array) -> WeightStatistics:
+        def one_task(applied: jax.Array, task_key: jax.Array) -> WeightStatistics:
+            applied = jax.lax.stop_gradient(applied)
+            new_state, _ = reprogram_layer(device, task_key, state, applied, time_since_programming_s)
+            now = time_since_programming_s + seconds_after_update
+            return read_statistics(device, new_state, now, drift_compensation=False)
 
-    return WeightMemory(read_initial, read_updated)
+        stats = jax.vmap(one_task)(update.applied, jax.random.split(key, update.applied.shape[0]))
+        return masked(straight_through(update.weights, stats))
+
+    def read_readout(w_out: jax.Array, key: jax.Array) -> WeightStatistics:
+        state = program_layer(device, key, jax.lax.stop_gradient(w_out), 0.0)
+        return straight_through(w_out, read_statistics(device, state, time_since_programming_s, False))
+
+    return WeightMemory(read_initial, read_updated, read_readout if readout_on_pcm else None)
 
 
 # ----------------------------------------------------------------------------------------- inner loop
@@ -266,11 +277,13 @@ def natural_eprop(
     update_fn = software_update(w_max=w_max) if update_fn is None else update_fn
     memory = software_memory() if memory is None else memory
     batch, n_steps = lsg_inputs.shape[:2]
-    key_before, key_update, key_after = jax.random.split(key, 3)
-    read_before, read_after = (None, None) if read_key is None else tuple(jax.random.split(read_key))
+    key_before, key_update, key_after, key_readout = jax.random.split(key, 4)
+    read_before, read_after, read_out_before, read_out_after = (
+        (None,) * 4 if read_key is None else tuple(jax.random.split(read_key, 4))
+    )
 
     w_stack = clip_straight_through(stack_weights(trainee_weights.w_in, trainee_weights.w_rec), w_max)
-    stats_before = memory.read_initial(w_stack, key_before)
+    stats_before, carry = memory.read_initial(w_stack, key_before)
     shared = stats_before.mean.ndim == 2 and read_before is None
     clock_batch = jnp.broadcast_to(clock, (1 if shared else batch,) + clock.shape)
     before = run_snn(trainee, clock_batch, stats_before, read_before, read_noise_mode)
@@ -281,15 +294,18 @@ def natural_eprop(
     delta_w = eprop_delta(traces, before.psi, signal, eta, mask)
 
     update = update_fn(w_stack, delta_w, key_update)
-    stats_after = memory.read_updated(stats_before, update, key_after)
+    stats_after = memory.read_updated(carry, update, key_after)
     clock_all = jnp.broadcast_to(clock, (batch,) + clock.shape)
     after = run_snn(trainee, clock_all, stats_after, read_after, read_noise_mode)
+    w_out = trainee_weights.w_out
+    if memory.read_readout is not None:
+        w_out = memory.read_readout(clip_straight_through(w_out, w_max), key_readout)
 
     return EpropResult(
         before=before,
         after=after,
-        output_before=readout(trainee, before.z, trainee_weights.w_out),
-        output_after=readout(trainee, after.z, trainee_weights.w_out),
+        output_before=readout(trainee, before.z, w_out, read_out_before, read_noise_mode),
+        output_after=readout(trainee, after.z, w_out, read_out_after, read_noise_mode),
         lsg_spikes=lsg_spikes,
         learning_signals=signal,
         delta_w=delta_w,

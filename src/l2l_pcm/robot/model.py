@@ -43,7 +43,7 @@ from l2l_pcm.robot.eprop import (
     software_update,
 )
 from l2l_pcm.robot.snn import LSGConfig, TraineeConfig, clock_input, init_weights, recurrent_mask
-from l2l_pcm.robot.tasks import Trajectories, integrate_velocities, spike_encode_xyz
+from l2l_pcm.robot.tasks import XYZ_CODES, Trajectories, integrate_velocities, spike_encode_xyz
 
 __all__ = [
     "ARMS",
@@ -84,6 +84,17 @@ class RobotConfig:
     """... and spikes every this many steps while active."""
     xyz_bits: int = 16
     """Bits of the binary spike code of each target coordinate (LSG input)."""
+    xyz_code: str = "full_range"
+    """Spike code of the targets (:func:`l2l_pcm.robot.tasks.spike_encode_xyz`): ``full_range`` (covers the
+    arm's whole reach) or ``authors`` (their code, which wraps around at 1 m; imported models need it)."""
+    clip_predicted_angles: bool = True
+    """Clip the network's integrated joint angles to the safe space before the kinematics, as a real arm's
+    limits would (targets are always clipped). The authors do not clip (paper.md §11.2); their imported
+    models record False. Changes the measured MSE of predictions that leave the safe space."""
+    w_out_on_pcm: bool = False
+    """Also hold the trainee's readout ``W_out`` on PCM (programmed with the trainee, read with noise at
+    every step), as the authors' code does (paper.md §11.3); False = a digital readout. Applies wherever
+    the trainee is on PCM: hardware-aware training, software ``pcm`` evaluation and the chip."""
     velocity_dt_s: float = 0.01
     """Integration step of angular velocities to angles (as for the targets)."""
     eta: float = 1e-4
@@ -105,11 +116,12 @@ class RobotConfig:
     quantize_step: float | None = 1.0 / 16
     """Granularity of the written update (None: no quantization)."""
     time_since_programming_s: float = 3600.0
+    """Device age at which the PCM model reads the trainee (hardware-aware training, pcm evaluation)."""
     seconds_after_update: float = 1.0
     """Time between writing the update and pass 2 (re-programmed devices are this old when read)."""
-    """Device age at which the PCM model reads the trainee (hardware-aware only)."""
     device: PCMDevice = PCMDevice()
-    """PCM device model of the hardware-aware variant; its ``w_max`` bounds the trainee's weights."""
+    """PCM device model (a profile of :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom) of hardware-aware
+    training, software ``pcm`` evaluation and the chip; its ``w_max`` bounds the trainee's weights."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -135,8 +147,13 @@ class RobotConfig:
                 raise ConfigError(f"RobotConfig.{name} must be a finite number >= 0, got {value!r}")
         if self.quantize_step is not None:
             _positive("quantize_step", self.quantize_step)
-        if not isinstance(self.hardware_aware, bool):
-            raise ConfigError(f"RobotConfig.hardware_aware must be a bool, got {self.hardware_aware!r}")
+        for name in ("hardware_aware", "clip_predicted_angles", "w_out_on_pcm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"RobotConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.xyz_code not in XYZ_CODES:
+            raise ConfigError(f"RobotConfig.xyz_code must be one of {XYZ_CODES}, got {self.xyz_code!r}")
+        if not isinstance(self.device, PCMDevice):
+            raise ConfigError(f"RobotConfig.device must be a PCMDevice, got {type(self.device).__name__}")
         check_seed("RobotConfig.seed", self.seed)
         if self.xyz_bits > 24:
             raise ConfigError(f"RobotConfig.xyz_bits must be <= 24, got {self.xyz_bits}")
@@ -200,7 +217,9 @@ def default_memory(config: RobotConfig) -> WeightMemory:
     if not config.hardware_aware:
         return software_memory()
     mask = recurrent_mask(config.trainee)
-    return pcm_memory(config.device, config.time_since_programming_s, mask, config.seconds_after_update)
+    return pcm_memory(
+        config.device, config.time_since_programming_s, mask, config.seconds_after_update, config.w_out_on_pcm
+    )
 
 
 def inner_loop(
@@ -228,7 +247,8 @@ def inner_loop(
         raise ConfigError(f"targets have {n_steps} steps, config.n_steps is {config.n_steps}")
     clock = config.clock()
     lsg_inputs = jnp.concatenate(
-        [jnp.broadcast_to(clock, (batch,) + clock.shape), spike_encode_xyz(targets.xyz, config.xyz_bits)], axis=-1
+        [jnp.broadcast_to(clock, (batch,) + clock.shape), spike_encode_xyz(targets.xyz, config.xyz_bits, config.xyz_code)],
+        axis=-1,
     )
     result = natural_eprop(
         config.trainee,
@@ -246,8 +266,9 @@ def inner_loop(
         read_noise_mode=read_noise_mode,
     )
     omega_before = jnp.broadcast_to(result.output_before, (batch,) + result.output_before.shape[1:])
-    before = integrate_velocities(arm, omega_before, config.velocity_dt_s)
-    after = integrate_velocities(arm, result.output_after, config.velocity_dt_s)
+    clip = config.clip_predicted_angles
+    before = integrate_velocities(arm, omega_before, config.velocity_dt_s, clip_angles=clip)
+    after = integrate_velocities(arm, result.output_after, config.velocity_dt_s, clip_angles=clip)
     return InnerLoopResult(before, after, result)
 
 

@@ -424,8 +424,20 @@ def run_snn(
     return SNNRecord(jnp.swapaxes(z, 0, 1), jnp.swapaxes(psi, 0, 1))
 
 
-def readout(p: SNNConfig, z: jax.Array, w_out: jax.Array) -> jax.Array:
-    """Leaky readout ``y(t) = kappa y(t-1) + z(t) @ W_out`` for ``z [B, T, n_rec]`` -> ``[B, T, n_out]``."""
+def readout(
+    p: SNNConfig,
+    z: jax.Array,
+    w_out: jax.Array | WeightStatistics,
+    read_key: jax.Array | None = None,
+    read_noise_mode: str = "per_read",
+) -> jax.Array:
+    """Leaky readout ``y(t) = kappa y(t-1) + z(t) @ W_out`` for ``z [B, T, n_rec]`` -> ``[B, T, n_out]``.
+
+    ``w_out`` as read statistics (a readout on PCM): every step's product is an analog MVM with read
+    noise from ``read_key`` (:func:`l2l_pcm.chip.analog_matmul`).
+    """
+    if isinstance(w_out, WeightStatistics):
+        return leaky_integrate(analog_matmul(z, w_out, read_key, read_noise_mode), p.kappa)
     return leaky_integrate(z @ w_out, p.kappa)
 
 

@@ -38,6 +38,8 @@ __all__ = [
     "sample_trajectories",
     "spike_encode_xyz",
     "spike_decode_xyz",
+    "XYZ_CODES",
+    "FULL_RANGE_M",
 ]
 
 MAX_WINDOW = 10_000
@@ -79,12 +81,13 @@ def _check_positive_float(name: str, value: object, allow_zero: bool = False) ->
 
 
 def hann_window(window: int) -> np.ndarray:
-    """Normalised Hann window ``h_n = (1 - cos(2 pi n / (M - 1))) / 2``, ``sum h = 1`` (float64).
+    """Normalised *periodic* Hann window ``h_n = (1 - cos(2 pi n / M)) / 2``, ``sum h = 1`` (float64).
 
-    For ``M <= 2`` the Hann window is zero everywhere, so a box of ``1/M`` is used instead.
+    The periodic form is what the authors' ``tf.signal.hann_window(M)`` returns (paper.md §11.2; its first
+    sample is 0, the symmetric window's first and last are). For ``M <= 2`` a box of ``1/M`` is used.
     """
     window = _check_positive_int("window", window)
-    h = np.ones(window) if window <= 2 else np.hanning(window)
+    h = np.ones(window) if window <= 2 else 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)
     return h / h.sum()
 
 
@@ -123,12 +126,15 @@ def integrate_velocities(
     omega: jnp.ndarray,
     dt: float = 0.01,
     start_angles: jnp.ndarray | None = None,
+    clip_angles: bool = True,
 ) -> Trajectories:
     """Integrate joint velocities ``omega[..., T, n_moving]`` (rad/s) to angles and positions.
 
     ``q(t) = clip(q0 + dt * sum_{s<=t} omega(s), low, high)`` with ``q0 = arm.home_angles`` unless
     ``start_angles`` (``[..., n_moving]``) is given, ``low/high = arm.joint_limits_rad``;
-    ``xyz(t) = arm.forward_kinematics(q(t))``.
+    ``xyz(t) = arm.forward_kinematics(q(t))``. ``clip_angles=False`` skips the clipping: the authors
+    clip their targets but not the network's predicted angles (paper.md §11.2), which raises the
+    measured error of a prediction that leaves the safe space.
 
     Differentiable: ``jnp.clip`` passes the gradient unchanged where the angle is inside the safe
     space and gives 0 for angles clipped at a limit, so only those (time, joint) entries stop
@@ -148,7 +154,8 @@ def integrate_velocities(
         raise ConfigError(f"start_angles: expected shape [..., {arm.n_moving}], got {tuple(q0.shape)}")
     limits = np.asarray(arm.joint_limits_rad)
     angles = q0[..., None, :] + dt * jnp.cumsum(omega, axis=-2)
-    angles = jnp.clip(angles, limits[:, 0].astype(omega.dtype), limits[:, 1].astype(omega.dtype))
+    if clip_angles:
+        angles = jnp.clip(angles, limits[:, 0].astype(omega.dtype), limits[:, 1].astype(omega.dtype))
     return Trajectories(omega, angles, arm.forward_kinematics(angles))
 
 
@@ -183,35 +190,57 @@ def sample_trajectories(
     return integrate_velocities(arm, omega, dt)
 
 
-def spike_encode_xyz(xyz: jnp.ndarray, bits: int = 16) -> jnp.ndarray:
-    """Binary spike code of Cartesian positions, the LSG's target input (``[..., 3] -> [..., 3*bits]``).
+XYZ_CODES = ("full_range", "authors")
+"""Spike codes of the LSG's target input (:func:`spike_encode_xyz`)."""
 
-    Each coordinate ``c`` is clipped to ``[-1, 1 - 2^-(bits-1)]``, mapped to the integer
-    ``n = floor((c + 1) * 2^(bits-1))`` in ``[0, 2^bits - 1]`` and written as ``bits`` binary
-    neurons, most significant bit first; the output is ``[x bits | y bits | z bits]`` as float32
-    0/1. (For ``bits=16`` this is the code's ``int((c + 1) * 2**15)``.) Not differentiable.
-    """
+FULL_RANGE_M = 1.25
+"""Half-width (m) of the ``full_range`` code: covers both arms' whole reach (Scorbot |x|, |y| <= 0.921 m,
+z in [-0.459, 1.176] m with the shoulder's ±70°; two-link arm |x|, |y| <= 1 m) with a margin."""
+
+
+def _check_code(code: str, bits: int) -> int:
     bits = _check_positive_int("bits", bits)
     if bits > 24:
         raise ConfigError(f"bits: must be <= 24 (float32 resolution), got {bits}")
+    if code not in XYZ_CODES:
+        raise ConfigError(f"xyz code must be one of {XYZ_CODES}, got {code!r}")
+    return bits
+
+
+def spike_encode_xyz(xyz: jnp.ndarray, bits: int = 16, code: str = "full_range") -> jnp.ndarray:
+    """Binary spike code of Cartesian positions, the LSG's target input (``[..., 3] -> [..., 3*bits]``).
+
+    Each coordinate ``c`` (m) becomes an integer ``n`` written as ``bits`` binary neurons, **least
+    significant bit first** (the authors' order, paper.md §11.2); the output is
+    ``[x bits | y bits | z bits]`` as float32 0/1. Not differentiable.
+
+    * ``code="authors"``: ``n = trunc((c + 1) 2^(bits-1))`` modulo ``2^bits``, the authors' code: it covers
+      ``[-1, 1)`` m and **wraps around** outside (z = 1.1 m is sent like z = -0.9 m). Their models need it.
+    * ``code="full_range"`` (this project's models): ``n = floor((c / R + 1) 2^(bits-1))`` with
+      ``R = FULL_RANGE_M``, saturating at ``0`` and ``2^bits - 1``; it covers the arms' whole reach, so
+      no reachable target is sent wrongly (resolution ``R / 2^(bits-1)``, 38 µm at 16 bits).
+    """
+    bits = _check_code(code, bits)
     xyz = jnp.asarray(xyz, jnp.float32)
     if xyz.ndim == 0 or xyz.shape[-1] != 3:
         raise ConfigError(f"xyz: last dimension must be 3, got shape {tuple(xyz.shape)}")
     scale = float(2 ** (bits - 1))
-    c = jnp.clip(xyz, -1.0, 1.0 - 1.0 / scale)
-    code = jnp.floor((c + 1.0) * scale).astype(jnp.int32)
-    shifts = jnp.arange(bits - 1, -1, -1, dtype=jnp.int32)
-    spikes = (code[..., None] >> shifts) & 1  # [..., 3, bits], MSB first
+    if code == "authors":
+        n = ((xyz + 1.0) * scale).astype(jnp.int32)  # truncation towards zero, as int64() in their code
+    else:
+        n = jnp.clip(jnp.floor((xyz / FULL_RANGE_M + 1.0) * scale), 0, 2 * scale - 1).astype(jnp.int32)
+    shifts = jnp.arange(bits, dtype=jnp.int32)
+    spikes = (n[..., None] >> shifts) & 1  # [..., 3, bits], least significant bit first
     return spikes.reshape(xyz.shape[:-1] + (3 * bits,)).astype(jnp.float32)
 
 
-def spike_decode_xyz(spikes: jnp.ndarray, bits: int = 16) -> jnp.ndarray:
-    """Inverse of :func:`spike_encode_xyz` (resolution ``2^-(bits-1)``): ``c = n / 2^(bits-1) - 1``."""
-    bits = _check_positive_int("bits", bits)
+def spike_decode_xyz(spikes: jnp.ndarray, bits: int = 16, code: str = "full_range") -> jnp.ndarray:
+    """Inverse of :func:`spike_encode_xyz` up to its resolution (``authors``: modulo the wrap-around)."""
+    bits = _check_code(code, bits)
     spikes = jnp.asarray(spikes)
     if spikes.ndim == 0 or spikes.shape[-1] != 3 * bits:
         raise ConfigError(f"spikes: last dimension must be {3 * bits}, got shape {tuple(spikes.shape)}")
-    weights = 2.0 ** jnp.arange(bits - 1, -1, -1, dtype=jnp.float32)
+    weights = 2.0 ** jnp.arange(bits, dtype=jnp.float32)
     grouped = spikes.reshape(spikes.shape[:-1] + (3, bits)).astype(jnp.float32)
-    code = (grouped * weights).sum(-1)
-    return code / float(2 ** (bits - 1)) - 1.0
+    unit = (grouped * weights).sum(-1) / float(2 ** (bits - 1)) - 1.0
+    return unit if code == "authors" else unit * FULL_RANGE_M
