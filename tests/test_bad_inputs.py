@@ -42,6 +42,7 @@ SMALL_ROBOT_MODEL = dict(
     eta=0.05,
 )
 SMALL_ROBOT = dict(model=SMALL_ROBOT_MODEL, iterations=2, validate_every=2, validation_tasks=3, checkpoint_every=1)
+AUTHORS = Path(__file__).resolve().parents[2] / "shared/reference/authors_checkpoints"
 TINY_FEWSHOT = MAMLConfig(channels=8, meta_batch=2, iterations=2, validate_every=2, validation_tasks=2, queries=2)
 
 
@@ -575,6 +576,100 @@ def disk_full(files, mp):
 def export_below_file(files, mp):
     (files.root / "afile").write_text("x")
     yield ["export", str(files.robot_run() / "last.safetensors"), str(files.root / "afile" / "out.safetensors")]
+
+
+# ------------------------------------------------------------------------------------ import-authors
+class _System:
+    """Pickles as a call of os.system: a file that tries to run a shell command when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Eval:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (eval, (f"__import__('os').system('touch {self.marker}')",))
+
+
+def _malicious_import(files, payload) -> Iterator[list[str]]:
+    import pickle
+
+    marker, destination = files.root / "pwned", files.root / "out.safetensors"
+    source = files.root / "evil.pickle"
+    source.write_bytes(pickle.dumps([payload(marker)]))
+    yield ["import-authors", "fewshot", str(source), str(destination)]
+    assert not marker.exists() and not destination.exists()  # nothing ran, nothing written
+
+
+@case("import-authors: a pickle that calls os.system", r"evil\.pickle: refusing global '(posix|os|nt)\.system'")
+def import_os_system(files, mp):
+    yield from _malicious_import(files, _System)
+
+
+@case("import-authors: a pickle that calls eval", r"evil\.pickle: refusing global 'builtins\.eval'")
+def import_eval(files, mp):
+    yield from _malicious_import(files, _Eval)
+
+
+@case("import-authors: truncated pickle", r"half\.pickle: not a pickle, or truncated")
+def import_truncated(files, mp):
+    source = AUTHORS / "robot_pretrained-weights.pickle"
+    if not source.is_file():
+        pytest.skip("the authors' checkpoints are not beside the repository")
+    half = files.root / "half.pickle"
+    half.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    yield ["import-authors", "robot", str(half), str(files.root / "out.safetensors")]
+    assert not (files.root / "out.safetensors").exists()
+
+
+@case("import-authors: the robot pickle imported as few-shot", r"is not the authors' few-shot checkpoint format")
+def import_wrong_scenario(files, mp):
+    source = AUTHORS / "robot_pretrained-weights.pickle"
+    if not source.is_file():
+        pytest.skip("the authors' checkpoints are not beside the repository")
+    yield ["import-authors", "fewshot", str(source), str(files.root / "out.safetensors")]
+    assert not (files.root / "out.safetensors").exists()
+
+
+@case("import-authors: arrays of unexpected shapes", r"variable 'conv3' has shape \(3, 3, 8, 9\), expected")
+def import_wrong_shapes(files, mp):
+    import pickle
+
+    arrays = [np.zeros((3, 3, 1, 8)), np.zeros((3, 3, 8, 8)), np.zeros((3, 3, 8, 9)), np.zeros((3, 3, 8, 8))]
+    source = files.root / "shape.pickle"
+    source.write_bytes(pickle.dumps([*arrays, np.zeros((8, 5))], protocol=4))
+    yield ["import-authors", "fewshot", str(source), str(files.root / "out.safetensors")]
+    assert not (files.root / "out.safetensors").exists()
+
+
+@case("--device that is neither a profile nor a JSON file", r"--device: 'hermes' is neither a profile")
+def unknown_device(files, mp):
+    yield ["chip", "stats", "--device", "hermes", "--samples", "10"]
+
+
+@case(
+    "--time-since-programming with a fixed-age device (authors profile)",
+    r"--time-since-programming: this device reads every device at a fixed age of 32 s",
+)
+def fixed_age_time(files, mp):
+    yield [
+        "robot",
+        "eval",
+        "--checkpoint",
+        str(files.robot_run() / "best.safetensors"),
+        "--device",
+        "authors",
+        "--time-since-programming",
+        "3600",
+        "--tasks",
+        "2",
+    ]
 
 
 def run_case(name: str, root: Path) -> tuple[list[str], str]:

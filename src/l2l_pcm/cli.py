@@ -16,13 +16,15 @@ def _chip_stats(args: argparse.Namespace) -> None:
     import jax
 
     from l2l_pcm.chip.diagnostics import device_statistics
-    from l2l_pcm.pcm import PCMDevice
+    from l2l_pcm.pcm import profile_name
 
-    device = PCMDevice(read_noise_uses_microsiemens=args.authors_read_noise)
+    device = _device(args.device or "ibm")
     rows = device_statistics(device, jax.random.PRNGKey(args.seed), samples=args.samples)
     if args.json:
-        print(json.dumps({"rows": rows, "device": device.__dict__ | {}}, default=list))
+        print(json.dumps({"profile": profile_name(device), "rows": rows, "device": dataclasses.asdict(device)}))
         return
+    print(f"device profile: {profile_name(device)}")
+    print(", ".join(f"{k}={v}" for k, v in dataclasses.asdict(device).items()))
     print(
         f"{'g_T µS':>7} | {'σ_prog target':>13} {'measured':>9} | {'ν mean':>7} {'meas':>7} | "
         f"{'ν std':>7} {'meas':>7} | {'σ_read target':>13} {'measured':>9}"
@@ -59,6 +61,31 @@ def _chip_demo(args: argparse.Namespace) -> None:
         )
     path = plot_drift_demo(result, Path(args.out) / "chip_drift.png")
     print(f"\nplot: {path}")
+
+
+def _device(spec: str):
+    """``--device NAME|FILE.json``: a named profile or a JSON object of PCMDevice fields."""
+    from l2l_pcm.pcm import DEVICE_PROFILES, device_from_json
+
+    if spec in DEVICE_PROFILES:
+        return DEVICE_PROFILES[spec]
+    if spec.endswith(".json") or Path(spec).exists():
+        return device_from_json(_read_json(spec))
+    raise L2LPCMError(f"--device: {spec!r} is neither a profile ({', '.join(DEVICE_PROFILES)}) nor a JSON file")
+
+
+def _refuse_fixed_age(device, time_since_programming) -> None:
+    if time_since_programming is not None and device.fixed_age_s is not None:
+        raise L2LPCMError(
+            f"--time-since-programming: this device reads every device at a fixed age of {device.fixed_age_s:g} s "
+            "(the authors' convention), so a time since programming cannot apply"
+        )
+
+
+def _import_authors(args: argparse.Namespace) -> None:
+    from l2l_pcm.import_authors import import_authors
+
+    print(import_authors(args.scenario, args.source, args.destination))
 
 
 def _join_cluster(args: argparse.Namespace) -> None:
@@ -104,8 +131,10 @@ def _load_fewshot(args: argparse.Namespace):
 
     path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
     params, config, metadata = load_fewshot_checkpoint(path)
-    if args.update_budget is not None:
-        config = dataclasses.replace(config, update_budget=args.update_budget)
+    overrides = {"update_budget": args.update_budget, "normalisation": args.normalisation}
+    if args.device is not None:
+        overrides["device"] = _device(args.device)
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     images = load_omniglot("evaluation", args.data_dir)
     return params, config, metadata, images
 
@@ -115,6 +144,7 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
 
     params, config, _, images = _load_fewshot(args)
+    _refuse_fixed_age(config.device, args.time_since_programming)
     if args.backend == "chip":
         result = evaluate_chip(
             params,
@@ -123,7 +153,7 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
             args.tasks,
             args.queries,
             args.seed,
-            ChipConfig(drift_compensation=args.drift_compensation),
+            ChipConfig(device=config.device, drift_compensation=args.drift_compensation),
             args.time_since_programming,
             progress=not args.json,
         )
@@ -209,7 +239,7 @@ def _robot_train(args: argparse.Namespace) -> None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
     if args.iterations is not None:
         config = dataclasses.replace(config, iterations=args.iterations)
-    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from)
     _print_summary(summary)
 
 
@@ -219,14 +249,16 @@ def _robot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
 
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    model = _robot_overrides(args, config.model)
+    _refuse_fixed_age(model.device, args.time_since_programming)
     result = evaluate(
         params,
-        config.model,
+        model,
         args.backend,
         args.tasks,
         args.seed,
         args.precision,
-        ChipConfig(drift_compensation=args.drift_compensation),
+        ChipConfig(device=model.device, drift_compensation=args.drift_compensation),
         args.time_since_programming,
     )
     if args.json:
@@ -246,6 +278,16 @@ def _robot_eval(args: argparse.Namespace) -> None:
         )
 
 
+def _robot_overrides(args: argparse.Namespace, model):
+    """The checkpoint's robot config with ``--device`` and ``--angle-clipping`` applied."""
+    changes = {}
+    if args.device is not None:
+        changes["device"] = _device(args.device)
+    if args.angle_clipping is not None:
+        changes["clip_predicted_angles"] = args.angle_clipping == "on"
+    return dataclasses.replace(model, **changes)
+
+
 def _robot_demo(args: argparse.Namespace) -> None:
     """Software vs chip on the same trajectories, with the figures and the GIF."""
     from l2l_pcm._io import atomic_write_text
@@ -253,9 +295,10 @@ def _robot_demo(args: argparse.Namespace) -> None:
     from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
 
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    model = _robot_overrides(args, config.model)
     out = Path(args.out)
-    software = evaluate(params, config.model, "software", args.tasks, args.seed)
-    chip, (targets, result) = evaluate(params, config.model, "chip", args.tasks, args.seed, keep_examples=True)
+    software = evaluate(params, model, "software", args.tasks, args.seed)
+    chip, (targets, result) = evaluate(params, model, "chip", args.tasks, args.seed, keep_examples=True)
     for r in (software, chip):
         print(
             f"{r['backend']:>8}: MSE {r['mse_before']:.4f} → {r['mse_after']:.4f} ± {r['mse_after_ci95']:.4f} m² "
@@ -327,6 +370,7 @@ def add_train_arguments(sub: argparse.ArgumentParser, config_class: str) -> None
     sub.add_argument("--iterations", type=_positive_int)
     sub.add_argument("--seed", type=_seed)
     sub.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    sub.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
     sub.add_argument("--no-progress", action="store_true")
     add_distributed_arguments(sub)
 
@@ -341,9 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--samples", type=_positive_int, default=100_000, help="samples per conductance (default 1e5)")
     stats.add_argument("--seed", type=_seed, default=0)
     stats.add_argument(
-        "--authors-read-noise",
-        action="store_true",
-        help="evaluate Q_s on µS as the authors' code does (default: normalised, published model)",
+        "--device", metavar="NAME|FILE.json", help="device profile (ibm, authors, aihwkit) or a JSON file of fields"
     )
     stats.set_defaults(run=_chip_stats)
     demo = chip.add_parser("demo", help="drift over 1 s … 1 day and devices touched by an update; writes a plot")
@@ -359,7 +401,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--variant", choices=("fp32", "4bit", "pcm"))
     train.add_argument("--meta-batch", type=_positive_int)
     train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
-    train.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
     train.set_defaults(run=_fewshot_train)
 
     def add_eval_arguments(sub: argparse.ArgumentParser) -> None:
@@ -373,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
             type=_non_negative_int,
             metavar="N",
             help="readout weights changed per inner step, largest updates first (default: the checkpoint's; 0 = all)",
+        )
+        sub.add_argument(
+            "--normalisation",
+            choices=("support", "per_set"),
+            help="support statistics (no leak between queries) or the authors' per-set rule (default: the checkpoint's)",
+        )
+        sub.add_argument(
+            "--device", metavar="NAME|FILE.json", help="device profile or JSON file (default: the checkpoint's)"
         )
 
     evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
@@ -412,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", help="robot checkpoint (default: the shipped one)")
         sub.add_argument("--tasks", type=_positive_int, default=200, help="unseen trajectories (default 200)")
         sub.add_argument("--seed", type=_seed, default=0, help="trajectory seed: same seed, same trajectories")
+        sub.add_argument(
+            "--device", metavar="NAME|FILE.json", help="device profile or JSON file (default: the checkpoint's)"
+        )
+        sub.add_argument(
+            "--angle-clipping",
+            choices=("on", "off"),
+            help="clip the predicted joint angles to the safe space (default: the checkpoint's; the authors: off)",
+        )
 
     robot_eval = robot.add_parser("eval", help="MSE before/after the single update, software or chip")
     add_robot_eval_arguments(robot_eval)
@@ -431,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_robot_eval_arguments(robot_demo)
     robot_demo.add_argument("--out", default="outputs")
     robot_demo.set_defaults(run=_robot_demo)
+
+    imports = commands.add_parser(
+        "import-authors", help="convert the authors' pretrained pickle into an l2l-pcm checkpoint (safely)"
+    )
+    imports.add_argument("scenario", choices=("fewshot", "robot"))
+    imports.add_argument("source", help="the authors' pretrained-weights.pickle")
+    imports.add_argument("destination", help="l2l-pcm checkpoint to write (.safetensors)")
+    imports.set_defaults(run=_import_authors)
 
     export = commands.add_parser("export", help="copy a training checkpoint without optimiser state")
     export.add_argument("source")

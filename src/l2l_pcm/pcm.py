@@ -20,10 +20,14 @@ with the constants used by Ortner et al. 2025 and by aihwkit's ``PCMLikeNoiseMod
   :math:`Q_s = \min(q\,\hat g^{-0.65}, Q_{max})`,
   :math:`\sigma_{read} = |g(t)|\,Q_s\,\sqrt{\ln\frac{t + t_{read}}{2 t_{read}}}`.
 
-Convention for :math:`Q_s` (paper.md §3.4): IBM's published model and aihwkit evaluate :math:`Q_s` on the
-*normalised* conductance :math:`\hat g`; the authors' code evaluates it on :math:`|g_T|` in µS, which gives
-about 8× less read noise at :math:`g_{max}`. The published convention is the default;
-``read_noise_uses_microsiemens=True`` reproduces the authors' code.
+Conventions differ between implementations of this model, and each is a field of :class:`PCMDevice`,
+collected in the named profiles of :data:`DEVICE_PROFILES` (``ibm``, the default; ``authors``;
+``aihwkit``). For :math:`Q_s`: this project evaluates it on the normalised *target* :math:`\hat g`; aihwkit
+on the normalised *programmed* conductance :math:`|g_P|/g_{max}` (paper.md §11.6, ``read_noise_q_from``);
+the authors' code on :math:`|g|` in µS, about 8× less read noise at :math:`g_{max}`
+(``read_noise_uses_microsiemens``). aihwkit further differs in its time origin, clipping of
+:math:`g_P`, clamped reads and :math:`\sigma_{prog}` scaling; the authors' code in its fixed
+:math:`t/t_0 = 32`, initial write and re-programming (field docstrings).
 
 A signed weight :math:`w \in [-w_{max}, w_{max}]` is stored on a differential pair
 :math:`G^+ = g_{max}\max(w, 0)/w_{max}`, :math:`G^- = g_{max}\max(-w, 0)/w_{max}`, read as
@@ -94,8 +98,8 @@ class PCMDevice:
     """Multiplier on σ_read (0 switches read noise off; the authors' robot code uses 1/√2 for two
     averaged devices per polarity)."""
     read_noise_uses_microsiemens: bool = False
-    """False: Q_s(ĝ) on normalised conductance (published model, aihwkit). True: Q_s(|g| in µS), the
-    authors' code (paper.md §3.4): about 8× less read noise at g_max."""
+    """False: Q_s on normalised conductance (published model; aihwkit normalises too, but g_P, see
+    ``read_noise_q_from``). True: Q_s(|g| in µS), the authors' code (paper.md §3.4): ~8× less read noise."""
     read_noise_log_divisor: float = 2.0
     """k of ln((t + t_read)/(k·t_read)) in σ_read: 2 in the published model and aihwkit; 1 in the authors'
     robot and conv-layer code (paper.md §3.4)."""
@@ -151,8 +155,12 @@ class PCMDevice:
         for name, count in (("prog_noise_coeffs_uS", 3), ("drift_mu_coeffs", 2), ("drift_sigma_coeffs", 2)):
             if numbers(name, count) is None:
                 raise ConfigError(f"PCMDevice.{name} must be {count} finite numbers, got {getattr(self, name)!r}")
-        for name in ("read_noise_uses_microsiemens", "clamp_reads_at_zero", "clip_programmed_at_g_max",
-                     "idle_device_noise"):
+        for name in (
+            "read_noise_uses_microsiemens",
+            "clamp_reads_at_zero",
+            "clip_programmed_at_g_max",
+            "idle_device_noise",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"PCMDevice.{name} must be true or false, got {getattr(self, name)!r}")
         check_number("PCMDevice.read_noise_log_divisor", self.read_noise_log_divisor)
@@ -171,9 +179,7 @@ class PCMDevice:
 
     def noiseless(self) -> PCMDevice:
         """The same device with programming noise, drift, read noise and the initial jitter switched off."""
-        return self.replace(
-            prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0, initial_programming="program"
-        )
+        return self.replace(prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0, initial_programming="program")
 
     # ----------------------------------------------------------------------------------- mapping
     def weights_to_conductances(self, weights: jax.Array, clip: bool = True) -> jax.Array:
@@ -261,8 +267,10 @@ class PCMDevice:
     # ----------------------------------------------------------------------------------- drift
     def effective_age_s(self, time_since_programming_s: jax.Array) -> jax.Array:
         """The age the drift and read-noise laws see: ``fixed_age_s`` if set, else the real one."""
-        return time_since_programming_s if self.fixed_age_s is None else jnp.full_like(
-            jnp.asarray(time_since_programming_s, jnp.float32), self.fixed_age_s
+        return (
+            time_since_programming_s
+            if self.fixed_age_s is None
+            else jnp.full_like(jnp.asarray(time_since_programming_s, jnp.float32), self.fixed_age_s)
         )
 
     def drift_factor(self, nu: jax.Array, time_since_programming_s: jax.Array) -> jax.Array:
@@ -391,6 +399,21 @@ def device_profile(name: str) -> PCMDevice:
     if name not in DEVICE_PROFILES:
         raise ConfigError(f"unknown device profile {name!r}; choose one of {sorted(DEVICE_PROFILES)}")
     return DEVICE_PROFILES[name]
+
+
+def device_from_json(data: object) -> PCMDevice:
+    """A device from a config: a profile name, or a dict of :class:`PCMDevice` fields (lists become tuples)."""
+    if isinstance(data, PCMDevice):
+        return data
+    if isinstance(data, str):
+        return device_profile(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"device must be a profile name or an object of PCMDevice fields, got {data!r}")
+    known = {f.name for f in dataclasses.fields(PCMDevice)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown PCMDevice fields: {sorted(unknown)}")
+    return PCMDevice(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def profile_name(device: PCMDevice) -> str:

@@ -53,7 +53,7 @@ def device_statistics(
                 "nu_std_measured": float(jnp.std(nu)),
                 "read_std_target_uS": float(read_std),
                 "read_std_measured_uS": float(jnp.std(g_read - g)),
-                "read_time_s": READ_CHECK_TIME_S,
+                "read_time_s": float(device.effective_age_s(READ_CHECK_TIME_S)),
                 "samples": int(samples),
             }
         )

@@ -60,7 +60,7 @@ class ChipFewShotLearner:
         seconds_between_updates: float = 1.0,
     ) -> None:
         self.config = config
-        self.chip = Chip(chip_config)
+        self.chip = Chip(ChipConfig(device=config.device) if chip_config is None else chip_config)
         self.seconds_between_updates = seconds_between_updates
         for name in CONV_NAMES:
             self.chip.place_conv(name, params[name].shape)
@@ -79,7 +79,7 @@ class ChipFewShotLearner:
     def features(self, support_x, query_x, key) -> tuple[jax.Array, jax.Array]:
         """Penultimate activations of one task's support and query images, conv layers on the chip."""
         keys = jax.random.split(key, len(CONV_NAMES))
-        return embed(lambda i, x: self.chip.conv2d(CONV_NAMES[i], x, keys[i]), support_x, query_x)
+        return embed(lambda i, x: self.chip.conv2d(CONV_NAMES[i], x, keys[i]), support_x, query_x, self.config.cnn)
 
     def adapt(self, support_x, support_y, query_x, query_y, key) -> ChipTaskResult:
         """Run one task from the deployed state; see the module docstring."""

@@ -66,7 +66,7 @@ def evaluate_software(
     if precision not in VARIANTS:
         raise ConfigError(f"precision must be one of {VARIANTS}, got {precision!r}")
     config = dataclasses.replace(config, variant=precision)
-    device = device or PCMDevice()
+    device = device or config.device
     per_step = []
     for start, batch in _task_batches(images, config, tasks, queries, seed):
         per_step.append(np.asarray(evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config, device)))

@@ -38,7 +38,7 @@ from l2l_pcm.fewshot.model import (
     readout_gradient,
     software_conv,
 )
-from l2l_pcm.pcm import PCMDevice, keep_largest, quantize, quantize_weights
+from l2l_pcm.pcm import PCMDevice, device_from_json, keep_largest, quantize, quantize_weights
 
 VARIANTS = ("fp32", "4bit", "pcm")
 
@@ -80,6 +80,16 @@ class MAMLConfig:
     checkpoint_every: int = 250
     augment_rotations: bool = True
     seed: int = 0
+    normalisation: str = "support"
+    """"support" (no leak between query images) or "per_set" (the authors' transductive rule); see
+    :class:`l2l_pcm.fewshot.model.CNNConfig`."""
+    norm_epsilon: float = 1e-5
+    """ε of the normalisation (the authors' Keras BatchNorm: 1e-3)."""
+    ink: str = "one"
+    """Pixel polarity the model expects: "one" (ink = 1) or "zero" (the authors' background = 1)."""
+    device: PCMDevice = PCMDevice()
+    """The PCM device model of the ``pcm`` variant and of the chip this model is deployed on (a profile of
+    :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -127,7 +137,13 @@ class MAMLConfig:
 
     @property
     def cnn(self) -> CNNConfig:
-        return CNNConfig(channels=self.channels, ways=self.ways)
+        return CNNConfig(
+            channels=self.channels,
+            ways=self.ways,
+            normalisation=self.normalisation,
+            norm_epsilon=self.norm_epsilon,
+            ink=self.ink,
+        )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +154,9 @@ class MAMLConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown few-shot config fields: {sorted(unknown)}")
+        data = dict(data)
+        if "device" in data:
+            data["device"] = device_from_json(data["device"])
         return cls(**data)
 
 
@@ -190,7 +209,7 @@ def task_outputs(params, batch, key, config: MAMLConfig, device: PCMDevice):
     ]
 
     def one_task(sx, sy, qx, qy, task_key):
-        f_s, f_q = embed(lambda i, x: software_conv(kernels[i], x), sx, qx)
+        f_s, f_q = embed(lambda i, x: software_conv(kernels[i], x), sx, qx, config.cnn)
         return adapt_task(config, device, params["readout"], f_s, sy, f_q, qy, task_key)
 
     keys = jax.random.split(key_tasks, support_x.shape[0])

@@ -6,7 +6,8 @@ r"""The few-shot CNN: four 3×3 stride-2 conv layers without bias, ReLU, normali
 
 **Normalisation.** After each conv + ReLU, activations are standardised per channel with the mean and
 variance of the *support set* of the task (no learnable parameters), and the same statistics are applied
-to the query images. The authors used batch statistics of whichever set was being processed
+to the query images (``CNNConfig.normalisation="support"``, the default; ``"per_set"`` is the authors'
+rule, needed by their imported model). The authors used batch statistics of whichever set was being processed
 (transductive batch norm), which lets query images influence each other's predictions; here each query
 image's output depends only on itself and the labelled support set, so evaluation has no leak between
 query images, and the same rule runs unchanged on the chip (statistics are computed digitally from the
@@ -27,7 +28,10 @@ import jax.numpy as jnp
 from l2l_pcm.errors import ConfigError
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4")
-_EPS = 1e-5
+
+
+NORMALISATIONS = ("support", "per_set")
+INK_VALUES = ("one", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,16 @@ class CNNConfig:
     init_std: float = 0.35
     """Std of the initial conv kernels: normalisation makes their scale irrelevant to the function, so
     they are initialised to use a good part of the PCM weight range [−1, 1] rather than He scaling."""
+    normalisation: str = "support"
+    """"support": every layer is standardised with the support set's statistics, for support and query
+    images alike (no leak between query images). "per_set": the authors' transductive rule (batch norm in
+    training mode at test time, paper.md §11.5): support and query sets each with their own statistics,
+    so query images influence each other's predictions."""
+    norm_epsilon: float = 1e-5
+    """ε of the normalisation, 1/sqrt(var + ε); the authors' Keras BatchNorm uses 1e-3."""
+    ink: str = "one"
+    """Pixel polarity the model expects: "one" (this project's data: ink = 1, background = 0) or "zero"
+    (the authors' tfds pipeline: background = 1, ink = 0; images are fed as 1 − x)."""
 
     def __post_init__(self) -> None:
         for name in ("channels", "ways"):
@@ -45,6 +59,12 @@ class CNNConfig:
                 raise ConfigError(f"CNNConfig.{name} must be an integer >= 1, got {value!r}")
         if not self.init_std > 0:
             raise ConfigError(f"CNNConfig.init_std must be > 0, got {self.init_std!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+        if self.ink not in INK_VALUES:
+            raise ConfigError(f"ink must be one of {INK_VALUES}, got {self.ink!r}")
+        if not (isinstance(self.norm_epsilon, (int, float)) and 0 < self.norm_epsilon < 1):
+            raise ConfigError(f"norm_epsilon must be a number in (0, 1), got {self.norm_epsilon!r}")
 
     def kernel_shapes(self) -> dict[str, tuple[int, int, int, int]]:
         shapes = {}
@@ -76,21 +96,37 @@ def software_conv(kernel: jax.Array, images: jax.Array) -> jax.Array:
     )
 
 
+def _standardise(h: jax.Array, statistics_of: jax.Array, epsilon: float) -> jax.Array:
+    mean = jnp.mean(statistics_of, axis=(0, 1, 2))
+    var = jnp.var(statistics_of, axis=(0, 1, 2))
+    return (h - mean) * jax.lax.rsqrt(var + epsilon)
+
+
 def embed(
-    conv: Callable[[int, jax.Array], jax.Array], support: jax.Array, query: jax.Array
+    conv: Callable[[int, jax.Array], jax.Array],
+    support: jax.Array,
+    query: jax.Array,
+    cnn: CNNConfig | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Features [N, channels] of support and query images of one task.
 
-    ``conv(layer_index, images)`` returns the pre-activation of conv layer ``layer_index``.
+    ``conv(layer_index, images)`` returns the pre-activation of conv layer ``layer_index``; ``cnn`` says
+    the normalisation rule, its ε and the pixel polarity (default :class:`CNNConfig`).
     """
+    cnn = cnn or CNNConfig()
     n_support = support.shape[0]
     x = jnp.concatenate([support, query], axis=0)
+    if cnn.ink == "zero":
+        x = 1.0 - x
     for layer in range(len(CONV_NAMES)):
         h = jax.nn.relu(conv(layer, x))
-        support_h = h[:n_support]
-        mean = jnp.mean(support_h, axis=(0, 1, 2))
-        var = jnp.var(support_h, axis=(0, 1, 2))
-        x = (h - mean) * jax.lax.rsqrt(var + _EPS)
+        if cnn.normalisation == "support":
+            x = _standardise(h, h[:n_support], cnn.norm_epsilon)
+        else:
+            support_h, query_h = h[:n_support], h[n_support:]
+            x = jnp.concatenate(
+                [_standardise(support_h, support_h, cnn.norm_epsilon), _standardise(query_h, query_h, cnn.norm_epsilon)]
+            )
     features = global_max_pool(x)
     return features[:n_support], features[n_support:]
 

@@ -181,10 +181,10 @@ def software_update(quantize_step: float | None = 1.0 / 16, w_max: float = 1.0) 
     return update
 
 
-def software_memory() -> WeightMemory:
-    """Exact weights, no read noise: the software model the meta-training runs on by default."""
+def software_memory(w_max: float = 1.0) -> WeightMemory:
+    """Exact weights clipped to ±w_max, no read noise: the software model meta-training runs on by default."""
     return WeightMemory(
-        read_initial=lambda w_stack, key: (software_statistics(w_stack), None),
+        read_initial=lambda w_stack, key: (software_statistics(clip_straight_through(w_stack, w_max)), None),
         read_updated=lambda carry, update, key: software_statistics(update.weights),
     )
 
@@ -266,7 +266,9 @@ def natural_eprop(
     """The inner loop (steps 1-6 of the module docstring) for a batch of ``B`` tasks.
 
     ``clock [T, n_in]`` is the trainee input (the same for every task), ``lsg_inputs [B, T, n_in_lsg]``
-    the LSG input. ``W_stack`` is clipped to ±w_max (straight-through) before it is stored.
+    the LSG input. The update is computed for ``W_stack`` clipped to ±w_max (straight-through); the
+    memory receives the unclipped weights, and each memory writes |w| > w_max its own way (clipped, or
+    the authors' reflection of :attr:`l2l_pcm.pcm.PCMDevice.initial_programming`).
     ``update_fn`` defaults to ``software_update(1/16, w_max)``, ``memory`` to :func:`software_memory`.
     ``key`` drives the update and the memory (programming noise); ``read_key`` (None = no read noise)
     the per-read noise of :func:`l2l_pcm.chip.analog_matmul` in both trainee passes. Pass 1 runs once
@@ -275,15 +277,17 @@ def natural_eprop(
     if lsg.n_out != trainee.n_rec:
         raise ConfigError(f"LSG n_out ({lsg.n_out}) must equal the trainee's n_rec ({trainee.n_rec})")
     update_fn = software_update(w_max=w_max) if update_fn is None else update_fn
-    memory = software_memory() if memory is None else memory
+    memory = software_memory(w_max) if memory is None else memory
     batch, n_steps = lsg_inputs.shape[:2]
     key_before, key_update, key_after, key_readout = jax.random.split(key, 4)
     read_before, read_after, read_out_before, read_out_after = (
         (None,) * 4 if read_key is None else tuple(jax.random.split(read_key, 4))
     )
 
-    w_stack = clip_straight_through(stack_weights(trainee_weights.w_in, trainee_weights.w_rec), w_max)
-    stats_before, carry = memory.read_initial(w_stack, key_before)
+    raw_stack = stack_weights(trainee_weights.w_in, trainee_weights.w_rec)
+    w_stack = clip_straight_through(raw_stack, w_max)
+    # the memory sees the weights as meta-trained: how |w| > w_max is written is the device's business
+    stats_before, carry = memory.read_initial(raw_stack, key_before)
     shared = stats_before.mean.ndim == 2 and read_before is None
     clock_batch = jnp.broadcast_to(clock, (1 if shared else batch,) + clock.shape)
     before = run_snn(trainee, clock_batch, stats_before, read_before, read_noise_mode)
@@ -299,7 +303,7 @@ def natural_eprop(
     after = run_snn(trainee, clock_all, stats_after, read_after, read_noise_mode)
     w_out = trainee_weights.w_out
     if memory.read_readout is not None:
-        w_out = memory.read_readout(clip_straight_through(w_out, w_max), key_readout)
+        w_out = memory.read_readout(w_out, key_readout)
 
     return EpropResult(
         before=before,

@@ -76,7 +76,7 @@ def evaluate(
         key = jax.random.PRNGKey(seed * 1_000 + start)
         if chip is None:
             hardware = dataclasses.replace(config, hardware_aware=True)
-            memory = software_memory() if precision == "fp32" else default_memory(hardware)
+            memory = software_memory(config.w_max) if precision == "fp32" else default_memory(hardware)
             read_key = None if precision == "fp32" else jax.random.fold_in(key, 1)
             result = inner_loop(params, targets, key, config, memory=memory, read_key=read_key)
         else:

@@ -105,6 +105,8 @@ class RobotConfig:
     """... multiplied by this factor ..."""
     lr_decay_every: int = 500
     """... every this many iterations (staircase)."""
+    grad_clip_norm: float | None = None
+    """Clip the meta-gradient to this global norm before Adam (None: no clipping, as the authors)."""
     batch: int = 90
     """Tasks per outer iteration."""
     reg_lambda: float = 0.25
@@ -145,8 +147,9 @@ class RobotConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"RobotConfig.{name} must be a finite number >= 0, got {value!r}")
-        if self.quantize_step is not None:
-            _positive("quantize_step", self.quantize_step)
+        for name in ("quantize_step", "grad_clip_norm"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         for name in ("hardware_aware", "clip_predicted_angles", "w_out_on_pcm"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"RobotConfig.{name} must be true or false, got {getattr(self, name)!r}")
@@ -215,7 +218,7 @@ def _split(params: dict[str, jax.Array]) -> tuple[SNNWeights, SNNWeights]:
 def default_memory(config: RobotConfig) -> WeightMemory:
     """The software model meta-training uses: exact, or the PCM model if ``hardware_aware``."""
     if not config.hardware_aware:
-        return software_memory()
+        return software_memory(config.w_max)
     mask = recurrent_mask(config.trainee)
     return pcm_memory(
         config.device, config.time_since_programming_s, mask, config.seconds_after_update, config.w_out_on_pcm
@@ -247,7 +250,10 @@ def inner_loop(
         raise ConfigError(f"targets have {n_steps} steps, config.n_steps is {config.n_steps}")
     clock = config.clock()
     lsg_inputs = jnp.concatenate(
-        [jnp.broadcast_to(clock, (batch,) + clock.shape), spike_encode_xyz(targets.xyz, config.xyz_bits, config.xyz_code)],
+        [
+            jnp.broadcast_to(clock, (batch,) + clock.shape),
+            spike_encode_xyz(targets.xyz, config.xyz_bits, config.xyz_code),
+        ],
         axis=-1,
     )
     result = natural_eprop(
@@ -323,11 +329,13 @@ def meta_loss(
 
 
 def make_optimizer(config: RobotConfig) -> optax.GradientTransformation:
-    """Adam with ``lr · decay^floor(step / decay_every)``."""
+    """Adam with ``lr · decay^floor(step / decay_every)``, after clipping to ``grad_clip_norm`` if set."""
     schedule = optax.exponential_decay(
         config.lr, transition_steps=config.lr_decay_every, decay_rate=config.lr_decay, staircase=True
     )
-    return optax.adam(schedule)
+    if config.grad_clip_norm is None:
+        return optax.adam(schedule)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optax.adam(schedule))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -340,5 +348,6 @@ def train_step(
 ) -> tuple[dict[str, jax.Array], optax.OptState, jax.Array, dict[str, jax.Array]]:
     """One outer iteration: meta-gradient by BPTT through the inner loop, then Adam."""
     (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(params, targets, key, config)
+    aux = {**aux, "grad_norm": optax.global_norm(grads)}
     updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, aux

@@ -15,7 +15,7 @@ import jax
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import load_checkpoint
 from l2l_pcm.errors import ConfigError
-from l2l_pcm.pcm import PCMDevice
+from l2l_pcm.pcm import device_from_json
 from l2l_pcm.robot.model import RobotConfig, init_params, make_optimizer, meta_loss, train_step
 from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
 from l2l_pcm.robot.tasks import sample_trajectories
@@ -53,9 +53,7 @@ class RobotTrainConfig:
             nested = {
                 "trainee": TraineeConfig(**model.pop("trainee", {})),
                 "lsg": LSGConfig(**model.pop("lsg", {})),
-                "device": PCMDevice(
-                    **{k: tuple(v) if isinstance(v, list) else v for k, v in model.pop("device", {}).items()}
-                ),
+                "device": device_from_json(model.pop("device", {})),
             }
             return cls(model=RobotConfig(**model, **nested), **data)
         except TypeError as exc:
@@ -84,12 +82,24 @@ def validate(params, config: RobotConfig, tasks: int) -> dict:
     }
 
 
-def make_trainer(config: RobotTrainConfig) -> MetaTrainer:
-    """The robot :class:`MetaTrainer` (one home for its step, shared by :func:`train` and tests)."""
+def make_trainer(config: RobotTrainConfig, init_from: str | Path | None = None) -> MetaTrainer:
+    """The robot :class:`MetaTrainer` (one home for its step, shared by :func:`train` and tests).
+
+    ``init_from``: start from another robot checkpoint's parameters (fresh optimiser state), keeping its
+    metric rows as the earlier stages of this run's record.
+    """
     model = config.model
+    history = []
+    if init_from is not None:
+        source_params, source, source_metadata = load_robot_checkpoint(init_from)
+        template = init_params(jax.random.PRNGKey(0), model)
+        for name, value in source_params.items():
+            if value.shape != template[name].shape:
+                raise ConfigError(f"{init_from}: {name} has shape {value.shape}, this run needs {template[name].shape}")
+        history = training.training_record(source_metadata)
 
     def init():
-        params = init_params(jax.random.PRNGKey(model.seed), model)
+        params = init_params(jax.random.PRNGKey(model.seed), model) if init_from is None else source_params
         return params, make_optimizer(model).init(params)
 
     def step(params, opt_state, iteration):
@@ -98,16 +108,25 @@ def make_trainer(config: RobotTrainConfig) -> MetaTrainer:
         targets = distributed.shard_tasks(trajectories(model, key_targets, model.batch))
         params, opt_state, loss, aux = train_step(params, opt_state, targets, key_step, model)
         metrics = {
-            name: float(aux[name]) for name in ("mse_xyz_after", "rate_trainee_hz", "rate_lsg_hz", "fraction_updated")
+            name: float(aux[name])
+            for name in ("mse_xyz_after", "rate_trainee_hz", "rate_lsg_hz", "fraction_updated", "grad_norm")
         }
         return params, opt_state, float(loss), metrics
 
-    return MetaTrainer(CHECKPOINT_KIND, config, init, step, lambda p: validate(p, model, config.validation_tasks))
+    return MetaTrainer(
+        CHECKPOINT_KIND, config, init, step, lambda p: validate(p, model, config.validation_tasks), history=history
+    )
 
 
-def train(config: RobotTrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(
+    config: RobotTrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    init_from: str | Path | None = None,
+) -> dict:
     """Meta-train the trainee's initial weights and the LSG; see :mod:`l2l_pcm.training` for the files."""
-    return training.run(make_trainer(config), out_dir, resume=resume, progress=progress)
+    return training.run(make_trainer(config, init_from), out_dir, resume=resume, progress=progress)
 
 
 def load_robot_checkpoint(path) -> tuple[dict, RobotTrainConfig, dict]:
