@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/l2l-pcm robot demo --tasks 200 --out outputs
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)

@@ -46,7 +46,8 @@ def test_fewshot_import_records_the_authors_conventions(tmp_path):
     from l2l_pcm.fewshot.train import load_fewshot_checkpoint
 
     out = tmp_path / "fewshot.safetensors"
-    assert main(["import-authors", "fewshot", str(AUTHORS / "fewshot_pretrained-weights.pickle"), str(out)]) in (None, 0)
+    source = AUTHORS / "fewshot_pretrained-weights.pickle"
+    assert main(["import-authors", "fewshot", str(source), str(out)]) in (None, 0)
     params, config, _ = load_fewshot_checkpoint(out)
     assert (config.normalisation, config.ink, config.norm_epsilon) == ("per_set", "zero", 1e-3)
     assert config.channels == 56 and config.inner_lr == 0.1 and config.device == device_profile("authors")

@@ -130,6 +130,9 @@ def test_two_link_known_poses(q, xyz):
 
 
 def test_two_link_interface():
+    # paper.md §11.1: links of 0.5 m, start angles (0, pi/2), Brownian step std 1.0 * sqrt(0.01)
+    assert (TWO_LINK.l1, TWO_LINK.l2) == (0.5, 0.5) and TWO_LINK.velocity_step_std == pytest.approx(0.1)
+    assert SCORBOT.velocity_step_std == pytest.approx(0.065)
     assert TWO_LINK.home_angles == (0.0, math.pi / 2)
     assert TWO_LINK.moving_joints == (0, 1) and TWO_LINK.n_moving == 2
     assert TWO_LINK.joint_limits_rad == ((-math.pi, math.pi), (-math.pi, math.pi))
@@ -326,7 +329,8 @@ def test_spike_encode_authors_bit_order_and_wrap_around():
     np.testing.assert_array_equal(spikes[:16], [0] * 15 + [1])  # 2**15: only the last neuron
     np.testing.assert_array_equal(spikes[16:32], [0] * 16)
     # z = 1.1 wraps around and is sent like -0.9
-    np.testing.assert_array_equal(spikes[32:], np.asarray(spike_encode_xyz(jnp.asarray([0.0, 0.0, -0.9]), code="authors"))[32:])
+    like = np.asarray(spike_encode_xyz(jnp.asarray([0.0, 0.0, -0.9]), code="authors"))
+    np.testing.assert_array_equal(spikes[32:], like[32:])
 
 
 def test_spike_encode_full_range_covers_the_reach_without_wrapping():

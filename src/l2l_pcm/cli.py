@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--normalisation",
             choices=("support", "per_set"),
-            help="support statistics (no leak between queries) or the authors' per-set rule (default: the checkpoint's)",
+            help="support statistics (no leak between queries) or the authors' per-set rule "
+            "(default: the checkpoint's)",
         )
         sub.add_argument(
             "--device", metavar="NAME|FILE.json", help="device profile or JSON file (default: the checkpoint's)"

@@ -80,9 +80,9 @@ def robot_config():
 
 
 def _check_robot_shapes(params: dict[str, np.ndarray], config, source: str) -> None:
-    from l2l_pcm.robot.model import init_params
-
     import jax
+
+    from l2l_pcm.robot.model import init_params
 
     template = init_params(jax.random.PRNGKey(0), config.model)
     for name, value in params.items():

@@ -348,6 +348,6 @@ def train_step(
 ) -> tuple[dict[str, jax.Array], optax.OptState, jax.Array, dict[str, jax.Array]]:
     """One outer iteration: meta-gradient by BPTT through the inner loop, then Adam."""
     (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(params, targets, key, config)
-    aux = {**aux, "grad_norm": optax.global_norm(grads)}
+    aux = {**aux, "grad_norm": optax.tree.norm(grads)}
     updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, aux
