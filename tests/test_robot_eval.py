@@ -36,8 +36,9 @@ def small_robot(**changes) -> RobotConfig:
     return RobotConfig(**fields)
 
 
-def test_chip_with_noise_off_matches_software():
-    config = small_robot()
+@pytest.mark.parametrize("w_out_on_pcm", [False, True], ids=["digital_readout", "readout_on_chip"])
+def test_chip_with_noise_off_matches_software(w_out_on_pcm):
+    config = small_robot(w_out_on_pcm=w_out_on_pcm)
     params = init_params(jax.random.PRNGKey(0), config)
     targets = trajectories(config, jax.random.PRNGKey(1), 4)
     key = jax.random.PRNGKey(2)
@@ -46,11 +47,19 @@ def test_chip_with_noise_off_matches_software():
     on_chip = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.PRNGKey(3))
     np.testing.assert_allclose(on_chip.before.xyz, software.before.xyz, atol=1e-5)
     np.testing.assert_allclose(on_chip.after.xyz, software.after.xyz, atol=1e-5)
+    assert ("trainee_readout" in chip.chip.placements) == w_out_on_pcm
     nonzero = np.asarray(software.eprop.update.n_nonzero)
     assert nonzero.sum() > 0
     # one device of a pair changes per non-zero update unless the weight changes sign
     assert np.all(np.asarray(chip.record.devices_reprogrammed) >= nonzero)
     assert np.all(np.asarray(chip.record.devices_reprogrammed) <= 2 * nonzero)
+
+
+def test_chip_backend_uses_the_checkpoints_device():
+    """A noisier device in the config reaches the chip (it used to be built with the default device)."""
+    config = small_robot(device=PCMDevice(prog_noise_scale=5.0, read_noise_scale=5.0))
+    params = init_params(jax.random.PRNGKey(0), config)
+    assert ChipTrainee(params, config, jax.random.PRNGKey(1)).chip.config.device == config.device
 
 
 def test_joint_positions_end_at_the_end_effector():
@@ -139,3 +148,21 @@ def test_robot_bad_inputs(tiny_checkpoint, tmp_path, capsys):
         load_robot_checkpoint(fewshot)
     assert main(["robot", "eval", "--checkpoint", str(fewshot), "--tasks", "3"]) == 2
     assert "robot-l2l" in capsys.readouterr().err
+
+
+def test_readout_on_pcm_in_the_software_model_reads_drifted_weights():
+    """W_out on PCM is read drifted (t/t0 = 32, no jitter or noise here): the outputs shrink by 32^-nu."""
+    from l2l_pcm.pcm import device_profile
+
+    device = device_profile("authors").replace(
+        initial_programming="program", prog_noise_scale=0.0, read_noise_scale=0.0
+    )
+    base = small_robot(hardware_aware=True, device=device)
+    params = init_params(jax.random.PRNGKey(0), base)
+    targets = trajectories(base, jax.random.PRNGKey(1), 3)
+    key = jax.random.PRNGKey(2)
+    digital = inner_loop(params, targets, key, base)
+    on_pcm = inner_loop(params, targets, key, dataclasses.replace(base, w_out_on_pcm=True))
+    np.testing.assert_allclose(on_pcm.eprop.after.z, digital.eprop.after.z)  # same spikes ...
+    ratio = float(jnp.abs(on_pcm.eprop.output_after).sum() / jnp.abs(digital.eprop.output_after).sum())
+    assert 0.6 < ratio < 0.95  # ... read through weights drifted by 32^-nu (nu ~ 0.05-0.1: gains 0.7-0.85)
