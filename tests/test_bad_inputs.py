@@ -307,13 +307,13 @@ def zero_samples(files, mp):
     yield ["chip", "stats", "--samples", "0"]
 
 
-@case("negative time since programming (CLI)", r"argument --time-since-programming: expected a finite number >= 0")
+@case("negative time since programming (CLI)", r"argument --time-since-programming: expected a duration >= 0")
 def negative_time(files, mp):
     yield ["robot", "eval", "--time-since-programming", "-1"]
 
 
 @case(
-    "NaN time since programming (CLI)", r"argument --time-since-programming: expected a finite number >= 0, got 'nan'"
+    "NaN time since programming (CLI)", r"argument --time-since-programming: expected a duration >= 0 .*got 'nan'"
 )
 def nan_time(files, mp):
     yield ["fewshot", "eval", "--time-since-programming", "nan"]
@@ -670,6 +670,37 @@ def fixed_age_time(files, mp):
         "--tasks",
         "2",
     ]
+
+
+@case("train --out into a finished run without --resume", r"already holds a training run .*or pass --overwrite")
+def overwrite_refused(files, mp):
+    run = files.copy_of_robot_run("finished")
+    before = snapshot(run)
+    yield ["robot", "train", "--config", str(files.robot_config()), "--out", str(run), "--no-progress"]
+    assert snapshot(run) == before
+
+
+@case("--resume where no checkpoint exists (mistyped --out)", r"--resume: no checkpoint to continue in .*typo")
+def resume_nothing(files, mp):
+    yield ["robot", "train", "--config", str(files.robot_config()), "--out", str(files.root / "typo"), "--resume"]
+    assert not (files.root / "typo" / "last.safetensors").exists()
+
+
+@case("--precision with --backend chip", r"--precision applies to the software backend only")
+def precision_on_chip(files, mp):
+    yield ["robot", "eval", "--checkpoint", str(files.robot_run() / "best.safetensors"), "--backend", "chip",
+           "--precision", "fp32", "--tasks", "2"]  # fmt: skip
+
+
+@case("--drift-compensation with --backend software", r"--drift-compensation applies to the chip only")
+def drift_compensation_in_software(files, mp):
+    yield ["robot", "eval", "--checkpoint", str(files.robot_run() / "best.safetensors"), "--backend", "software",
+           "--drift-compensation", "--tasks", "2"]  # fmt: skip
+
+
+@case("--time-since-programming with an unknown unit", r"expected a duration >= 0 .*got '1fortnight'")
+def bad_time_unit(files, mp):
+    yield ["robot", "eval", "--time-since-programming", "1fortnight"]
 
 
 def run_case(name: str, root: Path) -> tuple[list[str], str]:

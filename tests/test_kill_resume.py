@@ -82,3 +82,60 @@ def test_sigkill_leaves_complete_files_and_resume_matches_an_uninterrupted_run(t
         np.testing.assert_allclose(resumed[name], straight[name], rtol=1e-5, atol=1e-6, err_msg=name)
     rows = json.loads((killed / "metrics.json").read_text())
     assert [row["iteration"] for row in rows] == [10, 20, 30]
+
+
+def test_sigint_saves_the_current_iteration_and_resume_continues_from_it(tmp_path):
+    """Ctrl-C / SIGTERM: a checkpoint at the iteration reached, a message naming it, --resume from there."""
+    config = RobotTrainConfig(
+        model=small_robot(batch=2), iterations=400, validate_every=1, validation_tasks=2, checkpoint_every=1000
+    )
+    config_path = tmp_path / "robot.json"
+    config_path.write_text(json.dumps(config.to_json()))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "l2l_pcm.cli", "robot", "train", "--config", str(config_path), "--out", str(out)]
+    process = subprocess.Popen(
+        command + ["--no-progress"],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not (out / "best.safetensors").exists():  # the loop runs (validation after iteration 1)
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    stopped = int(re.search(r"stopped at iteration (\d+); continue with --resume", stderr).group(1))
+    assert 1 <= stopped < 400
+    _, _, meta = load_robot_checkpoint(out / "last.safetensors")
+    assert meta["iteration"] == stopped  # checkpoint_every=1000: this file was written by the stop
+    finished = subprocess.run(
+        [sys.executable, "-m", "l2l_pcm.cli", "robot", "train", "--config", str(config_path), "--out", str(out),
+         "--resume", "--iterations", str(stopped + 2), "--no-progress"],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout.splitlines()[-1])["resumed_from_iteration"] == stopped
+    assert load_robot_checkpoint(out / "last.safetensors")[2]["iteration"] == stopped + 2
+
+
+def test_a_finished_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path):
+    config_path = tmp_path / "robot.json"
+    config = RobotTrainConfig(model=small_robot(batch=2), iterations=1, validate_every=1, validation_tasks=2)
+    config_path.write_text(json.dumps(config.to_json()))
+    out = tmp_path / "run"
+    base = ["robot", "train", "--config", str(config_path), "--out", str(out), "--no-progress"]
+    assert main(base) == 0
+    before = (out / "last.safetensors").read_bytes()
+    assert main(base) == 2  # refused: would replace the finished run
+    assert (out / "last.safetensors").read_bytes() == before
+    assert main([*base, "--overwrite"]) == 0
+    assert main(["robot", "train", "--config", str(config_path), "--out", str(tmp_path / "typo"), "--resume"]) == 2
+    assert not (tmp_path / "typo" / "last.safetensors").exists()

@@ -166,3 +166,19 @@ def test_readout_on_pcm_in_the_software_model_reads_drifted_weights():
     np.testing.assert_allclose(on_pcm.eprop.after.z, digital.eprop.after.z)  # same spikes ...
     ratio = float(jnp.abs(on_pcm.eprop.output_after).sum() / jnp.abs(digital.eprop.output_after).sum())
     assert 0.6 < ratio < 0.95  # ... read through weights drifted by 32^-nu (nu ~ 0.05-0.1: gains 0.7-0.85)
+
+
+def test_eval_json_carries_its_provenance(tiny_checkpoint, capsys):
+    from l2l_pcm import __version__
+    from l2l_pcm.provenance import file_sha256
+
+    path, _ = tiny_checkpoint
+    argv = ["robot", "eval", "--checkpoint", str(path), "--backend", "chip", "--tasks", "2", "--json", "--seed", "3"]
+    assert main([*argv, "--time-since-programming", "1h"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    p = result["provenance"]
+    assert p["l2l_pcm_version"] == __version__ and p["checkpoint"] == str(path)
+    assert p["checkpoint_sha256"] == file_sha256(path)
+    assert (p["seed"], p["tasks"], p["backend"], p["time_since_programming_s_asked"]) == (3, 2, "chip", 3600.0)
+    assert p["device_profile"] == "ibm" and p["device"]["g_max_uS"] == 25.0
+    assert p["date_utc"].endswith("+00:00")

@@ -82,6 +82,39 @@ def _refuse_fixed_age(device, time_since_programming) -> None:
         )
 
 
+def _refuse_chip_only_flags(args: argparse.Namespace) -> None:
+    """Flags that change only the chip are errors with the software backend (they could not take effect)."""
+    if args.backend == "chip":
+        return
+    for flag, given in (
+        ("--time-since-programming", args.time_since_programming is not None),
+        ("--drift-compensation", args.drift_compensation),
+    ):
+        if given:
+            raise L2LPCMError(f"{flag} applies to the chip only; add --backend chip or leave it out")
+
+
+def _precision(args: argparse.Namespace, software_default: str) -> str:
+    """``--precision`` is a software setting: refused with the chip (which has its own device physics)."""
+    if args.backend == "chip" and args.precision is not None:
+        raise L2LPCMError("--precision applies to the software backend only; the chip runs its own device model")
+    return args.precision or software_default
+
+
+def _provenance(args: argparse.Namespace, device, **settings) -> dict:
+    from l2l_pcm.provenance import provenance
+
+    shipped = {"fewshot": "fewshot_omniglot_5way5shot.safetensors", "robot": "robot_scorbot.safetensors"}
+    checkpoint = args.checkpoint or Path(__file__).parent / "checkpoints" / shipped[args.command]
+    asked = {
+        "seed": args.seed,
+        "tasks": args.tasks,
+        "time_since_programming_s_asked": getattr(args, "time_since_programming", None),
+        "drift_compensation": getattr(args, "drift_compensation", False),
+    }
+    return provenance(checkpoint, device, **asked, **settings)
+
+
 def _import_authors(args: argparse.Namespace) -> None:
     from l2l_pcm.import_authors import import_authors
 
@@ -121,6 +154,7 @@ def _fewshot_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.no_progress,
         init_from=args.init_from,
+        overwrite=args.overwrite,
     )
     _print_summary(summary)
 
@@ -145,6 +179,8 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
 
     params, config, _, images = _load_fewshot(args)
     _refuse_fixed_age(config.device, args.time_since_programming)
+    _refuse_chip_only_flags(args)
+    precision = _precision(args, "fp32")
     if args.backend == "chip":
         result = evaluate_chip(
             params,
@@ -158,7 +194,8 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
             progress=not args.json,
         )
     else:
-        result = evaluate_software(params, config, images, args.tasks, args.precision, args.queries, args.seed)
+        result = evaluate_software(params, config, images, args.tasks, precision, args.queries, args.seed)
+    result["provenance"] = _provenance(args, config.device, backend=args.backend, precision=precision)
     if args.json:
         print(json.dumps(result))
         return
@@ -221,7 +258,8 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     )
     from l2l_pcm._io import atomic_write_text
 
-    paths.append(atomic_write_text(out / "fewshot_results.json", json.dumps(results, indent=1)))
+    record = {**results, "provenance": _provenance(args, config.device, backend="software+chip")}
+    paths.append(atomic_write_text(out / "fewshot_results.json", json.dumps(record, indent=1)))
     print("wrote: " + ", ".join(str(p) for p in paths))
 
 
@@ -239,7 +277,14 @@ def _robot_train(args: argparse.Namespace) -> None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
     if args.iterations is not None:
         config = dataclasses.replace(config, iterations=args.iterations)
-    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from)
+    summary = train(
+        config,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        init_from=args.init_from,
+        overwrite=args.overwrite,
+    )
     _print_summary(summary)
 
 
@@ -251,16 +296,19 @@ def _robot_eval(args: argparse.Namespace) -> None:
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
     model = _robot_overrides(args, config.model)
     _refuse_fixed_age(model.device, args.time_since_programming)
+    _refuse_chip_only_flags(args)
+    precision = _precision(args, "trained")
     result = evaluate(
         params,
         model,
         args.backend,
         args.tasks,
         args.seed,
-        args.precision,
+        precision,
         ChipConfig(device=model.device, drift_compensation=args.drift_compensation),
         args.time_since_programming,
     )
+    result["provenance"] = _provenance(args, model.device, backend=args.backend, precision=precision)
     if args.json:
         print(json.dumps(result))
         return
@@ -312,7 +360,13 @@ def _robot_demo(args: argparse.Namespace) -> None:
         plot_trajectories(targets, result, out / "robot_trajectory.png"),
         plot_spikes_and_signals(result, out / "robot_spikes.png"),
         animate_arm(config.model.arm_model, targets, result, out / "robot_arm.gif"),
-        atomic_write_text(out / "robot_results.json", json.dumps({"software": software, "chip": chip}, indent=1)),
+        atomic_write_text(
+            out / "robot_results.json",
+            json.dumps(
+                {"software": software, "chip": chip, "provenance": _provenance(args, model.device, backend="both")},
+                indent=1,
+            ),
+        ),
     ]
     print("wrote: " + ", ".join(str(p) for p in paths))
 
@@ -370,13 +424,17 @@ def add_train_arguments(sub: argparse.ArgumentParser, config_class: str) -> None
     sub.add_argument("--iterations", type=_positive_int)
     sub.add_argument("--seed", type=_seed)
     sub.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    sub.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (default: refuse)")
     sub.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
     sub.add_argument("--no-progress", action="store_true")
     add_distributed_arguments(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from l2l_pcm import __version__
+
     parser = _Parser(prog="l2l-pcm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"l2l-pcm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     chip = commands.add_parser("chip", help="the emulated PCM chip").add_subparsers(dest="chip_command", required=True)
@@ -431,14 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--precision",
         choices=("fp32", "4bit", "pcm"),
-        default="fp32",
-        help="software only: 32-bit, 4-bit weights, or the software PCM model",
+        default=None,
+        help="software only: 32-bit (default), 4-bit weights, or the software PCM model",
     )
     evaluate.add_argument(
         "--time-since-programming",
-        type=_non_negative_float,
+        type=_seconds,
         default=None,
-        help="chip only: seconds between programming and use (default: the training value)",
+        help="chip only: time between programming and use, e.g. 3600, 1h, 1d, 1y (default: the training value)",
     )
     evaluate.add_argument("--drift-compensation", action="store_true", help="chip only: global drift compensation")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -477,11 +535,16 @@ def build_parser() -> argparse.ArgumentParser:
     robot_eval.add_argument(
         "--precision",
         choices=("trained", "fp32", "pcm"),
-        default="trained",
+        default=None,
         help="software only: exact weights, the statistical PCM model, or (default) the one the checkpoint "
         "was meta-trained with",
     )
-    robot_eval.add_argument("--time-since-programming", type=_non_negative_float, default=None)
+    robot_eval.add_argument(
+        "--time-since-programming",
+        type=_seconds,
+        default=None,
+        help="chip only: time between programming and use, e.g. 3600, 1h, 1d, 1y (default: the training value)",
+    )
     robot_eval.add_argument("--drift-compensation", action="store_true")
     robot_eval.add_argument("--json", action="store_true", help="print one JSON object")
     robot_eval.set_defaults(run=_robot_eval)
@@ -524,6 +587,28 @@ _positive_int = _bounded(int, 1, "a positive integer")
 _non_negative_int = _bounded(int, 0, "an integer >= 0")
 _non_negative_float = _bounded(float, 0, "a finite number >= 0")
 
+TIME_UNITS_S = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "y": 365 * 86400.0}
+
+
+def _seconds(text: str) -> float:
+    """A duration: seconds as a plain number, or with a unit ``90s``, ``10min``, ``1h``, ``1d``, ``1w``, ``1y``."""
+    stripped = text.strip()
+    for unit in sorted(TIME_UNITS_S, key=len, reverse=True):
+        if stripped.endswith(unit) and stripped[: -len(unit)].strip():
+            number, scale = stripped[: -len(unit)].strip(), TIME_UNITS_S[unit]
+            break
+    else:
+        number, scale = stripped, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a duration >= 0 (seconds, or with a unit: {', '.join(TIME_UNITS_S)}), got {text!r}"
+        )
+    return value
+
 
 def _seed(text: str) -> int:
     try:
@@ -534,8 +619,13 @@ def _seed(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from l2l_pcm.training import TrainingStopped
+
     try:
         args.run(args)
+    except TrainingStopped as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
     except L2LPCMError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message
         return 2

@@ -18,12 +18,15 @@ import dataclasses
 import io
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from l2l_pcm import _io, distributed
@@ -105,10 +108,60 @@ def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
     _io.atomic_write_text(out_dir / METRICS[1], json.dumps(rows, indent=1))
 
 
-def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors`` if present.
+class TrainingStopped(L2LPCMError):
+    """SIGINT/SIGTERM stopped a run after saving ``last.safetensors`` at the iteration it had reached."""
 
-    Temp files of a previously killed write are removed first; every file written is atomic.
+
+def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """No run is lost: never start over a finished or running one by accident, never resume from nothing."""
+    if resume and not (out_dir / LAST).exists():
+        raise L2LPCMError(
+            f"--resume: no checkpoint to continue in {out_dir} ({LAST} not found); leave out --resume to start a run"
+        )
+    existing = [name for name in (LAST, BEST, *METRICS) if (out_dir / name).exists()]
+    if not resume and not overwrite and existing:
+        raise L2LPCMError(
+            f"{out_dir} already holds a training run ({', '.join(existing)}); continue it with --resume, "
+            "or pass --overwrite to replace it"
+        )
+
+
+class _StopSignals:
+    """Turn SIGINT/SIGTERM into a request to stop after the current iteration (main thread only)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        # several processes: JAX's preemption notifier owns SIGTERM once jax.distributed is up (not handled here)
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run(
+    trainer: MetaTrainer,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors``.
+
+    Refuses to start over an existing run unless ``overwrite``, and to resume where no checkpoint exists.
+    SIGINT/SIGTERM stop the run after the current iteration with a checkpoint of it
+    (:class:`TrainingStopped`). Temp files of a previously killed write are removed first; every file
+    written is atomic.
     """
     from tqdm.auto import tqdm
 
@@ -116,11 +169,13 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
     out_dir = Path(out_dir)
     main = distributed.is_main()
     if main:
+        _check_out_dir(out_dir, resume, overwrite)
         _io.writable_folder(out_dir)
         _io.remove_stale_temporaries(out_dir, (LAST, BEST, *METRICS))
     params, opt_state = trainer.init()
     start, rows, best, elapsed = 0, [], -math.inf, 0.0
     history = trainer.history
+    resumed_from = None
     if resume and (out_dir / LAST).exists():
         trees, meta = load_checkpoint(out_dir / LAST, trainer.kind, {"params": params, "opt": opt_state})
         saved = dataclasses.replace(type(config).from_json(meta["config"]), iterations=config.iterations)
@@ -132,6 +187,9 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
         params, opt_state = trees["params"], trees["opt"]
         start, rows, best, elapsed = meta["iteration"], meta["metrics"], meta["best_score"], meta["seconds"]
         history = meta.get("history") or history
+        if main and progress:  # errors stay one line on stderr; the summary says it always
+            print(f"resuming {out_dir} from iteration {start}", file=sys.stderr, flush=True)
+        resumed_from = start
     params, opt_state, start = distributed.replicate((params, opt_state, np.int32(start)))
     start = int(start)
     saved_at = start  # iteration of the last.safetensors on disk (0: none yet)
@@ -160,41 +218,49 @@ def run(trainer: MetaTrainer, out_dir: str | Path, resume: bool = False, progres
     )
     averages: dict[str, float] = {}
     tic = time.perf_counter()
-    for iteration in bar:
-        new_params, new_opt, loss, metrics = trainer.step(params, opt_state, iteration)
-        if not math.isfinite(loss):
-            bar.close()
-            kept = (
-                f"last good checkpoint {out_dir / LAST} (iteration {saved_at}) is kept"
-                if saved_at
-                else "no checkpoint yet"
-            )
-            raise L2LPCMError(f"training loss became {loss} at iteration {iteration + 1}; stopped, {kept}")
-        params, opt_state = new_params, new_opt
-        for name, value in {"train_loss": loss, **metrics}.items():
-            averages[name] = value if name not in averages else 0.95 * averages[name] + 0.05 * value
-        bar.set_postfix({name: f"{value:.3g}" for name, value in list(averages.items())[:3]})
-        done = iteration + 1
-        if done % config.validate_every == 0 or done == config.iterations:
-            validation = trainer.validate(distributed.local(params))
-            elapsed += time.perf_counter() - tic
-            tic = time.perf_counter()
-            rows.append({"iteration": done, "seconds": round(elapsed, 1), **averages, **validation})
-            if validation[trainer.score_name] > best:
-                best = validation[trainer.score_name]
-                checkpoint(done, BEST)
-            if main:
-                summary = ", ".join(f"{k} {v:.4g}" for k, v in validation.items())
-                bar.write(f"it {done}: {summary} ({elapsed / 60:.1f} min)")
-                sys.stdout.flush()
-                _write_metrics(out_dir, rows)
-        if done % config.checkpoint_every == 0 or done == config.iterations:
-            elapsed += time.perf_counter() - tic
-            tic = time.perf_counter()
-            checkpoint(done, LAST)
-            saved_at = done
+    with _StopSignals(enabled=jax.process_count() == 1) as signals:
+        for iteration in bar:
+            new_params, new_opt, loss, metrics = trainer.step(params, opt_state, iteration)
+            if not math.isfinite(loss):
+                bar.close()
+                kept = (
+                    f"last good checkpoint {out_dir / LAST} (iteration {saved_at}) is kept"
+                    if saved_at
+                    else "no checkpoint yet"
+                )
+                raise L2LPCMError(f"training loss became {loss} at iteration {iteration + 1}; stopped, {kept}")
+            params, opt_state = new_params, new_opt
+            for name, value in {"train_loss": loss, **metrics}.items():
+                averages[name] = value if name not in averages else 0.95 * averages[name] + 0.05 * value
+            bar.set_postfix({name: f"{value:.3g}" for name, value in list(averages.items())[:3]})
+            done = iteration + 1
+            if done % config.validate_every == 0 or done == config.iterations:
+                validation = trainer.validate(distributed.local(params))
+                elapsed += time.perf_counter() - tic
+                tic = time.perf_counter()
+                rows.append({"iteration": done, "seconds": round(elapsed, 1), **averages, **validation})
+                if validation[trainer.score_name] > best:
+                    best = validation[trainer.score_name]
+                    checkpoint(done, BEST)
+                if main:
+                    summary = ", ".join(f"{k} {v:.4g}" for k, v in validation.items())
+                    bar.write(f"it {done}: {summary} ({elapsed / 60:.1f} min)")
+                    sys.stdout.flush()
+                    _write_metrics(out_dir, rows)
+            if done % config.checkpoint_every == 0 or done == config.iterations:
+                elapsed += time.perf_counter() - tic
+                tic = time.perf_counter()
+                checkpoint(done, LAST)
+                saved_at = done
+            if signals.received is not None:
+                bar.close()
+                if saved_at != done:
+                    elapsed += time.perf_counter() - tic
+                    checkpoint(done, LAST)
+                raise TrainingStopped(f"stopped at iteration {done}; continue with --resume")
     bar.close()
     return {
+        "resumed_from_iteration": resumed_from,
         "iterations": config.iterations,
         "seconds": round(elapsed, 1),
         f"best_{trainer.score_name}": best,

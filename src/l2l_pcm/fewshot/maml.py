@@ -134,6 +134,9 @@ class MAMLConfig:
             raise ConfigError(f"outer_lr_schedule must be 'constant' or 'cosine', got {self.outer_lr_schedule!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not isinstance(self.device, PCMDevice):
+            raise ConfigError(f"device must be a PCMDevice or a profile name, got {self.device!r}")
+        _ = self.cnn  # validates normalisation, norm_epsilon and ink
 
     @property
     def cnn(self) -> CNNConfig:

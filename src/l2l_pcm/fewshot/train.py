@@ -104,6 +104,7 @@ def train(
     progress: bool = True,
     device: PCMDevice | None = None,
     init_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Meta-train, writing ``last.safetensors``, ``best.safetensors`` and ``metrics.csv/json`` to ``out_dir``.
 
@@ -112,5 +113,9 @@ def train(
     """
     train_set, val_set = split_background(load_omniglot("background", data_dir))
     return training.run(
-        make_trainer(config, train_set, val_set, device, init_from), out_dir, resume=resume, progress=progress
+        make_trainer(config, train_set, val_set, device, init_from),
+        out_dir,
+        resume=resume,
+        progress=progress,
+        overwrite=overwrite,
     )

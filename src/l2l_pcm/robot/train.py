@@ -124,9 +124,10 @@ def train(
     resume: bool = False,
     progress: bool = True,
     init_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Meta-train the trainee's initial weights and the LSG; see :mod:`l2l_pcm.training` for the files."""
-    return training.run(make_trainer(config, init_from), out_dir, resume=resume, progress=progress)
+    return training.run(make_trainer(config, init_from), out_dir, resume=resume, progress=progress, overwrite=overwrite)
 
 
 def load_robot_checkpoint(path) -> tuple[dict, RobotTrainConfig, dict]:

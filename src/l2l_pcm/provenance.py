@@ -1,0 +1,62 @@
+"""What a result needs to be traced to its run: library version, checkpoint, hardware, date, commit.
+
+Every JSON result of ``eval`` / ``demo`` carries :func:`provenance` under ``"provenance"``, so a number
+in a paper can be reproduced from the file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from l2l_pcm.pcm import PCMDevice, profile_name
+
+_REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this library runs from (``+dirty`` with local changes), or None."""
+    if not (_REPOSITORY / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(_REPOSITORY), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(_REPOSITORY), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def provenance(checkpoint: str | os.PathLike, device: PCMDevice, **settings) -> dict:
+    """The provenance block: version, checkpoint path and sha256, device (profile and every field),
+    the settings of the run as asked (seed, tasks, backend, time since programming...), UTC date, commit."""
+    from l2l_pcm import __version__
+
+    return {
+        "l2l_pcm_version": __version__,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "device_profile": profile_name(device),
+        "device": dataclasses.asdict(device),
+        **settings,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+    }
