@@ -176,7 +176,7 @@ def truncated_checkpoint(files, mp):
     yield ["fewshot", "eval", "--checkpoint", str(files.root / "cut.safetensors"), "--tasks", "2"]
 
 
-@case("garbage checkpoint (eval)", r"corrupt or truncated checkpoint .*junk\.safetensors")
+@case("garbage checkpoint (eval)", r"junk\.safetensors is not a safetensors file")
 def garbage_checkpoint(files, mp):
     (files.root / "junk.safetensors").write_bytes(os.urandom(300))
     yield ["robot", "eval", "--checkpoint", str(files.root / "junk.safetensors"), "--tasks", "2"]
@@ -312,9 +312,7 @@ def negative_time(files, mp):
     yield ["robot", "eval", "--time-since-programming", "-1"]
 
 
-@case(
-    "NaN time since programming (CLI)", r"argument --time-since-programming: expected a duration >= 0 .*got 'nan'"
-)
+@case("NaN time since programming (CLI)", r"argument --time-since-programming: expected a duration >= 0 .*got 'nan'")
 def nan_time(files, mp):
     yield ["fewshot", "eval", "--time-since-programming", "nan"]
 
@@ -701,6 +699,37 @@ def drift_compensation_in_software(files, mp):
 @case("--time-since-programming with an unknown unit", r"expected a duration >= 0 .*got '1fortnight'")
 def bad_time_unit(files, mp):
     yield ["robot", "eval", "--time-since-programming", "1fortnight"]
+
+
+@case("a PyTorch .pt file as checkpoint", r"model\.pt is not a safetensors file \(l2l-pcm checkpoints are; a PyTorch")
+def pytorch_checkpoint(files, mp):
+    import zipfile
+
+    with zipfile.ZipFile(files.root / "model.pt", "w") as archive:  # what torch.save writes: a zip
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    yield ["robot", "eval", "--checkpoint", str(files.root / "model.pt"), "--tasks", "2"]
+
+
+@case(
+    "robot checkpoint of format 1 (the old arm and target code)",
+    r"robot checkpoint of format 1 .*evaluated on another task: retrain it",
+)
+def robot_format_one(files, mp):
+    from l2l_pcm import _io
+
+    tensors, metadata = _io.load_tensors(files.robot_run() / "best.safetensors")
+    del metadata["format_version"]
+    _io.save_tensors(files.root / "old.safetensors", tensors, metadata)
+    yield ["robot", "eval", "--checkpoint", str(files.root / "old.safetensors"), "--tasks", "2"]
+
+
+@case("checkpoint from a newer l2l-pcm (format 99)", r"has checkpoint format 99, this l2l-pcm reads up to 2")
+def newer_format(files, mp):
+    from l2l_pcm import _io
+
+    tensors, metadata = _io.load_tensors(files.robot_run() / "best.safetensors")
+    _io.save_tensors(files.root / "new.safetensors", tensors, {**metadata, "format_version": 99})
+    yield ["robot", "eval", "--checkpoint", str(files.root / "new.safetensors"), "--tasks", "2"]
 
 
 def run_case(name: str, root: Path) -> tuple[list[str], str]:

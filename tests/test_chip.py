@@ -291,3 +291,25 @@ def test_per_batch_read_noise_shares_one_draw_across_a_call(key):
     assert not np.allclose(y[0], chip.mvm("layer", x, jax.random.fold_in(key, 1))[0])
     with pytest.raises(ConfigError, match="read_noise_mode"):
         ChipConfig(read_noise_mode="sometimes")
+
+
+def test_shape_and_device_class_errors_are_one_line_config_errors(tmp_path):
+    import dataclasses
+
+    from l2l_pcm.pcm import PCMDevice
+
+    chip = Chip()
+    with pytest.raises(ConfigError, match=r"dense layer 'c' needs a \(fan_in, fan_out\) shape.*use place_conv"):
+        chip.place_dense("c", (3, 3, 56, 56))
+
+    @dataclasses.dataclass(frozen=True)
+    class MyDevice(PCMDevice):
+        pass
+
+    custom = Chip(ChipConfig(device=MyDevice()))
+    custom.place_dense("layer", (4, 4))
+    with pytest.raises(ConfigError, match="device class MyDevice"):
+        custom.save(tmp_path / "chip.safetensors")
+    assert not (tmp_path / "chip.safetensors").exists()
+    # sequences are accepted where the device takes tuples (a JSON list, say)
+    assert PCMDevice(prog_noise_coeffs_uS=[0.26348, 1.9650, -1.1731]) == PCMDevice()

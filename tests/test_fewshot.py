@@ -73,7 +73,7 @@ def test_meta_training_reduces_the_loss_on_a_fixed_batch(key, variant):
 def test_chip_with_noise_off_matches_software(key, budget):
     """Same tasks, noiseless devices, a 2^-20 update grid: the chip's inner loop equals software fp32,
     with and without an update budget (at most ``budget`` readout weights changed per step)."""
-    config = dataclasses.replace(TINY, channels=16, update_budget=budget)
+    config = dataclasses.replace(TINY, channels=16, update_budget=budget, update_step=2.0**-20)
     params = init_params(key, config.cnn)
     params["readout"] = 0.2 * jax.random.normal(key, params["readout"].shape)
     chip_config = ChipConfig(device=PCMDevice().noiseless(), update_step=2.0**-20)
@@ -257,3 +257,19 @@ def test_init_from_keeps_the_earlier_stages_in_the_record(tmp_path):
     assert [row["iteration"] for row in record if row["stage"] == 1][-1] == best_first
     assert [row["iteration"] for row in record if row["stage"] == 2] == [best_first + 1, best_first + 2]
     assert all(a["seconds"] <= b["seconds"] for a, b in zip(record, record[1:], strict=False))
+
+
+def test_evaluation_refuses_a_task_shape_the_readout_cannot_score(key):
+    from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
+
+    params = init_params(key, TINY.cnn)  # 5-way readout
+    with pytest.raises(ConfigError, match=r"ways=10 but the checkpoint's readout has 5 outputs"):
+        evaluate_software(params, dataclasses.replace(TINY, ways=10), None, tasks=4)
+    with pytest.raises(ConfigError, match=r"number of tasks must be >= 2"):
+        evaluate_chip(params, TINY, None, tasks=1)
+
+
+def test_chip_refuses_an_update_step_other_than_the_models(key):
+    params = init_params(key, TINY.cnn)
+    with pytest.raises(ConfigError, match=r"update step 0.0625 differs from the model's update_step 0.03125"):
+        ChipFewShotLearner(params, dataclasses.replace(TINY, update_step=1 / 32), key, ChipConfig())

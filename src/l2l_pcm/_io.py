@@ -101,6 +101,13 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], met
     return atomic_write_bytes(path, save(arrays, metadata=header))
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length and then a JSON object."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
 def load_tensors(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Load a file written by :func:`save_tensors`; check its ``kind`` field when given.
 
@@ -116,6 +123,11 @@ def load_tensors(path: str | os.PathLike, kind: str | None = None) -> tuple[dict
             header = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:  # safetensors raises several types for damaged files
+        if not _looks_like_safetensors(path):
+            raise CheckpointError(
+                f"{path} is not a safetensors file (l2l-pcm checkpoints are; a PyTorch .pt or a pickle is not "
+                "read, see `l2l-pcm import-authors` for the authors' pickles)"
+            ) from None
         raise CheckpointError(f"corrupt or truncated checkpoint {path}: {exc}") from None
     if "l2l_pcm" not in header:
         raise CheckpointError(f"{path} is a safetensors file but not an l2l-pcm checkpoint (no metadata)")

@@ -57,12 +57,31 @@ def unflatten(prefix: str, tensors: Mapping[str, np.ndarray], template, source: 
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+FORMAT_VERSION = 2
+"""Version of the checkpoint format. 1 (no ``format_version`` field): files before the authors' Scorbot
+kinematics and LSB-first target code; 2: since. Loaders refuse newer files and say what an older one means."""
+
+
+def format_version(metadata: Mapping) -> int:
+    return int(metadata.get("format_version", 1))
+
+
+def check_format(path, metadata: Mapping) -> int:
+    """The file's format version; a file from a newer l2l-pcm is refused instead of being misread."""
+    version = format_version(metadata)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}, this l2l-pcm reads up to {FORMAT_VERSION}: upgrade l2l-pcm"
+        )
+    return version
+
+
 def save_checkpoint(path: str | os.PathLike, kind: str, trees: Mapping[str, object], metadata: Mapping) -> Path:
     """Atomically write pytrees (e.g. ``{"params": ..., "opt": ...}``) and JSON ``metadata`` of ``kind``."""
     tensors = {}
     for prefix, tree in trees.items():
         tensors.update(flatten(prefix, tree))
-    return _io.save_tensors(path, tensors, {**metadata, "kind": kind})
+    return _io.save_tensors(path, tensors, {**metadata, "kind": kind, "format_version": FORMAT_VERSION})
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str, templates: Mapping[str, object]) -> tuple[dict, dict]:

@@ -189,7 +189,9 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
             args.tasks,
             args.queries,
             args.seed,
-            ChipConfig(device=config.device, drift_compensation=args.drift_compensation),
+            ChipConfig(
+                device=config.device, update_step=config.update_step, drift_compensation=args.drift_compensation
+            ),
             args.time_since_programming,
             progress=not args.json,
         )
@@ -305,7 +307,9 @@ def _robot_eval(args: argparse.Namespace) -> None:
         args.tasks,
         args.seed,
         precision,
-        ChipConfig(device=model.device, drift_compensation=args.drift_compensation),
+        ChipConfig(
+            device=model.device, update_step=model.quantize_step or 1 / 16, drift_compensation=args.drift_compensation
+        ),
         args.time_since_programming,
     )
     result["provenance"] = _provenance(args, model.device, backend=args.backend, precision=precision)

@@ -133,6 +133,16 @@ class PCMDevice:
     model, aihwkit) or stays at exactly 0 (the authors' code: noise on the active polarity only)."""
 
     def __post_init__(self) -> None:
+        for name in (
+            "prog_noise_coeffs_uS",
+            "drift_mu_coeffs",
+            "drift_mu_clip",
+            "drift_sigma_coeffs",
+            "drift_sigma_clip",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):  # a JSON list or any sequence means the same as a tuple
+                object.__setattr__(self, name, tuple(value))
         for name in ("g_max_uS", "w_max", "t0_s", "t_read_s", "read_noise_q_coeff", "read_noise_q_max"):
             check_number(f"PCMDevice.{name}", getattr(self, name))
         for name in ("prog_noise_scale", "drift_scale", "read_noise_scale", "read_noise_q_exponent"):

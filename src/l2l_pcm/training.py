@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from l2l_pcm import _io, distributed
-from l2l_pcm.checkpoint import load_checkpoint, save_checkpoint
+from l2l_pcm.checkpoint import check_format, load_checkpoint, save_checkpoint
 from l2l_pcm.errors import CheckpointError, L2LPCMError
 
 LAST = "last.safetensors"
@@ -93,6 +93,7 @@ def mean_ci95(values) -> tuple[float, float]:
 def checkpoint_config(path, kind: str, config_from_json: Callable[[dict], Any]):
     """Read only the config of a checkpoint (to build templates before loading tensors)."""
     _, metadata = _io.load_tensors(path, kind=kind)
+    check_format(path, metadata)
     try:
         return config_from_json(metadata["config"]), metadata
     except (KeyError, TypeError, L2LPCMError) as exc:

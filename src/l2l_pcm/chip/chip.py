@@ -167,6 +167,9 @@ class Chip:
     # --------------------------------------------------------------------------------- placement
     def place_dense(self, name: str, shape: tuple[int, int]) -> LayerPlacement:
         """Reserve room for a dense layer with a (fan_in, fan_out) weight matrix."""
+        if len(shape) != 2 or any(int(s) < 1 for s in shape):
+            hint = " (a conv kernel? use place_conv)" if len(shape) == 4 else ""
+            raise ConfigError(f"dense layer '{name}' needs a (fan_in, fan_out) shape, got {tuple(shape)}{hint}")
         return self._place(name, "dense", tuple(int(s) for s in shape), None)
 
     def place_conv(self, name: str, kernel_shape: tuple[int, int, int, int]) -> LayerPlacement:
@@ -370,7 +373,16 @@ class Chip:
 
     # -------------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike) -> None:
-        """Write the full chip state (conductances, programming times, counters) to one safetensors file."""
+        """Write the full chip state (conductances, programming times, counters) to one safetensors file.
+
+        Only :class:`PCMDevice` itself is stored (by its fields); a subclass would come back as a plain
+        PCMDevice and behave differently, so it is refused here, before anything is written.
+        """
+        if type(self.config.device) is not PCMDevice:
+            raise ConfigError(
+                f"cannot save a chip with device class {type(self.config.device).__name__}: only PCMDevice "
+                "(any fields or profile) round-trips through a chip file"
+            )
         tensors = {}
         for name, state in self.states.items():
             for field, value in state._asdict().items():

@@ -23,10 +23,19 @@ from l2l_pcm.training import mean_ci95
 TASK_BATCH = 50
 
 
+def _check_request(params, config: MAMLConfig, tasks: int) -> None:
+    """Refuse what would give a wrong number: a task shape the readout cannot score, or no interval."""
+    readout_ways = int(params["readout"].shape[-1])
+    if config.ways != readout_ways:
+        raise ConfigError(
+            f"ways={config.ways} but the checkpoint's readout has {readout_ways} outputs ({readout_ways}-way)"
+        )
+    if tasks < 2:
+        raise ConfigError(f"number of tasks must be >= 2 (for a confidence interval), got {tasks}")
+
+
 def _task_batches(images: OmniglotImages, config: MAMLConfig, tasks: int, queries: int, seed: int):
     """(start, batch) pairs, drawn lazily; impossible requests fail here, before any work starts."""
-    if tasks < 1:
-        raise ConfigError(f"number of tasks must be >= 1, got {tasks}")
     sampler = TaskSampler(images, config.ways, config.shots, queries, augment_rotations=False)
     return (
         (start, sampler.sample(seed * 7_919 + start, min(TASK_BATCH, tasks - start)))
@@ -65,6 +74,7 @@ def evaluate_software(
     """Accuracy per inner step in software; ``precision`` is "fp32", "4bit" or "pcm" (software PCM model)."""
     if precision not in VARIANTS:
         raise ConfigError(f"precision must be one of {VARIANTS}, got {precision!r}")
+    _check_request(params, config, tasks)
     config = dataclasses.replace(config, variant=precision)
     device = device or config.device
     per_step = []
@@ -97,6 +107,7 @@ def evaluate_chip(
     """Accuracy per inner step with the network deployed on the emulated chip (see :mod:`.deploy`)."""
     from tqdm.auto import tqdm
 
+    _check_request(params, config, tasks)
     batches = _task_batches(images, config, tasks, queries, seed)
     learner = ChipFewShotLearner(
         params, config, jax.random.PRNGKey(10_000 + seed), chip_config, time_since_programming_s

@@ -13,8 +13,8 @@ from pathlib import Path
 import jax
 
 from l2l_pcm import distributed, training
-from l2l_pcm.checkpoint import load_checkpoint
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.checkpoint import format_version, load_checkpoint
+from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.pcm import device_from_json
 from l2l_pcm.robot.model import RobotConfig, init_params, make_optimizer, meta_loss, train_step
 from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
@@ -131,8 +131,17 @@ def train(
 
 
 def load_robot_checkpoint(path) -> tuple[dict, RobotTrainConfig, dict]:
-    """(params, config, metadata) of a robot checkpoint; clear errors for foreign or damaged files."""
-    config, _ = training.checkpoint_config(path, CHECKPOINT_KIND, RobotTrainConfig.from_json)
+    """(params, config, metadata) of a robot checkpoint; clear errors for foreign or damaged files.
+
+    Format-1 files were meta-trained on another arm (a DH reconstruction) with the target bits in the
+    opposite order: loading them now would score them on a task they never saw, so they are refused.
+    """
+    config, metadata = training.checkpoint_config(path, CHECKPOINT_KIND, RobotTrainConfig.from_json)
+    if format_version(metadata) < 2:
+        raise CheckpointError(
+            f"{path} is a robot checkpoint of format 1 (before l2l-pcm used the authors' Scorbot kinematics and "
+            "target code); its network would be evaluated on another task: retrain it"
+        )
     template = init_params(jax.random.PRNGKey(0), config.model)
     trees, metadata = load_checkpoint(path, CHECKPOINT_KIND, {"params": template})
     return trees["params"], config, metadata
