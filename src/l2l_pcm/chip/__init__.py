@@ -4,7 +4,14 @@ Scenarios use :class:`Chip` (and, for vmapped per-task work, the pure functions 
 they never touch its private attributes.
 """
 
-from l2l_pcm.chip.chip import Chip, ChipConfig, ReprogramReport, conv_kernel_to_matrix, image_patches
+from l2l_pcm.chip.chip import (
+    Chip,
+    ChipConfig,
+    ReprogramReport,
+    chip_for_model,
+    conv_kernel_to_matrix,
+    image_patches,
+)
 from l2l_pcm.chip.crossbar import (
     LayerState,
     WeightStatistics,
@@ -18,6 +25,7 @@ from l2l_pcm.chip.energy import EnergyModel
 from l2l_pcm.chip.layout import LayerPlacement, Tile
 
 __all__ = [
+    "chip_for_model",
     "Chip",
     "ChipConfig",
     "EnergyModel",

@@ -433,6 +433,24 @@ class Chip:
         return chip
 
 
+def chip_for_model(chip_config: ChipConfig | None, device: PCMDevice, update_step: float | None, setting: str) -> Chip:
+    """A chip to deploy a model on: the model's device and update step, or ``chip_config`` if given.
+
+    The update step is the model's setting (``setting`` names it in the message): a chip whose step differs
+    would write other updates than the model was meta-trained with, so it is refused.
+    """
+    if update_step is None:
+        raise ConfigError(f"a model without update quantization ({setting} null) cannot be deployed on a chip")
+    if chip_config is None:
+        chip_config = ChipConfig(device=device, update_step=update_step)
+    if chip_config.update_step != update_step:
+        raise ConfigError(
+            f"the chip's update step {chip_config.update_step:g} differs from the model's {setting} "
+            f"{update_step:g}; set it once, in the model config"
+        )
+    return Chip(chip_config)
+
+
 def conv_kernel_to_matrix(kernel: jax.Array) -> jax.Array:
     """HWIO kernel → im2col matrix [kh·kw·c_in, c_out], rows in the order of :func:`image_patches`."""
     kh, kw, c_in, c_out = kernel.shape

@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_pcm.chip import Chip, ChipConfig
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.chip import ChipConfig, chip_for_model
 from l2l_pcm.fewshot.maml import MAMLConfig
 from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, embed, readout_gradient
 from l2l_pcm.pcm import keep_largest
@@ -61,14 +60,7 @@ class ChipFewShotLearner:
         seconds_between_updates: float = 1.0,
     ) -> None:
         self.config = config
-        if chip_config is None:
-            chip_config = ChipConfig(device=config.device, update_step=config.update_step)
-        if chip_config.update_step != config.update_step:  # one setting: the model's
-            raise ConfigError(
-                f"the chip's update step {chip_config.update_step:g} differs from the model's update_step "
-                f"{config.update_step:g}; set it once, in the model config"
-            )
-        self.chip = Chip(chip_config)
+        self.chip = chip_for_model(chip_config, config.device, config.update_step, "update_step")
         self.seconds_between_updates = seconds_between_updates
         for name in CONV_NAMES:
             self.chip.place_conv(name, params[name].shape)

@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_pcm.chip import Chip, ChipConfig, WeightStatistics
-from l2l_pcm.errors import ConfigError
+from l2l_pcm.chip import ChipConfig, WeightStatistics, chip_for_model
 from l2l_pcm.robot.eprop import WeightMemory, WeightUpdate
 from l2l_pcm.robot.model import RobotConfig
 from l2l_pcm.robot.snn import recurrent_mask, stack_weights
@@ -56,17 +55,7 @@ class ChipTrainee:
         time_since_programming_s: float | None = None,
     ) -> None:
         self.config = config
-        if config.quantize_step is None:
-            raise ConfigError("a model meta-trained without update quantization (quantize_step null) cannot be "
-                              "deployed on a chip, whose updates are quantized")  # fmt: skip
-        if chip_config is None:
-            chip_config = ChipConfig(device=config.device, update_step=config.quantize_step)
-        if chip_config.update_step != config.quantize_step:  # one setting: the model's
-            raise ConfigError(
-                f"the chip's update step {chip_config.update_step:g} differs from the model's quantize_step "
-                f"{config.quantize_step:g}; set it once, in the model config"
-            )
-        self.chip = Chip(chip_config)
+        self.chip = chip_for_model(chip_config, config.device, config.quantize_step, "quantize_step")
         w_stack = stack_weights(params["trainee_w_in"], params["trainee_w_rec"])
         self.mask = recurrent_mask(config.trainee, w_stack.dtype)
         self.chip.place_dense(TRAINEE, w_stack.shape)
