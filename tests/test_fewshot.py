@@ -273,3 +273,21 @@ def test_chip_refuses_an_update_step_other_than_the_models(key):
     params = init_params(key, TINY.cnn)
     with pytest.raises(ConfigError, match=r"update step 0.0625 differs from the model's update_step 0.03125"):
         ChipFewShotLearner(params, dataclasses.replace(TINY, update_step=1 / 32), key, ChipConfig())
+
+
+def test_plots_write_images(tmp_path):
+    from l2l_pcm.fewshot.evaluate import plot_example_task, plot_inner_step_curves
+
+    rng = np.random.default_rng(0)
+    ways, shots, queries = 3, 2, 4
+    support_y, query_y = np.repeat(np.arange(ways), shots), np.repeat(np.arange(ways), queries)
+    predictions = query_y.copy()
+    predictions[0] = 1  # one wrong prediction is marked
+    path = plot_example_task(
+        rng.random((ways * shots, 28, 28, 1)), support_y, rng.random((ways * queries, 28, 28, 1)), query_y,
+        predictions, tmp_path / "task.png", ways,
+    )  # fmt: skip
+    assert path.stat().st_size > 1000
+    result = {"ways": ways, "shots": shots, "tasks": 10}
+    result.update(accuracy_per_step=[0.33, 0.8], accuracy_per_step_ci95=[0.01, 0.02])
+    assert plot_inner_step_curves({"software": result}, tmp_path / "steps.png").stat().st_size > 1000

@@ -236,6 +236,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     results = {
         "software 32-bit": evaluate_software(params, config, images, args.tasks, "fp32", args.queries, args.seed),
         "software 4-bit": evaluate_software(params, config, images, args.tasks, "4bit", args.queries, args.seed),
+        "software PCM model": evaluate_software(params, config, images, args.tasks, "pcm", args.queries, args.seed),
         "emulated PCM chip": evaluate_chip(params, config, images, args.tasks, args.queries, args.seed, progress=True),
     }
     for label, result in results.items():

@@ -149,9 +149,10 @@ def plot_inner_step_curves(results: dict[str, dict], path) -> Path:
         ci = 100 * np.asarray(result["accuracy_per_step_ci95"])
         steps = np.arange(len(mean))
         ax.errorbar(steps, mean, yerr=ci, marker="o", capsize=3, label=f"{label}: {mean[-1]:.1f} %")
+    first = next(iter(results.values()))
+    ax.axhline(100 / first["ways"], color="gray", linestyle=":", label=f"chance: {100 / first['ways']:.0f} %")
     ax.set_xlabel("inner-loop update")
     ax.set_ylabel("query accuracy (%)")
-    first = next(iter(results.values()))
     ax.set_title(f"{first['ways']}-way {first['shots']}-shot Omniglot, {first['tasks']} unseen tasks (95 % CI)")
     ax.set_xticks(np.arange(len(first["accuracy_per_step"])))
     ax.grid(alpha=0.3)
@@ -188,29 +189,40 @@ def plot_training_curves(metrics: list[dict], path) -> Path:
 
 
 def plot_example_task(support_x, support_y, query_x, query_y, predictions, path, ways: int) -> Path:
-    """Support images by class (one row each), then query images marked green (right) or red (wrong)."""
+    """Support images by class (one row each), then every query image of the class, framed green (right)
+    or red (wrong, with the predicted class); the title gives the task's accuracy."""
     plt = pyplot()
     support_x, query_x = np.asarray(support_x)[..., 0], np.asarray(query_x)[..., 0]
+    query_y, predictions = np.asarray(query_y), np.asarray(predictions)
     shots = len(support_y) // ways
-    show_queries = min(len(query_y) // ways, 5)
-    fig, axes = plt.subplots(ways, shots + show_queries, figsize=(1.1 * (shots + show_queries), 1.15 * ways), dpi=110)
+    queries = len(query_y) // ways
+    columns = shots + 1 + queries  # one blank column between support and queries
+    fig, axes = plt.subplots(ways, columns, figsize=(0.9 * columns, 1.0 * ways + 0.6), dpi=110, squeeze=False)
     for label in range(ways):
         support = support_x[np.asarray(support_y) == label]
-        queries = np.flatnonzero(np.asarray(query_y) == label)[:show_queries]
         for j in range(shots):
             axes[label, j].imshow(1 - support[j], cmap="gray", vmin=0, vmax=1)
-        for j, q in enumerate(queries):
-            ax = axes[label, shots + j]
+        for j, q in enumerate(np.flatnonzero(query_y == label)):
+            ax = axes[label, shots + 1 + j]
             ax.imshow(1 - query_x[q], cmap="gray", vmin=0, vmax=1)
             right = int(predictions[q]) == label
             for spine in ax.spines.values():
                 spine.set_edgecolor("tab:green" if right else "tab:red")
-                spine.set_linewidth(3)
-            ax.set_title(f"→ {int(predictions[q])}", fontsize=7, color="tab:green" if right else "tab:red")
+                spine.set_linewidth(2.5 if right else 4)
+            if not right:
+                ax.set_title(f"→ {int(predictions[q])}", fontsize=7, color="tab:red", pad=2)
         axes[label, 0].set_ylabel(f"class {label}", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("support (left) and query predictions after on-chip adaptation (right)", fontsize=9)
+    for ax in axes[:, shots]:
+        ax.set_axis_off()
+    wrong = int(np.sum(predictions != query_y))
+    accuracy = 100 * (1 - wrong / len(query_y))
+    fig.suptitle(
+        f"{ways}-way {shots}-shot task on the chip: support (left), all {len(query_y)} queries (right); "
+        f"{accuracy:.1f} % correct, {wrong} wrong (red, → predicted class)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return save_figure(fig, path)

@@ -154,9 +154,7 @@ def plot_trajectories(targets, result, path, task: int = 0) -> Path:
         ax.set_xlabel("time step")
         ax.set_ylabel(f"{name} (m)")
         ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"end-effector path, one natural-e-prop update: MSE {mse_before:.4f} → {mse_after:.4f} m² (this task)"
-    )
+    fig.suptitle(f"end-effector path, one natural-e-prop update: MSE {mse_before:.4f} → {mse_after:.4f} m² (this task)")
     fig.subplots_adjust(left=0.02, right=0.98, wspace=0.45, bottom=0.14)
     return save_figure(fig, path)
 
