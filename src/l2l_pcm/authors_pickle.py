@@ -30,7 +30,6 @@ this attribution and the license.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -47,6 +46,7 @@ except ImportError:  # NumPy 1.26
     from numpy.core.multiarray import _reconstruct
     from numpy.core.numeric import _frombuffer
 
+from l2l_pcm._io import file_sha256
 from l2l_pcm.errors import CheckpointError, ConfigError
 
 AUTHORS_CHECKPOINT_SHA256 = {
@@ -146,13 +146,8 @@ class _AllowlistUnpickler(pickle.Unpickler):
         raise CheckpointError(f"{self._path}: refusing persistent id (not one of the authors' checkpoint formats)")
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 digest of the file at ``path`` (compare with :data:`AUTHORS_CHECKPOINT_SHA256`)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = file_sha256
+"""Hex SHA-256 digest of a file (compare with :data:`AUTHORS_CHECKPOINT_SHA256`)."""
 
 
 def _describe(obj: Any) -> str:

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 
+from l2l_pcm._io import file_sha256
 from l2l_pcm.pcm import PCMDevice, profile_name
 
 _REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_commit() -> str | None:

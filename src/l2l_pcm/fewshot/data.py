@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from l2l_pcm._io import atomic_write_bytes
+from l2l_pcm._io import atomic_write_bytes, file_sha256
 from l2l_pcm.errors import ConfigError, DataError, L2LPCMError
 
 __all__ = [
@@ -437,14 +437,10 @@ def _build_from_npz(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or _one_line(exc)}") from None
-    return digest.hexdigest()
 
 
 def _check_sha256(name: str | Path, expected: str | None, got: str) -> None:

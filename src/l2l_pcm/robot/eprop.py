@@ -217,10 +217,14 @@ def pcm_memory(
         mean = weights + jax.lax.stop_gradient(stats.mean - weights)
         return WeightStatistics(mean, jax.lax.stop_gradient(stats.variance))
 
-    def read_initial(w_stack: jax.Array, key: jax.Array) -> tuple[WeightStatistics, tuple]:
-        state = program_layer(device, key, jax.lax.stop_gradient(w_stack), 0.0)
+    def deployed(weights: jax.Array, key: jax.Array) -> tuple[WeightStatistics, tuple]:
+        state = program_layer(device, key, jax.lax.stop_gradient(weights), 0.0)
         stats = read_statistics(device, state, time_since_programming_s, drift_compensation=False)
-        return masked(straight_through(w_stack, stats)), state
+        return straight_through(weights, stats), state
+
+    def read_initial(w_stack: jax.Array, key: jax.Array) -> tuple[WeightStatistics, tuple]:
+        stats, state = deployed(w_stack, key)
+        return masked(stats), state
 
     def read_updated(state, update: WeightUpdate, key: jax.Array) -> WeightStatistics:
         def one_task(applied: jax.Array, task_key: jax.Array) -> WeightStatistics:
@@ -233,8 +237,7 @@ def pcm_memory(
         return masked(straight_through(update.weights, stats))
 
     def read_readout(w_out: jax.Array, key: jax.Array) -> WeightStatistics:
-        state = program_layer(device, key, jax.lax.stop_gradient(w_out), 0.0)
-        return straight_through(w_out, read_statistics(device, state, time_since_programming_s, False))
+        return deployed(w_out, key)[0]
 
     return WeightMemory(read_initial, read_updated, read_readout if readout_on_pcm else None)
 
