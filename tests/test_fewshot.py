@@ -13,8 +13,16 @@ from l2l_pcm.errors import CheckpointError, ConfigError, L2LPCMError
 from l2l_pcm.fewshot import train as train_module
 from l2l_pcm.fewshot.data import TaskSampler
 from l2l_pcm.fewshot.deploy import ChipFewShotLearner
-from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, train_step
-from l2l_pcm.fewshot.model import CNNConfig, cross_entropy, embed, init_params, readout_gradient, software_conv
+from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, meta_batch_loss, meta_gradient, train_step
+from l2l_pcm.fewshot.model import (
+    CNNConfig,
+    conv3x3_stride2,
+    cross_entropy,
+    embed,
+    init_params,
+    readout_gradient,
+    software_conv,
+)
 from l2l_pcm.fewshot.train import load_fewshot_checkpoint, save_fewshot_checkpoint
 from l2l_pcm.pcm import PCMDevice
 
@@ -49,6 +57,42 @@ def test_readout_gradient_is_the_cross_entropy_gradient(key):
     labels = jnp.repeat(jnp.arange(5), 5)
     expected = jax.grad(lambda v: cross_entropy(features @ v, labels))(w)
     np.testing.assert_allclose(readout_gradient(features, features @ w, labels), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [28, 14, 7, 4, 5])
+def test_im2col_conv_and_its_gradient_equal_xla_conv(key, size):
+    kernel = jax.random.normal(key, (3, 3, 3, 4))
+    images = jax.random.normal(jax.random.fold_in(key, 1), (2, size, size, 3))
+    weights = jax.random.normal(jax.random.fold_in(key, 2), software_conv(kernel, images).shape)
+    np.testing.assert_allclose(conv3x3_stride2(kernel, images), software_conv(kernel, images), rtol=1e-5, atol=1e-5)
+    fast = jax.jit(jax.grad(lambda k, x: jnp.sum(conv3x3_stride2(k, x) * weights), argnums=(0, 1)))(kernel, images)
+    reference = jax.grad(lambda k, x: jnp.sum(software_conv(k, x) * weights), argnums=(0, 1))(kernel, images)
+    for got, expected in zip(fast, reference, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "4bit", "pcm"])
+def test_meta_gradient_equals_the_gradient_of_the_vmapped_objective(key, variant):
+    """The task-by-task scan with the im2col conv is the same maths as ``grad(meta_batch_loss)``: same
+    noise draws, same loss, same gradient for every weight (float tolerance)."""
+    config = dataclasses.replace(TINY, variant=variant, meta_batch=3, update_budget=9)
+    params = init_params(key, config.cnn)
+    params["readout"] = 0.3 * jax.random.normal(key, params["readout"].shape)
+    tasks = [random_task(jax.random.fold_in(key, i)) for i in range(3)]
+    batch = tuple(jnp.stack(parts) for parts in zip(*tasks, strict=True))
+    step_key = jax.random.PRNGKey(5)
+    (loss, accuracies), grads = jax.jit(meta_gradient, static_argnames=("config", "device"))(
+        params, batch, step_key, config, config.device
+    )
+    (ref_loss, ref_accuracies), ref_grads = jax.value_and_grad(meta_batch_loss, has_aux=True)(
+        params, batch, step_key, config, config.device
+    )
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(accuracies, ref_accuracies, atol=1e-6)
+    for name in params:
+        scale = float(jnp.max(jnp.abs(ref_grads[name])))
+        assert scale > 0, name
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=0, atol=1e-4 * scale, err_msg=name)
 
 
 @pytest.mark.parametrize("variant", ["fp32", "4bit", "pcm"])

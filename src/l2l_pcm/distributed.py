@@ -34,6 +34,7 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm.errors import ConfigError
@@ -124,6 +125,41 @@ def shard_tasks(tree):
         return _global(value, jax.sharding.PartitionSpec(TASK_AXIS))
 
     return jax.tree_util.tree_map(place, tree)
+
+
+def sum_over_tasks(fn, shared, per_task):
+    """``Σ_t fn(shared, task_t)`` over the leading axis of ``per_task``, one task at a time.
+
+    A ``lax.scan`` rather than a ``vmap``: one task's activations stay in cache, and a gradient taken
+    inside ``fn`` keeps nothing for a later backward pass (few-shot meta-training sums per-task
+    meta-gradients this way, exact because each task's loss depends only on the shared weights). In a
+    multi-process run each device scans its own share of the tasks (``shard_map`` over the task axis)
+    and the partial sums are all-reduced, so every process gets the single-process sum.
+    """
+
+    def local_sum(shared, per_task):
+        first = jax.tree_util.tree_map(lambda leaf: leaf[0], per_task)
+        shapes = jax.eval_shape(fn, shared, first)
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def body(total, task):
+            return jax.tree_util.tree_map(jnp.add, total, fn(shared, task)), None
+
+        return jax.lax.scan(body, zeros, per_task)[0]
+
+    if jax.process_count() == 1:
+        return local_sum(shared, per_task)
+
+    def device_sum(shared, per_task):
+        return jax.lax.psum(local_sum(shared, per_task), TASK_AXIS)
+
+    # check_vma off: a custom VJP (the few-shot im2col conv) returns device-varying gradients for the
+    # replicated weights, which the checker rejects; the psum makes every output replicated anyway.
+    spec = jax.sharding.PartitionSpec
+    summed = jax.shard_map(
+        device_sum, mesh=_mesh(), in_specs=(spec(), spec(TASK_AXIS)), out_specs=spec(), check_vma=False
+    )
+    return summed(shared, per_task)
 
 
 def replicate(tree):

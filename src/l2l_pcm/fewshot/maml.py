@@ -3,8 +3,8 @@ r"""MAML on the readout (the paper's inner loop), meta-training all weights, in 
 Inner loop (per task, readout only, SGD, ``inner_steps`` = 4, lr 0.1):
 :math:`W_{k+1} = W_k - \eta\,F_s^T(\mathrm{softmax}(F_s W_k) - Y_s)/N_s`.
 Outer loop: Adam on the conv kernels and the initial readout :math:`W_0`, loss = query cross-entropy
-after the last inner step, gradients through the inner loop (second order). Tasks of a meta-batch are
-``jax.vmap``-ed, so one meta-batch is one compiled computation.
+after the last inner step, gradients through the inner loop (second order). One meta-batch is one
+compiled computation: evaluation ``vmap``s the tasks, training scans over them (:func:`meta_gradient`).
 
 Variants (``MAMLConfig.variant``):
 
@@ -28,11 +28,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_pcm import distributed
 from l2l_pcm.errors import ConfigError, check_seed
 from l2l_pcm.fewshot.model import (
     CONV_NAMES,
     CNNConfig,
     accuracy,
+    conv3x3_stride2,
     cross_entropy,
     embed,
     readout_gradient,
@@ -199,30 +201,77 @@ def adapt_task(config: MAMLConfig, device: PCMDevice, readout0, f_support, y_sup
     return loss, jnp.stack(accuracies)
 
 
+def read_kernels(config: MAMLConfig, device: PCMDevice, conv_params: dict, key: jax.Array) -> list[jax.Array]:
+    """The conv kernels the forward pass sees, read once per meta-batch (one chip for all its tasks)."""
+    keys = jax.random.split(key, len(CONV_NAMES))
+    return [read_weights(config, device, conv_params[name], k) for name, k in zip(CONV_NAMES, keys, strict=True)]
+
+
+def one_task_outputs(config: MAMLConfig, device: PCMDevice, kernels, readout0, task, key, conv=software_conv):
+    """(final query loss, query accuracy per inner step [K+1]) of one task ``(sx, sy, qx, qy)``."""
+    support_x, support_y, query_x, query_y = task
+    f_s, f_q = embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
+    return adapt_task(config, device, readout0, f_s, support_y, f_q, query_y, key)
+
+
+def _split_keys(key: jax.Array, tasks: int) -> tuple[jax.Array, jax.Array]:
+    key_conv, key_tasks = jax.random.split(key)
+    return key_conv, jax.random.split(key_tasks, tasks)
+
+
+def _conv_params(params: dict) -> dict:
+    return {name: params[name] for name in CONV_NAMES}
+
+
 def task_outputs(params, batch, key, config: MAMLConfig, device: PCMDevice):
-    """Query loss [tasks] and query accuracy per inner step [tasks, K+1] of a batch of tasks.
+    """Query loss [tasks] and query accuracy per inner step [tasks, K+1] of a batch of tasks (vmapped).
 
     Conv kernels are read once per batch (one chip), the readout once per task and step.
     """
-    support_x, support_y, query_x, query_y = batch
-    key_conv, key_tasks = jax.random.split(key)
-    kernels = [
-        read_weights(config, device, params[name], k)
-        for name, k in zip(CONV_NAMES, jax.random.split(key_conv, len(CONV_NAMES)), strict=True)
-    ]
+    key_conv, task_keys = _split_keys(key, batch[0].shape[0])
+    kernels = read_kernels(config, device, _conv_params(params), key_conv)
 
     def one_task(sx, sy, qx, qy, task_key):
-        f_s, f_q = embed(lambda i, x: software_conv(kernels[i], x), sx, qx, config.cnn)
-        return adapt_task(config, device, params["readout"], f_s, sy, f_q, qy, task_key)
+        return one_task_outputs(config, device, kernels, params["readout"], (sx, sy, qx, qy), task_key)
 
-    keys = jax.random.split(key_tasks, support_x.shape[0])
-    return jax.vmap(one_task)(support_x, support_y, query_x, query_y, keys)
+    return jax.vmap(one_task)(*batch, task_keys)
 
 
 def meta_batch_loss(params, batch, key, config: MAMLConfig, device: PCMDevice):
-    """Mean query loss over a meta-batch, and mean accuracy per inner step [K+1]."""
+    """Mean query loss over a meta-batch, and mean accuracy per inner step [K+1]: the outer objective."""
     losses, accuracies = task_outputs(params, batch, key, config, device)
     return jnp.mean(losses), jnp.mean(accuracies, axis=0)
+
+
+def meta_gradient(params, batch, key, config: MAMLConfig, device: PCMDevice):
+    """((loss, accuracies), gradient) of :func:`meta_batch_loss`, computed one task at a time.
+
+    The mean loss is a sum of per-task losses that share only the weights, so its gradient is the mean
+    of per-task gradients: each task's ``value_and_grad`` runs inside a scan
+    (:func:`l2l_pcm.distributed.sum_over_tasks`) with the im2col conv :func:`conv3x3_stride2`, and the
+    kernels' straight-through read is differentiated once for the summed gradient. Same noise draws and
+    the same maths as ``value_and_grad(meta_batch_loss)`` (tested), about 4× faster on a CPU.
+    """
+    tasks = batch[0].shape[0]
+    key_conv, task_keys = _split_keys(key, tasks)
+    kernels, read_backward = jax.vjp(
+        lambda conv_params: read_kernels(config, device, conv_params, key_conv), _conv_params(params)
+    )
+
+    def task_loss(shared, task):
+        kernels, readout0 = shared
+        return one_task_outputs(config, device, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2)
+
+    def task_sums(shared, task):
+        (loss, accuracies), grads = jax.value_and_grad(task_loss, has_aux=True)(shared, task)
+        return loss, accuracies, grads
+
+    loss, accuracies, (kernel_grads, readout_grad) = distributed.sum_over_tasks(
+        task_sums, (kernels, params["readout"]), (*batch, task_keys)
+    )
+    (conv_grads,) = read_backward([g / tasks for g in kernel_grads])
+    grads = {**conv_grads, "readout": readout_grad / tasks}
+    return (loss / tasks, accuracies / tasks), grads
 
 
 def make_optimizer(config: MAMLConfig) -> optax.GradientTransformation:
@@ -234,7 +283,7 @@ def make_optimizer(config: MAMLConfig) -> optax.GradientTransformation:
 @functools.partial(jax.jit, static_argnames=("config", "device"))
 def train_step(params, opt_state, batch, key, config: MAMLConfig, device: PCMDevice):
     """One outer iteration: meta-gradient through the inner loop, Adam, projection onto [−w_max, w_max]."""
-    (loss, accuracies), grads = jax.value_and_grad(meta_batch_loss, has_aux=True)(params, batch, key, config, device)
+    (loss, accuracies), grads = meta_gradient(params, batch, key, config, device)
     updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     params = jax.tree_util.tree_map(lambda w: jnp.clip(w, -device.w_max, device.w_max), params)
