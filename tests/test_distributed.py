@@ -129,3 +129,47 @@ def test_bad_distributed_flags_are_one_line_errors(tmp_path, capsys, flags, mess
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_to_one_process_stops_all_at_one_iteration_and_the_run_resumes(tmp_path):
+    """A cluster's time-limit SIGTERM reaches one rank: both ranks stop at the same iteration, process 0
+    saves it, both exit 130 with the resume hint, and a rerun continues from that iteration."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    commands = [[sys.executable, str(WORKER), str(out), *rank[-5::2], "2000"] for rank in ranks([])]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for command in commands
+    ]
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (out / "last.safetensors").exists():  # training is under way: the first checkpoint is written
+            assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+            time.sleep(0.2)
+        processes[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=120) for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    stopped = []
+    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 130, stderr[-3000:]
+        line = stdout.strip().splitlines()[-1]
+        assert line.startswith("stopped at iteration ") and line.endswith("; continue with --resume")
+        stopped.append(int(line.split()[3].rstrip(";")))
+    assert stopped[0] == stopped[1] < 2000
+    _, metadata = load_tensors(out / "last.safetensors")
+    assert metadata["iteration"] == stopped[0]
+
+    more = stopped[0] + 3
+    resumed = launch([[sys.executable, str(WORKER), str(out), *rank[-5::2], str(more)] for rank in ranks([])])
+    for result in resumed:
+        assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(resumed[0].stdout.strip().splitlines()[-1])
+    assert summary["resumed_from_iteration"] == stopped[0] and summary["iterations"] == more
+    assert load_tensors(out / "last.safetensors")[1]["iteration"] == more

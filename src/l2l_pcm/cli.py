@@ -165,7 +165,17 @@ def _load_fewshot(args: argparse.Namespace):
 
     path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
     params, config, metadata = load_fewshot_checkpoint(path)
-    overrides = {"update_budget": args.update_budget, "normalisation": args.normalisation}
+    overrides = {
+        "update_budget": args.update_budget,
+        "normalisation": args.normalisation,
+        "shots": args.shots,
+        "ways": args.ways,
+    }
+    if args.shots is not None and args.shots + args.queries > 20:
+        raise L2LPCMError(
+            f"--shots {args.shots} with --queries {args.queries}: an Omniglot class has 20 drawings, "
+            f"so shots + queries must be <= 20"
+        )
     if args.device is not None:
         overrides["device"] = _device(args.device)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -470,6 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", help="few-shot checkpoint (default: the shipped one)")
         sub.add_argument("--tasks", type=_positive_int, default=600, help="unseen tasks (default 600)")
         sub.add_argument("--queries", type=_positive_int, default=15, help="query images per class (default 15)")
+        sub.add_argument(
+            "--shots",
+            type=_positive_int,
+            metavar="K",
+            help="labelled images per class in each task, K + queries <= 20 (default: the checkpoint's, 5)",
+        )
+        sub.add_argument(
+            "--ways",
+            type=_positive_int,
+            metavar="N",
+            help="classes per task; must equal the readout's outputs (default: the checkpoint's, 5)",
+        )
         sub.add_argument("--seed", type=_seed, default=0, help="task seed: same seed, same tasks on every backend")
         sub.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
         sub.add_argument(

@@ -105,6 +105,21 @@ def _global(value: np.ndarray, spec: jax.sharding.PartitionSpec) -> jax.Array:
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
+def reached_stop_point(iteration: int) -> bool:
+    """Whether a multi-process run must stop and save after ``iteration``; always False in one process.
+
+    Once ``jax.distributed`` is up, JAX's preemption notifier takes SIGTERM (a cluster's time-limit
+    signal) on any process and the processes agree on a common step after it (max of their steps + 1).
+    Every process asks at every iteration, so all of them return True at that same iteration, save
+    once (process 0) and exit; without this a SIGTERM was swallowed and the run went on.
+    """
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.reached_preemption_sync_point(iteration))
+
+
 def shard_tasks(tree):
     """Split the leading (task) axis of every leaf over all devices; the identity in a single process.
 

@@ -136,7 +136,8 @@ class _StopSignals:
         self._previous: dict = {}
 
     def __enter__(self) -> _StopSignals:
-        # several processes: JAX's preemption notifier owns SIGTERM once jax.distributed is up (not handled here)
+        # several processes: JAX's preemption notifier owns SIGTERM once jax.distributed is up, and the
+        # processes agree on where to stop through distributed.reached_stop_point
         if self.enabled and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -161,7 +162,8 @@ def run(
 
     Refuses to start over an existing run unless ``overwrite``, and to resume where no checkpoint exists.
     SIGINT/SIGTERM stop the run after the current iteration with a checkpoint of it
-    (:class:`TrainingStopped`). Temp files of a previously killed write are removed first; every file
+    (:class:`TrainingStopped`); in a multi-process run a SIGTERM to any process stops all of them at one
+    agreed iteration (:func:`l2l_pcm.distributed.reached_stop_point`). Temp files of a previously killed write are removed first; every file
     written is atomic.
     """
     from tqdm.auto import tqdm
@@ -253,7 +255,7 @@ def run(
                 tic = time.perf_counter()
                 checkpoint(done, LAST)
                 saved_at = done
-            if signals.received is not None:
+            if signals.received is not None or distributed.reached_stop_point(done):
                 bar.close()
                 if saved_at != done:
                     elapsed += time.perf_counter() - tic
