@@ -732,6 +732,26 @@ def newer_format(files, mp):
     yield ["robot", "eval", "--checkpoint", str(files.root / "new.safetensors"), "--tasks", "2"]
 
 
+@case("more shots than an Omniglot class allows", r"--shots 6 with --queries 15: an Omniglot class has 20 drawings")
+def too_many_shots(files, mp):
+    yield ["fewshot", "eval", "--shots", "6", "--tasks", "2"]
+
+
+@case("ways other than the readout's", r"ways=10 but the checkpoint's readout has 5 outputs", needs_data=True)
+def ways_not_the_readouts(files, mp):
+    yield ["fewshot", "eval", "--ways", "10", "--tasks", "2"]
+
+
+@case("4-bit precision for the robot", r"precision '4bit': the robot scenario has no 4-bit model")
+def robot_four_bit(files, mp):
+    yield ["robot", "eval", "--backend", "software", "--precision", "4bit", "--tasks", "2"]
+
+
+@case("unknown option of a subcommand", r"unrecognized arguments: --bogus 1 \(see 'l2l-pcm fewshot eval --help'\)")
+def unknown_subcommand_option(files, mp):
+    yield ["fewshot", "eval", "--bogus", "1"]
+
+
 def run_case(name: str, root: Path) -> tuple[list[str], str]:
     """Run one case in ``root``; returns its command line and error line (after checking both)."""
     description, expect, fn, needs_data = CASES[name]

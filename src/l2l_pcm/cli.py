@@ -1,4 +1,4 @@
-"""Command-line interface: a thin layer over the library (``l2l-pcm --help``)."""
+"""Command-line interface: a thin layer over the library (l2l-pcm --help)."""
 
 from __future__ import annotations
 
@@ -431,24 +431,51 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"error: {' '.join(message.split())} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """Unknown options are reported against the subcommand they were given to, with its help."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = getattr(parsed, "command_prog", self.prog)
+            self.exit(2, f"error: unrecognized arguments: {' '.join(extras)} (see '{prog} --help')\n")
+        return parsed
+
 
 def add_train_arguments(sub: argparse.ArgumentParser, config_class: str) -> None:
     """Arguments every ``train`` command shares: run folder, config, length, seed, resume, processes."""
     sub.add_argument("--out", required=True, help="run folder (checkpoints and metrics)")
     sub.add_argument("--config", help=f"JSON file with {config_class} fields")
-    sub.add_argument("--iterations", type=_positive_int)
-    sub.add_argument("--seed", type=_seed)
+    sub.add_argument("--iterations", type=_positive_int, help="outer iterations (default: the config's)")
+    sub.add_argument("--seed", type=_seed, help="training seed: tasks and noise of each iteration (default: config's)")
     sub.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     sub.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (default: refuse)")
     sub.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
-    sub.add_argument("--no-progress", action="store_true")
+    sub.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines still print)")
     add_distributed_arguments(sub)
+
+
+PRECISIONS = ("trained", "fp32", "4bit", "pcm")
+"""One ``--precision`` vocabulary for both scenarios (the robot has no 4-bit model and refuses it)."""
+
+
+def add_precision_argument(sub: argparse.ArgumentParser, default: str) -> None:
+    sub.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="software only: the weights the model is run with: 'trained' (whatever the checkpoint was "
+        "meta-trained with), 'fp32' (exact), '4bit' (few-shot only) or 'pcm' (the software PCM device model); "
+        f"default {default}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from l2l_pcm import __version__
 
-    parser = _Parser(prog="l2l-pcm", description=__doc__)
+    parser = _Parser(
+        prog="l2l-pcm",
+        description="Learning-to-learn on emulated phase-change-memory chips: few-shot Omniglot (MAML) and "
+        "robot-arm motor learning (natural e-prop). Each command has its own --help.",
+    )
     parser.add_argument("--version", action="version", version=f"l2l-pcm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -456,14 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats = chip.add_parser("stats", help="sampled device statistics vs. their equations")
     stats.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
     stats.add_argument("--samples", type=_positive_int, default=100_000, help="samples per conductance (default 1e5)")
-    stats.add_argument("--seed", type=_seed, default=0)
+    stats.add_argument("--seed", type=_seed, default=0, help="random seed of the sampled devices (default 0)")
     stats.add_argument(
         "--device", metavar="NAME|FILE.json", help="device profile (ibm, authors, aihwkit) or a JSON file of fields"
     )
     stats.set_defaults(run=_chip_stats)
     demo = chip.add_parser("demo", help="drift over 1 s … 1 day and devices touched by an update; writes a plot")
     demo.add_argument("--out", default="outputs", help="folder for the plot (default: outputs/)")
-    demo.add_argument("--seed", type=_seed, default=0)
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed of the programmed devices (default 0)")
     demo.set_defaults(run=_chip_demo)
 
     fewshot = commands.add_parser("fewshot", help="few-shot Omniglot with MAML").add_subparsers(
@@ -471,8 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train = fewshot.add_parser("train", help="meta-train in software (checkpoints, metrics, resume)")
     add_train_arguments(train, "MAMLConfig")
-    train.add_argument("--variant", choices=("fp32", "4bit", "pcm"))
-    train.add_argument("--meta-batch", type=_positive_int)
+    train.add_argument(
+        "--variant",
+        choices=("fp32", "4bit", "pcm"),
+        help="weights seen in training: 32-bit, 4-bit, or the PCM device model (default: the config's)",
+    )
+    train.add_argument("--meta-batch", type=_positive_int, help="tasks per outer iteration (default: config's)")
     train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
     train.set_defaults(run=_fewshot_train)
 
@@ -512,13 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
     add_eval_arguments(evaluate)
-    evaluate.add_argument("--backend", choices=("software", "chip"), default="chip")
     evaluate.add_argument(
-        "--precision",
-        choices=("fp32", "4bit", "pcm"),
-        default=None,
-        help="software only: 32-bit (default), 4-bit weights, or the software PCM model",
+        "--backend", choices=("software", "chip"), default="chip", help="software model or emulated chip (default)"
     )
+    add_precision_argument(evaluate, "fp32")
     evaluate.add_argument(
         "--time-since-programming",
         type=_seconds,
@@ -539,7 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     robot_train = robot.add_parser("train", help="meta-train trainee initial weights and the LSG (BPTT)")
     add_train_arguments(robot_train, "RobotTrainConfig")
     robot_train.add_argument("--batch", type=_positive_int, help="trajectories per outer iteration")
-    robot_train.add_argument("--arm", choices=("scorbot", "two_link"))
+    robot_train.add_argument(
+        "--arm", choices=("scorbot", "two_link"), help="Scorbot ER-VII or the planar 2-link arm (default: config's)"
+    )
     robot_train.add_argument("--software-only", action="store_true", help="meta-train without the PCM model")
     robot_train.set_defaults(run=_robot_train)
 
@@ -558,41 +588,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     robot_eval = robot.add_parser("eval", help="MSE before/after the single update, software or chip")
     add_robot_eval_arguments(robot_eval)
-    robot_eval.add_argument("--backend", choices=("software", "chip"), default="chip")
     robot_eval.add_argument(
-        "--precision",
-        choices=("trained", "fp32", "pcm"),
-        default=None,
-        help="software only: exact weights, the statistical PCM model, or (default) the one the checkpoint "
-        "was meta-trained with",
+        "--backend", choices=("software", "chip"), default="chip", help="software model or emulated chip (default)"
     )
+    add_precision_argument(robot_eval, "trained")
     robot_eval.add_argument(
         "--time-since-programming",
         type=_seconds,
         default=None,
         help="chip only: time between programming and use, e.g. 3600, 1h, 1d, 1y (default: the training value)",
     )
-    robot_eval.add_argument("--drift-compensation", action="store_true")
+    robot_eval.add_argument("--drift-compensation", action="store_true", help="chip only: global drift compensation")
     robot_eval.add_argument("--json", action="store_true", help="print one JSON object")
     robot_eval.set_defaults(run=_robot_eval)
     robot_demo = robot.add_parser("demo", help="software vs chip, trajectory/spike figures and an arm GIF")
     add_robot_eval_arguments(robot_demo)
-    robot_demo.add_argument("--out", default="outputs")
+    robot_demo.add_argument("--out", default="outputs", help="folder for figures and results (default: outputs/)")
     robot_demo.set_defaults(run=_robot_demo)
 
     imports = commands.add_parser(
         "import-authors", help="convert the authors' pretrained pickle into an l2l-pcm checkpoint (safely)"
     )
-    imports.add_argument("scenario", choices=("fewshot", "robot"))
+    imports.add_argument("scenario", choices=("fewshot", "robot"), help="which of the authors' two models")
     imports.add_argument("source", help="the authors' pretrained-weights.pickle")
     imports.add_argument("destination", help="l2l-pcm checkpoint to write (.safetensors)")
     imports.set_defaults(run=_import_authors)
 
     export = commands.add_parser("export", help="copy a training checkpoint without optimiser state")
-    export.add_argument("source")
-    export.add_argument("destination")
+    export.add_argument("source", help="training checkpoint (last.safetensors or best.safetensors)")
+    export.add_argument("destination", help="checkpoint to write, parameters and config only")
     export.set_defaults(run=_export)
+    _remember_subcommands(parser)
     return parser
+
+
+def _remember_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand records its name, so errors point at that subcommand's --help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command_prog=sub.prog)
+                _remember_subcommands(sub)
 
 
 def _bounded(convert, minimum: float, description: str):

@@ -71,9 +71,12 @@ def evaluate_software(
     seed: int = 0,
     device: PCMDevice | None = None,
 ) -> dict:
-    """Accuracy per inner step in software; ``precision`` is "fp32", "4bit" or "pcm" (software PCM model)."""
+    """Accuracy per inner step in software; ``precision`` is "fp32", "4bit", "pcm" (software PCM model) or
+    "trained" (the variant the checkpoint was meta-trained with)."""
+    if precision == "trained":
+        precision = config.variant
     if precision not in VARIANTS:
-        raise ConfigError(f"precision must be one of {VARIANTS}, got {precision!r}")
+        raise ConfigError(f"precision must be 'trained' or one of {VARIANTS}, got {precision!r}")
     _check_request(params, config, tasks)
     config = dataclasses.replace(config, variant=precision)
     device = device or config.device

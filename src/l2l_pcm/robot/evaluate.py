@@ -63,8 +63,10 @@ def evaluate(
         raise ConfigError(f"number of tasks must be >= 2 (for a confidence interval), got {tasks}")
     if backend not in ("software", "chip"):
         raise ConfigError(f"backend must be 'software' or 'chip', got {backend!r}")
+    if precision == "4bit":
+        raise ConfigError("precision '4bit': the robot scenario has no 4-bit model; choose trained, fp32 or pcm")
     if precision not in ("fp32", "pcm"):
-        raise ConfigError(f"precision must be 'fp32' or 'pcm', got {precision!r}")
+        raise ConfigError(f"precision must be 'trained', 'fp32' or 'pcm', got {precision!r}")
     targets_all = test_trajectories(config, tasks, seed)
     chip = None
     if backend == "chip":
