@@ -2,7 +2,8 @@
 
 Usage: ``python _distributed_worker.py OUT [COORDINATOR NUM_PROCESSES PROCESS_ID [ITERATIONS]]``; without
 the coordinator it is the single-process reference. With ITERATIONS the run is long enough to be stopped
-by a signal: then it exits 130 after printing the stop message, as the CLI does, and resumes when rerun. Random images stand in for Omniglot, so no data set is needed.
+by a signal: then it exits 130 after printing the stop message, as the CLI does, and resumes when rerun.
+Random images stand in for Omniglot, so no data set is needed.
 """
 
 from __future__ import annotations

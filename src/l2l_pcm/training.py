@@ -163,8 +163,8 @@ def run(
     Refuses to start over an existing run unless ``overwrite``, and to resume where no checkpoint exists.
     SIGINT/SIGTERM stop the run after the current iteration with a checkpoint of it
     (:class:`TrainingStopped`); in a multi-process run a SIGTERM to any process stops all of them at one
-    agreed iteration (:func:`l2l_pcm.distributed.reached_stop_point`). Temp files of a previously killed write are removed first; every file
-    written is atomic.
+    agreed iteration (:func:`l2l_pcm.distributed.reached_stop_point`). Temp files of a previously killed
+    write are removed first; every file written is atomic.
     """
     from tqdm.auto import tqdm
 
