@@ -24,3 +24,40 @@ def save_figure(fig, path) -> Path:
     fig.savefig(buffer, format="png")
     pyplot().close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+HUMAN_TIMES_S = (
+    (1.0, "1 s"),
+    (60.0, "1 min"),
+    (3600.0, "1 h"),
+    (86400.0, "1 day"),
+    (7 * 86400.0, "1 week"),
+    (30 * 86400.0, "1 month"),
+    (365 * 86400.0, "1 year"),
+)
+
+
+def human_time_axis(ax, times_s, axis: str = "x") -> None:
+    """A log time axis ticked at 1 s, 1 min, 1 h, 1 day, 1 week, 1 month, 1 year (those in range).
+
+    Seconds on a log axis (10^4, 10^5 …) make a reader compute what a day is; device ages are read
+    in these units.
+    """
+    low, high = min(times_s), max(times_s)
+    ticks = [(t, label) for t, label in HUMAN_TIMES_S if low / 1.5 <= t <= high * 1.5]
+    set_scale, set_ticks, set_labels = (
+        (ax.set_xscale, ax.set_xticks, ax.set_xticklabels)
+        if axis == "x"
+        else (ax.set_yscale, ax.set_yticks, ax.set_yticklabels)
+    )
+    set_scale("log")
+    if len(ticks) >= 2:
+        set_ticks([t for t, _ in ticks])
+        set_labels([label for _, label in ticks])
+        (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(_no_ticks())
+
+
+def _no_ticks():
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()

@@ -12,7 +12,7 @@ import numpy as np
 from l2l_pcm.chip.chip import Chip, ChipConfig
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
-from l2l_pcm.plotting import pyplot, save_figure
+from l2l_pcm.plotting import human_time_axis, pyplot, save_figure
 
 DEFAULT_GRID_uS = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
 READ_CHECK_TIME_S = 3600.0
@@ -131,8 +131,8 @@ def plot_drift_demo(result: DriftDemoResult, path: str | Path) -> Path:
         ax.plot(times, mean, marker="o", color=color, label=f"mean error, {label}")
         ax.fill_between(times, mean - std, mean + std, color=color, alpha=0.15, label=f"± 1 std, {label}")
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("time since programming (s)")
+    human_time_axis(ax, times)
+    ax.set_xlabel("time since programming")
     ax.set_ylabel("(read − target)·sign(target)   [w_max = 1]")
     ax.set_title("PCM weights drift towards zero; read noise widens the spread")
     ax.legend(fontsize=7, loc="lower left")

@@ -184,7 +184,7 @@ def plot_spikes_and_signals(result, path, task: int = 0, neurons: int = 100) -> 
     axes[3].set_ylabel("trainee neuron")
     axes[3].set_xlabel("time step (1 ms)")
     axes[3].set_title("learning signals L_j(t) from the LSG", fontsize=9)
-    fig.colorbar(image, ax=axes[3], fraction=0.03)
+    fig.colorbar(image, ax=axes[3], fraction=0.03).set_label("learning signal (a.u.)", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
