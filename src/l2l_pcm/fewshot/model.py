@@ -25,6 +25,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from l2l_pcm.chip import conv_kernel_to_matrix, image_patches
 from l2l_pcm.errors import ConfigError
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4")
@@ -96,21 +97,8 @@ def software_conv(kernel: jax.Array, images: jax.Array) -> jax.Array:
     )
 
 
-def _output_size(size: int) -> int:
-    return (size + 1) // 2  # floor((size + 2·pad − 3) / 2) + 1 with pad 1
-
-
-def _patches(images: jax.Array) -> jax.Array:
-    """[N, H, W, C] → [N, Ho, Wo, 9·C]: the 9 taps of every output position, in HWIO kernel order."""
-    _, height, width, _ = images.shape
-    rows, cols = _output_size(height), _output_size(width)
-    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    taps = [padded[:, i : i + 2 * rows - 1 : 2, j : j + 2 * cols - 1 : 2, :] for i in range(3) for j in range(3)]
-    return jnp.concatenate(taps, axis=-1)
-
-
 def _col2im(patch_grads: jax.Array, height: int, width: int) -> jax.Array:
-    """The adjoint of :func:`_patches`: [N, Ho, Wo, 9·C] → [N, H, W, C].
+    """The adjoint of the chip's 3×3 stride-2 :func:`~l2l_pcm.chip.image_patches`: [N, Ho, Wo, 9·C] → [N, H, W, C].
 
     With stride 2, tap i of a row lands on padded row 2·o + i: taps 0 and 2 on even rows (2 shifted by
     one output), tap 1 on odd rows. So the 9 taps are summed into 4 parity blocks of output size
@@ -147,9 +135,9 @@ def conv3x3_stride2(kernel: jax.Array, images: jax.Array) -> jax.Array:
 
 
 def _conv_forward(kernel, images):
-    patches = _patches(images)
+    patches = image_patches(images, (3, 3), stride=2, padding=1)
     n, rows, cols, taps_channels = patches.shape
-    kernel_matrix = kernel.reshape(taps_channels, kernel.shape[-1])
+    kernel_matrix = conv_kernel_to_matrix(kernel)
     out = patches.reshape(-1, taps_channels) @ kernel_matrix
     return out.reshape(n, rows, cols, -1), (patches, kernel_matrix, images.shape)
 
