@@ -29,18 +29,42 @@ def test_paper_cnn_conv_layers_split_over_both_arrays():
         tiles = chip.placements[name].tiles
         assert [t.rows for t in tiles] == [252, 252]
         assert {t.array for t in tiles} == {0, 1}
-    used = [256 - free for free in chip.summary()["free_columns_per_array"]]
-    assert sum(used) == 56 * 4 + 56 * 3 + 5  # conv1 (1 tile) + 3 split convs (2 tiles each) + readout
+    used = chip.summary()["used_cells_per_array"]
+    assert sum(used) == 9 * 56 + 3 * 504 * 56 + 56 * 5  # every weight of the network, one crosspoint each
 
 
 def test_layer_that_does_not_fit_is_refused_with_a_clear_error():
     chip = paper_cnn_chip()
-    with pytest.raises(ChipCapacityError, match="'big'.*does not fit"):
+    with pytest.raises(ChipCapacityError, match="'big'.*does not fit.*2 array.*need 3 .*n_arrays=3"):
         chip.place_dense("big", (256, 200))
-    with pytest.raises(ChipCapacityError, match="300 outputs"):
-        Chip().place_dense("wide", (10, 300))
+    with pytest.raises(ChipCapacityError, match="need 32"):  # 8 x 4 tiles of 256 x 256
+        Chip().place_dense("huge", (2048, 1024))
     with pytest.raises(ConfigError, match="already placed"):
         chip.place_dense("readout", (4, 4))
+
+
+def test_layers_wider_and_taller_than_an_array_are_tiled_in_both_directions(key):
+    weights = jnp.clip(0.3 * jax.random.normal(key, (784, 512)), -1, 1)
+    x = jax.random.uniform(jax.random.fold_in(key, 1), (3, 784))
+    for adc_bits in (None, 16):  # ideal outputs, and a 16-bit ADC per tile (partial sums added digitally)
+        chip = Chip(ChipConfig(n_arrays=8, device=PCMDevice().noiseless(), adc_bits=adc_bits, adc_range=16.0))
+        placement = chip.place_dense("fc", (784, 512))
+        assert len(placement.tiles) == 8 and {t.array for t in placement.tiles} == set(range(8))
+        assert sorted((t.out_start, t.row_start) for t in placement.tiles) == [
+            (out, row) for out in (0, 256) for row in (0, 196, 392, 588)
+        ]
+        chip.program("fc", weights, key)
+        tolerance = 1e-4 if adc_bits is None else 2e-3
+        np.testing.assert_allclose(chip.mvm("fc", x, None), x @ weights, rtol=1e-4, atol=tolerance)
+
+
+def test_small_layers_share_an_arrays_rows_and_columns():
+    chip = Chip()
+    chip.place_dense("fc1", (784, 128))  # 4 tiles of 196 x 128: 196 rows of both arrays
+    with pytest.raises(ChipCapacityError, match="need 3"):
+        chip.place_dense("fc2", (128, 10))  # 60 free rows per array: too few for 128
+    chip.place_dense("small", (50, 10))  # fits below fc1's tiles
+    assert chip.placements["small"].tiles[0].array_row == 196
 
 
 def test_robot_trainee_fits_one_array():

@@ -24,7 +24,7 @@ from l2l_pcm.chip.crossbar import (
     uniform_quantize,
 )
 from l2l_pcm.chip.energy import EnergyModel
-from l2l_pcm.chip.layout import LayerPlacement, place_matrix
+from l2l_pcm.chip.layout import ArraySpace, LayerPlacement, place_matrix
 from l2l_pcm.errors import CheckpointError, ConfigError, check_int, check_number
 from l2l_pcm.pcm import PCMDevice, quantize
 
@@ -125,17 +125,22 @@ def _reprogram(device, key, state, update, now_s):
     return new_state, touched, pairs_touched, rows_touched
 
 
-@functools.partial(jax.jit, static_argnames=("row_blocks", "dac", "adc", "mode"))
-def _mvm(inputs, stats, key, row_blocks, dac, adc, mode):
+@functools.partial(jax.jit, static_argnames=("blocks", "dac", "adc", "mode"))
+def _mvm(inputs, stats, key, blocks, dac, adc, mode):
+    """``blocks``: (row_start, rows, out_start, cols) of every tile; each tile's output is digitised by
+    its ADC, and the row blocks of a column block are summed digitally."""
     if dac is not None:
         inputs = uniform_quantize(inputs, *dac)
     if adc is None:  # partial sums of the tiles add up exactly; one matmul is enough
         return analog_matmul(inputs, stats, key, mode)
-    keys = [None] * len(row_blocks) if key is None else list(jax.random.split(key, len(row_blocks)))
-    total = 0.0
-    for (start, rows), tile_key in zip(row_blocks, keys, strict=True):
-        part = WeightStatistics(stats.mean[start : start + rows], stats.variance[start : start + rows])
-        total = total + uniform_quantize(analog_matmul(inputs[..., start : start + rows], part, tile_key, mode), *adc)
+    keys = [None] * len(blocks) if key is None else list(jax.random.split(key, len(blocks)))
+    total = jnp.zeros((*inputs.shape[:-1], stats.mean.shape[1]), inputs.dtype)
+    for (start, rows, out, cols), tile_key in zip(blocks, keys, strict=True):
+        part = WeightStatistics(
+            stats.mean[start : start + rows, out : out + cols], stats.variance[start : start + rows, out : out + cols]
+        )
+        partial = uniform_quantize(analog_matmul(inputs[..., start : start + rows], part, tile_key, mode), *adc)
+        total = total.at[..., out : out + cols].add(partial)
     return total
 
 
@@ -161,7 +166,7 @@ class Chip:
         self.placements: dict[str, LayerPlacement] = {}
         self.states: dict[str, LayerState] = {}
         self.counters: dict[str, dict[str, int]] = {}
-        self._free_cols = [self.config.array_cols] * self.config.n_arrays
+        self._space = ArraySpace(self.config.n_arrays, self.config.array_rows, self.config.array_cols)
         self._stats_cache: dict[str, WeightStatistics] = {}
 
     # --------------------------------------------------------------------------------- placement
@@ -184,7 +189,7 @@ class Chip:
     def _place(self, name, kind, shape, kernel_shape) -> LayerPlacement:
         if name in self.placements:
             raise ConfigError(f"a layer named '{name}' is already placed on the chip")
-        tiles = place_matrix(name, shape, self._free_cols, self.config.array_rows, self.config.array_cols)
+        tiles = place_matrix(name, shape, self._space)
         placement = LayerPlacement(name, kind, shape, kernel_shape, tiles)
         self.placements[name] = placement
         self.counters[name] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -294,10 +299,10 @@ class Chip:
             )
         stats = self.read_statistics(name)
         cfg = self.config
-        row_blocks = tuple((tile.row_start, tile.rows) for tile in placement.tiles)
+        blocks = tuple((tile.row_start, tile.rows, tile.out_start, tile.cols) for tile in placement.tiles)
         dac = None if cfg.dac_bits is None else (cfg.dac_bits, cfg.dac_range)
         adc = None if cfg.adc_bits is None else (cfg.adc_bits, cfg.adc_range)
-        outputs = _mvm(inputs, stats, key, row_blocks, dac, adc, cfg.read_noise_mode)
+        outputs = _mvm(inputs, stats, key, blocks, dac, adc, cfg.read_noise_mode)
         self.record_mvms(name, math.prod(inputs.shape[:-1]))
         return outputs
 
@@ -359,7 +364,7 @@ class Chip:
         """Placement, clock and counters as plain JSON-ready data."""
         return {
             "now_s": self.now_s,
-            "free_columns_per_array": list(self._free_cols),
+            "used_cells_per_array": self._space.used_cells(),
             "layers": {
                 name: {
                     "shape": list(p.shape),

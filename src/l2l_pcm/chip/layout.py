@@ -4,13 +4,19 @@ A layer is a matrix with one row per input (fan-in) and one column per output (f
 of shape (kh, kw, c_in, c_out) becomes its im2col matrix of kh·kw·c_in rows. A matrix taller than an
 array is split into row blocks of (nearly) equal height, each on its own array, and the partial sums are
 added digitally after the ADCs — the mapping of the paper's Fig. 2e, where the 504-row conv matrices are
-split 252 + 252 over the two arrays. Tiles occupy full-height column ranges of an array, packed left to
-right.
+split 252 + 252 over the two arrays. A matrix wider than an array is split into column blocks too, and
+each column block's outputs are the digital sum of its row blocks. Tiles are rectangles packed into the
+arrays' free space (guillotine cuts: a tile takes the top-left corner of a free rectangle, whose rest
+becomes a full-height strip to its right and the space below the tile), so small tiles share an array's
+rows and columns. If the equal row split does not fit, full-height blocks (all but the last as tall as an
+array) are tried, which pack tighter. When a layer does not fit, the error says how many arrays the
+layers so far would need.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 from l2l_pcm.errors import ChipCapacityError, ConfigError
@@ -22,11 +28,15 @@ class Tile:
 
     array: int
     row_start: int
-    """First row of the layer's matrix held by this tile (rows of the array start at 0)."""
+    """First row of the layer's matrix held by this tile."""
     rows: int
     col_start: int
     """First column of the array used by this tile."""
     cols: int
+    out_start: int = 0
+    """First output (column of the layer's matrix) held by this tile."""
+    array_row: int = 0
+    """First row of the array used by this tile."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,39 +78,103 @@ def split_rows(rows: int, max_rows: int) -> list[tuple[int, int]]:
     return list(zip(starts, sizes, strict=True))
 
 
-def place_matrix(
-    name: str,
-    shape: tuple[int, int],
-    free_cols: list[int],
-    array_rows: int,
-    array_cols: int,
-) -> tuple[Tile, ...]:
-    """Choose tiles for a (fan_in, fan_out) matrix given each array's free columns (mutated on success).
+def split_full(rows: int, max_rows: int) -> list[tuple[int, int]]:
+    """Blocks of ``max_rows`` and one remainder: [(start, size)]."""
+    return [(start, min(max_rows, rows - start)) for start in range(0, rows, max_rows)]
 
-    Each row block goes to the array with the most free columns that is not yet used by the same layer
-    (so blocks of one layer run in parallel on different arrays), falling back to any array with room.
+
+Rect = tuple[int, int, int, int]
+"""A free rectangle of an array: (first row, first column, rows, columns)."""
+
+
+class ArraySpace:
+    """The free rectangles of every array of a chip, filled by :meth:`place`."""
+
+    def __init__(self, n_arrays: int, array_rows: int, array_cols: int) -> None:
+        self.array_rows, self.array_cols = array_rows, array_cols
+        self.free: list[list[Rect]] = [[(0, 0, array_rows, array_cols)] for _ in range(n_arrays)]
+
+    def copy(self, extra_arrays: int = 0) -> ArraySpace:
+        space = ArraySpace(0, self.array_rows, self.array_cols)
+        space.free = [list(rects) for rects in self.free] + [
+            [(0, 0, self.array_rows, self.array_cols)] for _ in range(extra_arrays)
+        ]
+        return space
+
+    def used_cells(self) -> list[int]:
+        """Crosspoints taken per array."""
+        total = self.array_rows * self.array_cols
+        return [total - sum(r[2] * r[3] for r in rects) for rects in self.free]
+
+    def place(self, name: str, blocks: list[tuple[int, int]], col_blocks: list[tuple[int, int]]) -> tuple[Tile, ...]:
+        """Tiles for every (row block, column block), or ChipCapacityError (``self`` unchanged then).
+
+        Each tile goes to the free rectangle that fits it most tightly, preferring arrays this layer does
+        not use yet (so its blocks run in parallel on different arrays).
+        """
+        trial = [list(rects) for rects in self.free]
+        used: set[int] = set()
+        tiles = []
+        for out_start, cols in col_blocks:
+            for row_start, rows in blocks:
+                fits = [
+                    (array, index)
+                    for array, rects in enumerate(trial)
+                    for index, (_, _, free_rows, free_cols) in enumerate(rects)
+                    if free_rows >= rows and free_cols >= cols
+                ]
+                if not fits:
+                    raise ChipCapacityError(f"layer '{name}' does not fit")
+
+                def waste(choice, trial=trial, rows=rows, cols=cols):
+                    array, index = choice
+                    _, _, free_rows, free_cols = trial[array][index]
+                    return (array in used, min(free_rows - rows, free_cols - cols), free_rows * free_cols, array)
+
+                array, index = min(fits, key=waste)
+                row0, col0, free_rows, free_cols = trial[array].pop(index)
+                # vertical cut first: the strip to the right keeps the full height (layers side by side in
+                # column ranges, as the paper maps them), the space below the tile stays as wide as the tile
+                rest = [(row0, col0 + cols, free_rows, free_cols - cols), (row0 + rows, col0, free_rows - rows, cols)]
+                trial[array].extend(r for r in rest if r[2] > 0 and r[3] > 0)
+                tiles.append(Tile(array, row_start, rows, col0, cols, out_start=out_start, array_row=row0))
+                used.add(array)
+        self.free = trial
+        return tuple(tiles)
+
+
+def place_matrix(name: str, shape: tuple[int, int], space: ArraySpace) -> tuple[Tile, ...]:
+    """Choose tiles for a (fan_in, fan_out) matrix in ``space`` (updated on success).
+
+    Rows are split equally (the paper's 252 + 252), or, if that does not fit, into full-height blocks;
+    outputs beyond an array's width are split into equal column blocks.
     """
     fan_in, fan_out = shape
     if fan_in < 1 or fan_out < 1:
         raise ConfigError(f"layer '{name}' has an empty matrix shape {shape}")
-    if fan_out > array_cols:
-        raise ChipCapacityError(f"layer '{name}' has {fan_out} outputs but an array has only {array_cols} columns")
-    blocks = split_rows(fan_in, array_rows)
-    trial = list(free_cols)
-    used_arrays: set[int] = set()
-    tiles = []
-    for row_start, rows in blocks:
-        candidates = [a for a in range(len(trial)) if trial[a] >= fan_out]
-        if not candidates:
-            raise ChipCapacityError(
-                f"layer '{name}' ({fan_in}x{fan_out}, {len(blocks)} tile(s) of {rows}x{fan_out}) does not fit: "
-                f"free columns per array are {free_cols}"
-            )
-        fresh = [a for a in candidates if a not in used_arrays] or candidates
-        array = max(fresh, key=lambda a: (trial[a], -a))
-        col_start = array_cols - trial[array]
-        tiles.append(Tile(array=array, row_start=row_start, rows=rows, col_start=col_start, cols=fan_out))
-        trial[array] -= fan_out
-        used_arrays.add(array)
-    free_cols[:] = trial
-    return tuple(tiles)
+    col_blocks = split_rows(fan_out, space.array_cols)
+    splits = [split_rows(fan_in, space.array_rows), split_full(fan_in, space.array_rows)]
+    for blocks in splits:
+        try:
+            return space.place(name, blocks, col_blocks)
+        except ChipCapacityError:
+            continue
+    n_arrays = len(space.free)
+    needed = next(
+        n_arrays + extra for extra in itertools.count(1) if _fits(space.copy(extra), name, splits, col_blocks)
+    )
+    raise ChipCapacityError(
+        f"layer '{name}' ({fan_in}x{fan_out}) does not fit: the chip has {n_arrays} array(s) of "
+        f"{space.array_rows}x{space.array_cols} and the layers placed so far plus this one need {needed} "
+        f"(e.g. ChipConfig(n_arrays={needed}))"
+    )
+
+
+def _fits(space: ArraySpace, name: str, splits, col_blocks) -> bool:
+    for blocks in splits:
+        try:
+            space.place(name, blocks, col_blocks)
+            return True
+        except ChipCapacityError:
+            continue
+    return False
