@@ -337,3 +337,35 @@ def test_shape_and_device_class_errors_are_one_line_config_errors(tmp_path):
     assert not (tmp_path / "chip.safetensors").exists()
     # sequences are accepted where the device takes tuples (a JSON list, say)
     assert PCMDevice(prog_noise_coeffs_uS=[0.26348, 1.9650, -1.1731]) == PCMDevice()
+
+
+@pytest.mark.parametrize("scaling", ["layer", "column"])
+def test_weight_scaling_holds_weights_beyond_w_max_and_a_digital_bias(key, scaling, tmp_path):
+    weights = 5.0 * jax.random.uniform(key, (40, 12), minval=-1, maxval=1) * jnp.linspace(0.1, 1, 12)
+    bias = jnp.arange(12.0)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (4, 40))
+    chip = Chip(NOISELESS)
+    chip.place_dense("fc", (40, 12))
+    report = chip.program("fc", weights, key, scaling=scaling, bias=bias)
+    assert report.weights_clipped == 0
+    np.testing.assert_allclose(chip.mvm("fc", x, None), x @ weights + bias, rtol=1e-4, atol=1e-4)
+    if scaling == "column":  # every column uses the whole conductance range
+        np.testing.assert_allclose(chip.scales["fc"], jnp.max(jnp.abs(weights), axis=0), rtol=1e-6)
+    chip.save(tmp_path / "chip.safetensors")
+    loaded = Chip.load(tmp_path / "chip.safetensors")
+    np.testing.assert_allclose(loaded.mvm("fc", x, None), x @ weights + bias, rtol=1e-4, atol=1e-4)
+    # an update is quantized on the devices' grid: a step of update_step x scale in weight units
+    step = float(chip.scales["fc"][0]) * NOISELESS.update_step
+    update = jnp.zeros((40, 12)).at[0, 0].set(step)
+    chip.reprogram("fc", update, key, rounding="nearest")
+    np.testing.assert_allclose(chip.read_weights("fc")[0, 0], weights[0, 0] + step, rtol=1e-4, atol=1e-5)
+
+
+def test_weights_beyond_w_max_without_scaling_are_clipped_and_counted(key):
+    chip = Chip(NOISELESS)
+    chip.place_dense("fc", (3, 2))
+    report = chip.program("fc", jnp.array([[5.0, 0.5], [-2.0, 0.1], [0.3, 1.0]]), key)
+    assert report.weights_clipped == 2 and chip.counters["fc"]["weights_clipped"] == 2
+    np.testing.assert_allclose(chip.read_weights("fc")[:, 0], [1.0, -1.0, 0.3], atol=1e-5)
+    with pytest.raises(ConfigError, match="scaling must be one of"):
+        chip.program("fc", jnp.zeros((3, 2)), key, scaling="global")

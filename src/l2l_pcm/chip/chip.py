@@ -30,7 +30,16 @@ from l2l_pcm.pcm import PCMDevice, quantize
 
 STATE_KIND = "chip-state"
 STATE_VERSION = 1
-COUNTER_NAMES = ("devices_programmed", "program_events", "rows_programmed", "mvm_vectors", "array_mvms", "macs")
+COUNTER_NAMES = (
+    "devices_programmed",
+    "program_events",
+    "rows_programmed",
+    "mvm_vectors",
+    "array_mvms",
+    "macs",
+    "weights_clipped",
+)
+WEIGHT_SCALINGS = ("none", "layer", "column")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +103,8 @@ class ReprogramReport:
     energy_pJ: float
     latency_ns: float
     touched: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    weights_clipped: int = 0
+    """Weights beyond the devices' range (after scaling) that were stored at ±w_max instead."""
     """Boolean mask [2, fan_in, fan_out] of the devices re-programmed (None for a full program)."""
 
     @property
@@ -105,6 +116,7 @@ class ReprogramReport:
 class ChipSnapshot:
     now_s: float
     states: dict
+    scales: dict = dataclasses.field(default_factory=dict)
 
 
 @functools.partial(jax.jit, static_argnames=("device", "drift_compensation"))
@@ -168,6 +180,10 @@ class Chip:
         self.counters: dict[str, dict[str, int]] = {}
         self._space = ArraySpace(self.config.n_arrays, self.config.array_rows, self.config.array_cols)
         self._stats_cache: dict[str, WeightStatistics] = {}
+        self.scales: dict[str, jax.Array] = {}
+        """Per layer, the weight each output column's w_max stands for ([fan_out]; 1 = no scaling)."""
+        self.biases: dict[str, jax.Array] = {}
+        """Digital biases added to a layer's MVM outputs (layers programmed with a bias)."""
 
     # --------------------------------------------------------------------------------- placement
     def place_dense(self, name: str, shape: tuple[int, int]) -> LayerPlacement:
@@ -220,13 +236,43 @@ class Chip:
             raise ConfigError(f"{what} for layer '{placement.name}' contains NaN or inf")
         return weights
 
-    def program(self, name: str, weights, key: jax.Array) -> ReprogramReport:
-        """Program all devices of a layer to hold ``weights`` (clipped to ±w_max), with programming noise."""
+    def program(self, name: str, weights, key: jax.Array, scaling: str = "none", bias=None) -> ReprogramReport:
+        """Program all devices of a layer to hold ``weights``, with programming noise.
+
+        ``scaling``: "none" stores weights as they are (the range is ±w_max; beyond it they are clipped
+        and counted in ``weights_clipped``); "layer" maps the layer's max |W| to w_max and "column" each
+        output column's, and the outputs are multiplied back digitally, so weights of any size use the
+        full conductance range. Reads, MVMs and updates stay in the caller's weight units (an update is
+        quantized to ``update_step`` of the *devices*, i.e. ``update_step × scale`` in weight units).
+        ``bias`` ([fan_out]) is added digitally to every MVM output of the layer.
+        """
         placement = self._placement(name)
         matrix = self._as_matrix(placement, weights, "weights")
-        self.states[name] = _program(self.config.device, key, matrix, self.now_s)
+        if scaling not in WEIGHT_SCALINGS:
+            raise ConfigError(f"scaling must be one of {WEIGHT_SCALINGS}, got {scaling!r}")
+        w_max = self.config.device.w_max
+        largest = {"none": None, "layer": jnp.max(jnp.abs(matrix)), "column": jnp.max(jnp.abs(matrix), axis=0)}[scaling]
+        scale = (
+            jnp.ones(placement.shape[1])
+            if largest is None
+            else jnp.broadcast_to(largest / w_max, (placement.shape[1],))
+        )
+        scale = jnp.where(scale > 0, scale, 1.0)
+        device_weights = matrix / scale
+        clipped = int(jnp.sum(jnp.abs(device_weights) > w_max))
+        if bias is not None:
+            bias = jnp.asarray(bias, dtype=jnp.float32)
+            if bias.shape != (placement.shape[1],) or not bool(jnp.all(jnp.isfinite(bias))):
+                raise ConfigError(f"bias for layer '{name}' must be {placement.shape[1]} finite numbers")
+            self.biases[name] = bias
+        else:
+            self.biases.pop(name, None)
+        self.states[name] = _program(self.config.device, key, device_weights, self.now_s)
+        self.scales[name] = scale
         self._stats_cache.pop(name, None)
-        return self._count_programming(placement, placement.devices, placement.devices // 2, placement.shape[0])
+        self.counters[name]["weights_clipped"] += clipped
+        report = self._count_programming(placement, placement.devices, placement.devices // 2, placement.shape[0])
+        return dataclasses.replace(report, weights_clipped=clipped)
 
     def reprogram(self, name: str, update, key: jax.Array, rounding: str = "stochastic") -> ReprogramReport:
         """Add a weight update on chip: quantize it to ``update_step``, re-program only changed devices.
@@ -240,7 +286,8 @@ class Chip:
         key_round, key_prog = jax.random.split(key)
         if rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
-        quantized = quantize(update, self.config.update_step, key_round if rounding == "stochastic" else None)
+        device_update = update / self.scales[name]
+        quantized = quantize(device_update, self.config.update_step, key_round if rounding == "stochastic" else None)
         new_state, touched, pairs, rows = _reprogram(self.config.device, key_prog, state, quantized, self.now_s)
         self.states[name] = new_state
         self._stats_cache.pop(name, None)
@@ -277,9 +324,9 @@ class Chip:
         """Per-weight mean and read-noise variance of a layer now (cached until the state changes)."""
         if name not in self._stats_cache:
             state = self._state(name)
-            self._stats_cache[name] = _read_statistics(
-                self.config.device, state, jnp.float32(self.now_s), self.config.drift_compensation
-            )
+            stats = _read_statistics(self.config.device, state, jnp.float32(self.now_s), self.config.drift_compensation)
+            scale = self.scales[name]
+            self._stats_cache[name] = WeightStatistics(stats.mean * scale, stats.variance * scale**2)
         return self._stats_cache[name]
 
     def read_weights(self, name: str) -> jax.Array:
@@ -303,6 +350,8 @@ class Chip:
         dac = None if cfg.dac_bits is None else (cfg.dac_bits, cfg.dac_range)
         adc = None if cfg.adc_bits is None else (cfg.adc_bits, cfg.adc_range)
         outputs = _mvm(inputs, stats, key, blocks, dac, adc, cfg.read_noise_mode)
+        if name in self.biases:
+            outputs = outputs + self.biases[name]
         self.record_mvms(name, math.prod(inputs.shape[:-1]))
         return outputs
 
@@ -334,7 +383,7 @@ class Chip:
         For emulation studies: e.g. start every few-shot task from the same deployed chip, as a fleet of
         identically programmed chips would.
         """
-        return ChipSnapshot(self.now_s, dict(self.states))
+        return ChipSnapshot(self.now_s, dict(self.states), dict(self.scales))
 
     def restore(self, snapshot: ChipSnapshot) -> None:
         """Return to a :meth:`snapshot` of this chip (same placement)."""
@@ -342,6 +391,7 @@ class Chip:
             raise ConfigError("snapshot holds layers that are not placed on this chip")
         self.now_s = snapshot.now_s
         self.states = dict(snapshot.states)
+        self.scales = {**self.scales, **snapshot.scales}
         self._stats_cache.clear()
 
     # ---------------------------------------------------------------------------------- reports
@@ -392,6 +442,9 @@ class Chip:
         for name, state in self.states.items():
             for field, value in state._asdict().items():
                 tensors[f"{name}/{field}"] = np.asarray(value)
+            tensors[f"{name}/scale"] = np.asarray(self.scales[name])
+            if name in self.biases:
+                tensors[f"{name}/bias"] = np.asarray(self.biases[name])
         metadata = {
             "kind": STATE_KIND,
             "version": STATE_VERSION,
@@ -428,14 +481,30 @@ class Chip:
                         )
                     fields[field] = jnp.asarray(array)
                 chip.states[name] = LayerState(**fields)
+                fan_out = shape[2]
+                chip.scales[name] = _optional_vector(tensors, f"{name}/scale", fan_out, path, default=1.0)
+                if f"{name}/bias" in tensors:
+                    chip.biases[name] = _optional_vector(tensors, f"{name}/bias", fan_out, path)
             chip.now_s = float(meta["now_s"])
             for name, counters in meta["counters"].items():
-                chip.counters[name] = {key: int(counters[key]) for key in COUNTER_NAMES}
+                chip.counters[name] = {key: int(counters.get(key, 0)) for key in COUNTER_NAMES}
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: inconsistent chip state ({type(exc).__name__}: {exc})") from None
         return chip
+
+
+def _optional_vector(tensors, name: str, size: int, path, default: float | None = None) -> jax.Array:
+    """A per-output vector of a chip file (older files have no scales: 1)."""
+    if name not in tensors and default is not None:
+        return jnp.full(size, default, dtype=jnp.float32)
+    array = tensors[name]
+    if array.shape != (size,) or not np.all(np.isfinite(array)):
+        raise CheckpointError(
+            f"{path}: tensor '{name}' has shape {array.shape} or non-finite values, expected ({size},)"
+        )
+    return jnp.asarray(array)
 
 
 def chip_for_model(chip_config: ChipConfig | None, device: PCMDevice, update_step: float | None, setting: str) -> Chip:
