@@ -369,3 +369,27 @@ def test_weights_beyond_w_max_without_scaling_are_clipped_and_counted(key):
     np.testing.assert_allclose(chip.read_weights("fc")[:, 0], [1.0, -1.0, 0.3], atol=1e-5)
     with pytest.raises(ConfigError, match="scaling must be one of"):
         chip.program("fc", jnp.zeros((3, 2)), key, scaling="global")
+
+
+def test_calibrated_periphery_recovers_what_fixed_ranges_clip(key, tmp_path):
+    """ReLU-like inputs up to ~9 through an 8-bit DAC/ADC: the config's ±1 DAC range clips them (counted);
+    calibration from sample inputs sets an unsigned DAC and a per-layer ADC range and the error drops."""
+    weights = jnp.clip(0.3 * jax.random.normal(key, (100, 20)), -1, 1)
+    x = 9.0 * jax.random.uniform(jax.random.fold_in(key, 1), (64, 100)) ** 2
+    exact = x @ weights
+    config = ChipConfig(device=PCMDevice().noiseless(), dac_bits=8, adc_bits=8)
+    chip = Chip(config)
+    chip.place_dense("fc", (100, 20))
+    chip.program("fc", weights, key)
+    error_fixed = float(jnp.mean(jnp.abs(chip.mvm("fc", x, None) - exact)))
+    fixed = chip.saturation("fc")
+    assert fixed["dac"] > 0.5
+    ranges = chip.calibrate("fc", x[:32])
+    assert ranges.dac_unsigned and ranges.dac_range == pytest.approx(float(jnp.max(x[:32])))
+    error_calibrated = float(jnp.mean(jnp.abs(chip.mvm("fc", x, None) - exact)))
+    assert error_calibrated < 0.05 * error_fixed
+    assert error_calibrated < 0.02 * float(jnp.mean(jnp.abs(exact)))
+    chip.save(tmp_path / "chip.safetensors")
+    assert Chip.load(tmp_path / "chip.safetensors").layer_periphery("fc") == ranges
+    with pytest.raises(ConfigError, match="adc_range of layer 'fc' must be a finite number > 0"):
+        chip.set_periphery("fc", adc_range=0.0)

@@ -21,6 +21,7 @@ from l2l_pcm.chip.crossbar import (
     program_layer,
     read_statistics,
     reprogram_layer,
+    saturated,
     uniform_quantize,
 )
 from l2l_pcm.chip.energy import EnergyModel
@@ -38,6 +39,10 @@ COUNTER_NAMES = (
     "array_mvms",
     "macs",
     "weights_clipped",
+    "dac_conversions",
+    "dac_saturated",
+    "adc_conversions",
+    "adc_saturated",
 )
 WEIGHT_SCALINGS = ("none", "layer", "column")
 
@@ -113,6 +118,15 @@ class ReprogramReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class Periphery:
+    """One layer's converter ranges (defaults: the ChipConfig's; set or calibrated per layer)."""
+
+    dac_range: float
+    adc_range: float
+    dac_unsigned: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ChipSnapshot:
     now_s: float
     states: dict
@@ -140,20 +154,24 @@ def _reprogram(device, key, state, update, now_s):
 @functools.partial(jax.jit, static_argnames=("blocks", "dac", "adc", "mode"))
 def _mvm(inputs, stats, key, blocks, dac, adc, mode):
     """``blocks``: (row_start, rows, out_start, cols) of every tile; each tile's output is digitised by
-    its ADC, and the row blocks of a column block are summed digitally."""
+    its ADC, and the row blocks of a column block are summed digitally. ``dac``/``adc``: (bits, range[,
+    unsigned]) or None. Returns (outputs, DAC values clipped, ADC values clipped)."""
+    dac_clipped = adc_clipped = jnp.int32(0)
     if dac is not None:
+        dac_clipped = saturated(inputs, *dac[1:])
         inputs = uniform_quantize(inputs, *dac)
     if adc is None:  # partial sums of the tiles add up exactly; one matmul is enough
-        return analog_matmul(inputs, stats, key, mode)
+        return analog_matmul(inputs, stats, key, mode), dac_clipped, adc_clipped
     keys = [None] * len(blocks) if key is None else list(jax.random.split(key, len(blocks)))
     total = jnp.zeros((*inputs.shape[:-1], stats.mean.shape[1]), inputs.dtype)
     for (start, rows, out, cols), tile_key in zip(blocks, keys, strict=True):
         part = WeightStatistics(
             stats.mean[start : start + rows, out : out + cols], stats.variance[start : start + rows, out : out + cols]
         )
-        partial = uniform_quantize(analog_matmul(inputs[..., start : start + rows], part, tile_key, mode), *adc)
-        total = total.at[..., out : out + cols].add(partial)
-    return total
+        analog = analog_matmul(inputs[..., start : start + rows], part, tile_key, mode)
+        adc_clipped = adc_clipped + saturated(analog, adc[1])
+        total = total.at[..., out : out + cols].add(uniform_quantize(analog, *adc))
+    return total, dac_clipped, adc_clipped
 
 
 class Chip:
@@ -184,6 +202,8 @@ class Chip:
         """Per layer, the weight each output column's w_max stands for ([fan_out]; 1 = no scaling)."""
         self.biases: dict[str, jax.Array] = {}
         """Digital biases added to a layer's MVM outputs (layers programmed with a bias)."""
+        self.periphery: dict[str, Periphery] = {}
+        """Per layer, the DAC/ADC ranges (:meth:`set_periphery`, :meth:`calibrate`; else the config's)."""
 
     # --------------------------------------------------------------------------------- placement
     def place_dense(self, name: str, shape: tuple[int, int]) -> LayerPlacement:
@@ -347,13 +367,78 @@ class Chip:
         stats = self.read_statistics(name)
         cfg = self.config
         blocks = tuple((tile.row_start, tile.rows, tile.out_start, tile.cols) for tile in placement.tiles)
-        dac = None if cfg.dac_bits is None else (cfg.dac_bits, cfg.dac_range)
-        adc = None if cfg.adc_bits is None else (cfg.adc_bits, cfg.adc_range)
-        outputs = _mvm(inputs, stats, key, blocks, dac, adc, cfg.read_noise_mode)
+        ranges = self.layer_periphery(name)
+        dac = None if cfg.dac_bits is None else (cfg.dac_bits, ranges.dac_range, ranges.dac_unsigned)
+        adc = None if cfg.adc_bits is None else (cfg.adc_bits, ranges.adc_range)
+        outputs, dac_clipped, adc_clipped = _mvm(inputs, stats, key, blocks, dac, adc, cfg.read_noise_mode)
         if name in self.biases:
             outputs = outputs + self.biases[name]
-        self.record_mvms(name, math.prod(inputs.shape[:-1]))
+        vectors = math.prod(inputs.shape[:-1])
+        self.record_mvms(name, vectors)
+        counters = self.counters[name]
+        if dac is not None:
+            counters["dac_conversions"] += vectors * placement.shape[0]
+            counters["dac_saturated"] += int(dac_clipped)
+        if adc is not None:
+            counters["adc_conversions"] += vectors * sum(tile.cols for tile in placement.tiles)
+            counters["adc_saturated"] += int(adc_clipped)
         return outputs
+
+    # ------------------------------------------------------------------------------ periphery
+    def layer_periphery(self, name: str) -> Periphery:
+        """The DAC/ADC ranges a layer's MVMs use now."""
+        self._placement(name)
+        return self.periphery.get(name, Periphery(self.config.dac_range, self.config.adc_range))
+
+    def set_periphery(
+        self, name: str, dac_range: float | None = None, adc_range: float | None = None, dac_unsigned=None
+    ) -> Periphery:
+        """Set a layer's DAC range (its inputs are clipped to ±range, or [0, range] if unsigned) and ADC
+        range (each tile's output); unset values keep their current setting."""
+        current = self.layer_periphery(name)
+        changes = {
+            k: v
+            for k, v in (("dac_range", dac_range), ("adc_range", adc_range), ("dac_unsigned", dac_unsigned))
+            if v is not None
+        }
+        for field in ("dac_range", "adc_range"):
+            if field in changes and not (math.isfinite(changes[field]) and changes[field] > 0):
+                raise ConfigError(f"{field} of layer '{name}' must be a finite number > 0, got {changes[field]!r}")
+        self.periphery[name] = dataclasses.replace(current, **changes)
+        return self.periphery[name]
+
+    def calibrate(self, name: str, inputs, headroom: float = 1.0) -> Periphery:
+        """Set a layer's converter ranges from sample inputs: the DAC to their largest magnitude (unsigned
+        if none is negative), each ADC to the largest tile output they produce with the weights as read
+        now (noise-free), times ``headroom``. Takes no MVM budget: a chip does this once, at deployment."""
+        placement = self._placement(name)
+        inputs = jnp.asarray(inputs, dtype=jnp.float32)
+        if inputs.ndim < 1 or inputs.shape[-1] != placement.shape[0] or inputs.size == 0:
+            raise ConfigError(
+                f"calibration inputs for layer '{name}' have shape {tuple(inputs.shape)}, "
+                f"expected [..., {placement.shape[0]}]"
+            )
+        if not (math.isfinite(headroom) and headroom >= 1.0):
+            raise ConfigError(f"headroom must be a finite number >= 1, got {headroom!r}")
+        unsigned = bool(jnp.all(inputs >= 0))
+        dac_range = float(jnp.max(jnp.abs(inputs))) * headroom
+        blocks = tuple((t.row_start, t.row_start + t.rows, t.out_start, t.out_start + t.cols) for t in placement.tiles)
+        peaks = [
+            float(jnp.max(jnp.abs(inputs[..., r0:r1] @ self.read_weights(name)[r0:r1, c0:c1])))
+            for r0, r1, c0, c1 in blocks
+        ]
+        adc_range = max(peaks) * headroom
+        return self.set_periphery(name, dac_range or 1.0, adc_range or 1.0, unsigned)
+
+    def saturation(self, name: str) -> dict[str, float | None]:
+        """Fractions of DAC and ADC conversions of a layer that were clipped (None: no converter)."""
+        counters = self.counters[self._placement(name).name]
+        return {
+            kind: counters[f"{kind}_saturated"] / counters[f"{kind}_conversions"]
+            if counters[f"{kind}_conversions"]
+            else None
+            for kind in ("dac", "adc")
+        }
 
     def record_mvms(self, name: str, vectors: int) -> None:
         """Book ``vectors`` MVMs of a layer that ran through :func:`analog_matmul` on its
@@ -453,6 +538,7 @@ class Chip:
             "placements": [p.to_json() for p in self.placements.values()],
             "programmed": sorted(self.states),
             "counters": self.counters,
+            "periphery": {name: dataclasses.asdict(p) for name, p in self.periphery.items()},
         }
         _io.save_tensors(path, tensors, metadata)
 
@@ -486,6 +572,8 @@ class Chip:
                 if f"{name}/bias" in tensors:
                     chip.biases[name] = _optional_vector(tensors, f"{name}/bias", fan_out, path)
             chip.now_s = float(meta["now_s"])
+            for name, ranges in meta.get("periphery", {}).items():
+                chip.set_periphery(name, **ranges)
             for name, counters in meta["counters"].items():
                 chip.counters[name] = {key: int(counters.get(key, 0)) for key in COUNTER_NAMES}
         except CheckpointError:

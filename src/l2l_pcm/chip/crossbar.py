@@ -114,8 +114,19 @@ def analog_matmul(
     return outputs + std * jax.random.normal(key, outputs.shape, dtype=outputs.dtype)
 
 
-def uniform_quantize(values: jax.Array, bits: int, full_scale: float) -> jax.Array:
-    """Clip to ±``full_scale`` and round to a symmetric grid of 2^(bits−1)−1 levels per sign (DAC/ADC)."""
+def uniform_quantize(values: jax.Array, bits: int, full_scale: float, unsigned: bool = False) -> jax.Array:
+    """Clip and round to a DAC/ADC grid: symmetric, 2^(bits−1)−1 levels per sign in ±``full_scale``; or,
+    ``unsigned``, 2^bits − 1 levels in [0, full_scale] (a DAC for non-negative inputs, e.g. after a ReLU,
+    gains the sign bit: twice the resolution)."""
+    if unsigned:
+        step = full_scale / (2**bits - 1)
+        return jnp.round(jnp.clip(values, 0.0, full_scale) / step) * step
     levels = 2 ** (bits - 1) - 1
     step = full_scale / levels
     return jnp.round(jnp.clip(values, -full_scale, full_scale) / step) * step
+
+
+def saturated(values: jax.Array, full_scale: float, unsigned: bool = False) -> jax.Array:
+    """How many ``values`` a converter of range ``full_scale`` clips."""
+    low = 0.0 if unsigned else -full_scale
+    return jnp.sum((values > full_scale) | (values < low))
