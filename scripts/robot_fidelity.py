@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from l2l_pcm._io import atomic_write_text
+from l2l_pcm.chip import ChipConfig
 from l2l_pcm.pcm import device_profile, profile_name
 from l2l_pcm.robot.evaluate import evaluate
 from l2l_pcm.robot.train import load_robot_checkpoint
@@ -55,7 +56,7 @@ def main() -> None:
         rows.append(_row("authors' model", authors_params, theirs, backend, precision, args.tasks, args.seed))
     # the authors' weights under this project's defaults (paper.md §11.4, last row)
     defaults = dataclasses.replace(
-        theirs, device=device_profile("ibm"), w_out_on_pcm=False, clip_predicted_angles=True,
+        theirs, hardware=ChipConfig(device=device_profile("ibm")), w_out_on_pcm=False, clip_predicted_angles=True,
         time_since_programming_s=3600.0,
     )  # fmt: skip
     for backend in ("software", "chip"):

@@ -515,7 +515,7 @@ def nan_loss(files, mp):
 
 @case(
     "a layer that does not fit the chip (trainee of 300 neurons)",
-    r"layer 'trainee' has 300 outputs but an array has only 256 columns",
+    r"layer 'trainee' \(305x300\) does not fit: the chip has 2 array\(s\) of 256x256 .* need 3",
 )
 def layer_too_big(files, mp):
     from l2l_pcm.checkpoint import save_checkpoint
@@ -723,7 +723,7 @@ def robot_format_one(files, mp):
     yield ["robot", "eval", "--checkpoint", str(files.root / "old.safetensors"), "--tasks", "2"]
 
 
-@case("checkpoint from a newer l2l-pcm (format 99)", r"has checkpoint format 99, this l2l-pcm reads up to 2")
+@case("checkpoint from a newer l2l-pcm (format 99)", r"has checkpoint format 99, this l2l-pcm reads up to 3")
 def newer_format(files, mp):
     from l2l_pcm import _io
 
@@ -750,6 +750,32 @@ def robot_four_bit(files, mp):
 @case("unknown option of a subcommand", r"unrecognized arguments: --bogus 1 \(see 'l2l-pcm fewshot eval --help'\)")
 def unknown_subcommand_option(files, mp):
     yield ["fewshot", "eval", "--bogus", "1"]
+
+
+@case(
+    "chip-only hardware setting with the software backend",
+    r"the hardware's adc_bits applies to the chip only .* add --backend chip",
+    needs_data=True,
+)
+def hardware_adc_on_software(files, mp):
+    (files.root / "hw.json").write_text('{"adc_bits": 8}')
+    yield ["fewshot", "eval", "--backend", "software", "--hardware", str(files.root / "hw.json"), "--tasks", "2"]
+
+
+@case("unknown hardware field", r"unknown hardware \(ChipConfig\) fields: \['adc_bitz'\]")
+def unknown_hardware_field(files, mp):
+    (files.root / "hw.json").write_text('{"adc_bitz": 8}')
+    yield ["robot", "eval", "--hardware", str(files.root / "hw.json"), "--tasks", "2"]
+
+
+@case(
+    "device given inside and outside the hardware config",
+    r"give the device and update step inside \"hardware\", not also as \['device'\]",
+)
+def device_twice(files, mp):
+    (files.root / "cfg.json").write_text('{"device": "ibm", "hardware": {"device": "authors"}}')
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.root / "cfg.json")]
+    assert not (files.root / "run").exists()
 
 
 def run_case(name: str, root: Path) -> tuple[list[str], str]:
@@ -852,7 +878,7 @@ def test_fewshot_eval_values(tasks, queries, time):
 
 
 FEWSHOT_FIELDS = [field.name for field in dataclasses.fields(MAMLConfig)]
-ROBOT_MODEL_FIELDS = ["n_steps", "batch", "eta", "lr", "lr_decay", "reg_lambda", "quantize_step", "seed"]
+ROBOT_MODEL_FIELDS = ["n_steps", "batch", "eta", "lr", "lr_decay", "reg_lambda", "seed"]
 DEVICE_FIELDS = ["g_max_uS", "w_max", "t0_s", "t_read_s", "drift_scale", "drift_mu_clip", "prog_noise_coeffs_uS"]
 
 
@@ -868,13 +894,14 @@ def test_fewshot_config_values(tmp_path, field, value):
 
 @SETTINGS
 @given(
-    where=st.sampled_from(["run", "model", "device"]),
-    field=st.sampled_from(["iterations", "validate_every"] + ROBOT_MODEL_FIELDS + DEVICE_FIELDS),
+    where=st.sampled_from(["run", "model", "hardware", "device"]),
+    field=st.sampled_from(["iterations", "validate_every", "update_step"] + ROBOT_MODEL_FIELDS + DEVICE_FIELDS),
     value=JSON_NUMBER,
 )
 def test_robot_config_values(tmp_path, where, field, value):
-    data = {"model": {"device": {}}}
-    target = {"run": data, "model": data["model"], "device": data["model"]["device"]}[where]
+    data = {"model": {"hardware": {"device": {}}}}
+    hardware = data["model"]["hardware"]
+    target = {"run": data, "model": data["model"], "hardware": hardware, "device": hardware["device"]}[where]
     target[field] = value
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))

@@ -393,3 +393,19 @@ def test_calibrated_periphery_recovers_what_fixed_ranges_clip(key, tmp_path):
     assert Chip.load(tmp_path / "chip.safetensors").layer_periphery("fc") == ranges
     with pytest.raises(ConfigError, match="adc_range of layer 'fc' must be a finite number > 0"):
         chip.set_periphery("fc", adc_range=0.0)
+
+
+def test_hardware_config_from_partial_json_and_a_profile_name():
+    from l2l_pcm.chip import hardware_from_fields
+    from l2l_pcm.pcm import device_profile
+
+    hardware = ChipConfig.from_json({"device": "authors", "adc_bits": 8, "energy": {"mvm_latency_ns": 100.0}})
+    assert hardware.device == device_profile("authors") and hardware.adc_bits == 8
+    assert hardware.energy.mvm_latency_ns == 100.0 and hardware.n_arrays == 2
+    assert ChipConfig.from_json(hardware.to_json()) == hardware  # round trip through JSON
+    legacy = {"device": "authors", "update_step": 0.03125, "ways": 5}  # a format-2 model config
+    expected = ChipConfig(device=device_profile("authors"), update_step=1 / 32)
+    assert hardware_from_fields(legacy, "update_step") == expected
+    assert legacy == {"ways": 5}
+    with pytest.raises(ConfigError, match="unknown hardware"):
+        ChipConfig.from_json({"n_array": 4})

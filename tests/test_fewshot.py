@@ -117,7 +117,7 @@ def test_meta_training_reduces_the_loss_on_a_fixed_batch(key, variant):
 def test_chip_with_noise_off_matches_software(key, budget):
     """Same tasks, noiseless devices, a 2^-20 update grid: the chip's inner loop equals software fp32,
     with and without an update budget (at most ``budget`` readout weights changed per step)."""
-    config = dataclasses.replace(TINY, channels=16, update_budget=budget, update_step=2.0**-20)
+    config = dataclasses.replace(TINY, channels=16, update_budget=budget).with_hardware(update_step=2.0**-20)
     params = init_params(key, config.cnn)
     params["readout"] = 0.2 * jax.random.normal(key, params["readout"].shape)
     chip_config = ChipConfig(device=PCMDevice().noiseless(), update_step=2.0**-20)
@@ -315,8 +315,8 @@ def test_evaluation_refuses_a_task_shape_the_readout_cannot_score(key):
 
 def test_chip_refuses_an_update_step_other_than_the_models(key):
     params = init_params(key, TINY.cnn)
-    with pytest.raises(ConfigError, match=r"update step 0.0625 differs from the model's update_step 0.03125"):
-        ChipFewShotLearner(params, dataclasses.replace(TINY, update_step=1 / 32), key, ChipConfig())
+    with pytest.raises(ConfigError, match=r"update step 0.0625 differs from the model's 0.03125 \(hardware"):
+        ChipFewShotLearner(params, TINY.with_hardware(update_step=1 / 32), key, ChipConfig())
 
 
 def test_plots_write_images(tmp_path):

@@ -57,7 +57,7 @@ def test_chip_with_noise_off_matches_software(w_out_on_pcm):
 
 def test_chip_backend_uses_the_checkpoints_device():
     """A noisier device in the config reaches the chip (it used to be built with the default device)."""
-    config = small_robot(device=PCMDevice(prog_noise_scale=5.0, read_noise_scale=5.0))
+    config = small_robot(hardware=ChipConfig(device=PCMDevice(prog_noise_scale=5.0, read_noise_scale=5.0)))
     params = init_params(jax.random.PRNGKey(0), config)
     assert ChipTrainee(params, config, jax.random.PRNGKey(1)).chip.config.device == config.device
 
@@ -157,7 +157,7 @@ def test_readout_on_pcm_in_the_software_model_reads_drifted_weights():
     device = device_profile("authors").replace(
         initial_programming="program", prog_noise_scale=0.0, read_noise_scale=0.0
     )
-    base = small_robot(hardware_aware=True, device=device)
+    base = small_robot(hardware_aware=True, hardware=ChipConfig(device=device))
     params = init_params(jax.random.PRNGKey(0), base)
     targets = trajectories(base, jax.random.PRNGKey(1), 3)
     key = jax.random.PRNGKey(2)
@@ -180,5 +180,5 @@ def test_eval_json_carries_its_provenance(tiny_checkpoint, capsys):
     assert p["l2l_pcm_version"] == __version__ and p["checkpoint"] == str(path)
     assert p["checkpoint_sha256"] == file_sha256(path)
     assert (p["seed"], p["tasks"], p["backend"], p["time_since_programming_s_asked"]) == (3, 2, "chip", 3600.0)
-    assert p["device_profile"] == "ibm" and p["device"]["g_max_uS"] == 25.0
+    assert p["device_profile"] == "ibm" and p["hardware"]["device"]["g_max_uS"] == 25.0
     assert p["date_utc"].endswith("+00:00")

@@ -57,9 +57,12 @@ def unflatten(prefix: str, tensors: Mapping[str, np.ndarray], template, source: 
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the checkpoint format. 1 (no ``format_version`` field): files before the authors' Scorbot
-kinematics and LSB-first target code; 2: since. Loaders refuse newer files and say what an older one means."""
+kinematics and LSB-first target code; 2: since; 3: the model config holds one ``hardware`` tree
+(:class:`l2l_pcm.chip.ChipConfig`) instead of separate ``device`` and update-step fields (format-2 configs
+are migrated on load: their device and step become the hardware's). Loaders refuse newer files and say
+what an older one means."""
 
 
 def format_version(metadata: Mapping) -> int:

@@ -74,6 +74,23 @@ def _device(spec: str):
     raise L2LPCMError(f"--device: {spec!r} is neither a profile ({', '.join(DEVICE_PROFILES)}) nor a JSON file")
 
 
+def _hardware(args: argparse.Namespace, current):
+    """The hardware a command uses: the checkpoint's/config's ``current``, replaced by ``--hardware
+    FILE.json`` (ChipConfig fields; missing ones take their defaults) and then ``--device``."""
+    import dataclasses as dc
+
+    from l2l_pcm.chip import ChipConfig
+
+    hardware = current
+    if getattr(args, "hardware", None) is not None:
+        hardware = ChipConfig.from_json(_read_json(args.hardware))
+    if getattr(args, "device", None) is not None:
+        hardware = dc.replace(hardware, device=_device(args.device))
+    if getattr(args, "drift_compensation", False):
+        hardware = dc.replace(hardware, drift_compensation=True)
+    return hardware
+
+
 def _refuse_fixed_age(device, time_since_programming) -> None:
     if time_since_programming is not None and device.fixed_age_s is not None:
         raise L2LPCMError(
@@ -82,10 +99,21 @@ def _refuse_fixed_age(device, time_since_programming) -> None:
         )
 
 
-def _refuse_chip_only_flags(args: argparse.Namespace) -> None:
-    """Flags that change only the chip are errors with the software backend (they could not take effect)."""
+def _refuse_chip_only_flags(args: argparse.Namespace, hardware) -> None:
+    """Flags and hardware settings that change only the chip are errors with the software backend (they
+    could not take effect): the software models have no converters and no drift compensation."""
     if args.backend == "chip":
         return
+    for field, value in (
+        ("dac_bits", hardware.dac_bits),
+        ("adc_bits", hardware.adc_bits),
+        ("drift_compensation", hardware.drift_compensation and not args.drift_compensation),
+    ):
+        if value:
+            raise L2LPCMError(
+                f"the hardware's {field} applies to the chip only (the software model has no converters or "
+                "drift compensation); add --backend chip or leave it out"
+            )
     for flag, given in (
         ("--time-since-programming", args.time_since_programming is not None),
         ("--drift-compensation", args.drift_compensation),
@@ -101,7 +129,7 @@ def _precision(args: argparse.Namespace, software_default: str) -> str:
     return args.precision or software_default
 
 
-def _provenance(args: argparse.Namespace, device, **settings) -> dict:
+def _provenance(args: argparse.Namespace, hardware, **settings) -> dict:
     from l2l_pcm.provenance import provenance
 
     shipped = {"fewshot": "fewshot_omniglot_5way5shot.safetensors", "robot": "robot_scorbot.safetensors"}
@@ -112,7 +140,7 @@ def _provenance(args: argparse.Namespace, device, **settings) -> dict:
         "time_since_programming_s_asked": getattr(args, "time_since_programming", None),
         "drift_compensation": getattr(args, "drift_compensation", False),
     }
-    return provenance(checkpoint, device, **asked, **settings)
+    return provenance(checkpoint, hardware, **asked, **settings)
 
 
 def _import_authors(args: argparse.Namespace) -> None:
@@ -147,6 +175,7 @@ def _fewshot_train(args: argparse.Namespace) -> None:
         config = MAMLConfig.from_json(_read_json(args.config))
     overrides = {name: getattr(args, name) for name in ("variant", "iterations", "meta_batch", "seed")}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(config, hardware=_hardware(args, config.hardware))
     summary = train(
         config,
         args.out,
@@ -176,20 +205,18 @@ def _load_fewshot(args: argparse.Namespace):
             f"--shots {args.shots} with --queries {args.queries}: an Omniglot class has 20 drawings, "
             f"so shots + queries must be <= 20"
         )
-    if args.device is not None:
-        overrides["device"] = _device(args.device)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(config, hardware=_hardware(args, config.hardware))
     images = load_omniglot("evaluation", args.data_dir)
     return params, config, metadata, images
 
 
 def _fewshot_eval(args: argparse.Namespace) -> None:
-    from l2l_pcm.chip import ChipConfig
     from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
 
     params, config, _, images = _load_fewshot(args)
     _refuse_fixed_age(config.device, args.time_since_programming)
-    _refuse_chip_only_flags(args)
+    _refuse_chip_only_flags(args, config.hardware)
     precision = _precision(args, "fp32")
     if args.backend == "chip":
         result = evaluate_chip(
@@ -199,15 +226,12 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
             args.tasks,
             args.queries,
             args.seed,
-            ChipConfig(
-                device=config.device, update_step=config.update_step, drift_compensation=args.drift_compensation
-            ),
-            args.time_since_programming,
+            time_since_programming_s=args.time_since_programming,
             progress=not args.json,
         )
     else:
         result = evaluate_software(params, config, images, args.tasks, precision, args.queries, args.seed)
-    result["provenance"] = _provenance(args, config.device, backend=args.backend, precision=precision)
+    result["provenance"] = _provenance(args, config.hardware, backend=args.backend, precision=precision)
     if args.json:
         print(json.dumps(result))
         return
@@ -271,7 +295,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     )
     from l2l_pcm._io import atomic_write_text
 
-    record = {**results, "provenance": _provenance(args, config.device, backend="software+chip")}
+    record = {**results, "provenance": _provenance(args, config.hardware, backend="software+chip")}
     paths.append(atomic_write_text(out / "fewshot_results.json", json.dumps(record, indent=1)))
     print("wrote: " + ", ".join(str(p) for p in paths))
 
@@ -286,8 +310,8 @@ def _robot_train(args: argparse.Namespace) -> None:
     model = {name: getattr(args, name) for name in ("batch", "seed", "arm") if getattr(args, name) is not None}
     if args.software_only:
         model["hardware_aware"] = False
-    if model:
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
+    model["hardware"] = _hardware(args, config.model.hardware)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
     if args.iterations is not None:
         config = dataclasses.replace(config, iterations=args.iterations)
     summary = train(
@@ -302,28 +326,16 @@ def _robot_train(args: argparse.Namespace) -> None:
 
 
 def _robot_eval(args: argparse.Namespace) -> None:
-    from l2l_pcm.chip import ChipConfig
     from l2l_pcm.robot.evaluate import evaluate
     from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
 
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
     model = _robot_overrides(args, config.model)
     _refuse_fixed_age(model.device, args.time_since_programming)
-    _refuse_chip_only_flags(args)
+    _refuse_chip_only_flags(args, model.hardware)
     precision = _precision(args, "trained")
-    result = evaluate(
-        params,
-        model,
-        args.backend,
-        args.tasks,
-        args.seed,
-        precision,
-        ChipConfig(
-            device=model.device, update_step=model.quantize_step or 1 / 16, drift_compensation=args.drift_compensation
-        ),
-        args.time_since_programming,
-    )
-    result["provenance"] = _provenance(args, model.device, backend=args.backend, precision=precision)
+    result = evaluate(params, model, args.backend, args.tasks, args.seed, precision, None, args.time_since_programming)
+    result["provenance"] = _provenance(args, model.hardware, backend=args.backend, precision=precision)
     if args.json:
         print(json.dumps(result))
         return
@@ -342,10 +354,8 @@ def _robot_eval(args: argparse.Namespace) -> None:
 
 
 def _robot_overrides(args: argparse.Namespace, model):
-    """The checkpoint's robot config with ``--device`` and ``--angle-clipping`` applied."""
-    changes = {}
-    if args.device is not None:
-        changes["device"] = _device(args.device)
+    """The checkpoint's robot config with ``--hardware``, ``--device`` and ``--angle-clipping`` applied."""
+    changes = {"hardware": _hardware(args, model.hardware)}
     if args.angle_clipping is not None:
         changes["clip_predicted_angles"] = args.angle_clipping == "on"
     return dataclasses.replace(model, **changes)
@@ -378,7 +388,7 @@ def _robot_demo(args: argparse.Namespace) -> None:
         atomic_write_text(
             out / "robot_results.json",
             json.dumps(
-                {"software": software, "chip": chip, "provenance": _provenance(args, model.device, backend="both")},
+                {"software": software, "chip": chip, "provenance": _provenance(args, model.hardware, backend="both")},
                 indent=1,
             ),
         ),
@@ -411,6 +421,22 @@ def _human_time(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:g} {unit}"
     return f"{seconds:g} s"
+
+
+def add_hardware_arguments(sub: argparse.ArgumentParser, default: str) -> None:
+    sub.add_argument(
+        "--hardware",
+        metavar="FILE.json",
+        help=f"hardware configuration: a JSON object of ChipConfig fields (device or profile name, update_step, "
+        f"arrays, DAC/ADC, drift compensation, read-noise mode); missing fields take their defaults "
+        f"(default: {default})",
+    )
+    sub.add_argument(
+        "--device",
+        metavar="NAME|FILE.json",
+        help=f"device profile (ibm, authors, aihwkit) or JSON file of PCMDevice fields, replacing the hardware's "
+        f"device (default: {default})",
+    )
 
 
 def add_distributed_arguments(sub: argparse.ArgumentParser) -> None:
@@ -449,6 +475,7 @@ def add_train_arguments(sub: argparse.ArgumentParser, config_class: str) -> None
     sub.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     sub.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (default: refuse)")
     sub.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
+    add_hardware_arguments(sub, "the config's")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines still print)")
     add_distributed_arguments(sub)
 
@@ -537,9 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="support statistics (no leak between queries) or the authors' per-set rule "
             "(default: the checkpoint's)",
         )
-        sub.add_argument(
-            "--device", metavar="NAME|FILE.json", help="device profile or JSON file (default: the checkpoint's)"
-        )
+        add_hardware_arguments(sub, "the checkpoint's")
 
     evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
     add_eval_arguments(evaluate)
@@ -577,9 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", help="robot checkpoint (default: the shipped one)")
         sub.add_argument("--tasks", type=_positive_int, default=200, help="unseen trajectories (default 200)")
         sub.add_argument("--seed", type=_seed, default=0, help="trajectory seed: same seed, same trajectories")
-        sub.add_argument(
-            "--device", metavar="NAME|FILE.json", help="device profile or JSON file (default: the checkpoint's)"
-        )
+        add_hardware_arguments(sub, "the checkpoint's")
         sub.add_argument(
             "--angle-clipping",
             choices=("on", "off"),

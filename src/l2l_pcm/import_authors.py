@@ -26,6 +26,7 @@ import numpy as np
 
 from l2l_pcm.authors_pickle import read_authors_pickle, sha256_of
 from l2l_pcm.checkpoint import save_checkpoint
+from l2l_pcm.chip import ChipConfig
 from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.pcm import device_profile
 
@@ -57,7 +58,7 @@ def fewshot_config(channels: int, ways: int):
         normalisation="per_set",
         norm_epsilon=1e-3,
         ink="zero",
-        device=device_profile("authors"),
+        hardware=ChipConfig(device=device_profile("authors")),
         time_since_programming_s=32.0,
     )
 
@@ -70,7 +71,7 @@ def robot_config():
     model = RobotConfig(
         batch=90,
         hardware_aware=True,
-        device=device_profile("authors"),
+        hardware=ChipConfig(device=device_profile("authors")),
         xyz_code="authors",
         clip_predicted_angles=False,
         w_out_on_pcm=True,

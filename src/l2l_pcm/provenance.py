@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 from l2l_pcm._io import file_sha256
-from l2l_pcm.pcm import PCMDevice, profile_name
+from l2l_pcm.chip import ChipConfig
+from l2l_pcm.pcm import profile_name
 
 _REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -37,17 +38,18 @@ def git_commit() -> str | None:
     return (commit + ("+dirty" if dirty else "")) or None
 
 
-def provenance(checkpoint: str | os.PathLike, device: PCMDevice, **settings) -> dict:
-    """The provenance block: version, checkpoint path and sha256, device (profile and every field),
-    the settings of the run as asked (seed, tasks, backend, time since programming...), UTC date, commit."""
+def provenance(checkpoint: str | os.PathLike, hardware: ChipConfig, **settings) -> dict:
+    """The provenance block: version, checkpoint path and sha256, the full hardware configuration (its
+    device's profile name and every field), the settings of the run as asked (seed, tasks, backend, time
+    since programming...), UTC date, commit."""
     from l2l_pcm import __version__
 
     return {
         "l2l_pcm_version": __version__,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
-        "device_profile": profile_name(device),
-        "device": dataclasses.asdict(device),
+        "device_profile": profile_name(hardware.device),
+        "hardware": dataclasses.asdict(hardware),
         **settings,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),

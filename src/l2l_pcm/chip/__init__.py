@@ -10,6 +10,7 @@ from l2l_pcm.chip.chip import (
     ReprogramReport,
     chip_for_model,
     conv_kernel_to_matrix,
+    hardware_from_fields,
     image_patches,
 )
 from l2l_pcm.chip.crossbar import (
@@ -36,6 +37,7 @@ __all__ = [
     "WeightStatistics",
     "analog_matmul",
     "conv_kernel_to_matrix",
+    "hardware_from_fields",
     "image_patches",
     "program_layer",
     "read_statistics",

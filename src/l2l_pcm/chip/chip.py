@@ -27,7 +27,7 @@ from l2l_pcm.chip.crossbar import (
 from l2l_pcm.chip.energy import EnergyModel
 from l2l_pcm.chip.layout import ArraySpace, LayerPlacement, place_matrix
 from l2l_pcm.errors import CheckpointError, ConfigError, check_int, check_number
-from l2l_pcm.pcm import PCMDevice, quantize
+from l2l_pcm.pcm import PCMDevice, device_from_json, quantize
 
 STATE_KIND = "chip-state"
 STATE_VERSION = 1
@@ -49,7 +49,14 @@ WEIGHT_SCALINGS = ("none", "layer", "column")
 
 @dataclasses.dataclass(frozen=True)
 class ChipConfig:
-    """Static description of a chip. Defaults: two 256×256 arrays of differential cells (paper.md §2)."""
+    """The hardware configuration: device model, update grid, arrays, converters, drift compensation,
+    read-noise mode, energy model. Defaults: two 256×256 arrays of differential cells (paper.md §2).
+
+    One tree for everything hardware (after aihwkit's ``rpu_config``): each model config holds one
+    (``MAMLConfig.hardware``, ``RobotConfig.hardware``), hardware-aware training and the software PCM
+    model read their device and update step from it, every checkpoint stores it, and the chip a model
+    is deployed on is built from it (``--hardware FILE.json`` / ``--device`` override it on the CLI).
+    """
 
     n_arrays: int = 2
     array_rows: int = 256
@@ -92,9 +99,45 @@ class ChipConfig:
 
     @classmethod
     def from_json(cls, data: Mapping) -> ChipConfig:
+        """From a JSON object of fields; missing ones keep their defaults, ``device`` may be a profile name."""
+        if isinstance(data, ChipConfig):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a hardware configuration must be a JSON object of ChipConfig fields, got {data!r}")
         data = dict(data)
-        device = {k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("device").items()}
-        return cls(device=PCMDevice(**device), energy=EnergyModel(**data.pop("energy")), **data)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown hardware (ChipConfig) fields: {sorted(unknown)}")
+        if "device" in data:
+            data["device"] = device_from_json(data["device"])
+        if "energy" in data:
+            energy = data["energy"]
+            if isinstance(energy, Mapping):
+                unknown = set(energy) - {f.name for f in dataclasses.fields(EnergyModel)}
+                if unknown:
+                    raise ConfigError(f"unknown EnergyModel fields: {sorted(unknown)}")
+                data["energy"] = EnergyModel(**energy)
+        return cls(**data)
+
+
+def hardware_from_fields(data: dict, step_field: str) -> ChipConfig:
+    """Pop a model config's hardware from its JSON ``data``: ``"hardware"``, or (checkpoints of format 2
+    and older configs) the separate ``"device"`` and ``step_field`` it replaces; both at once is refused,
+    since the two could disagree."""
+    legacy = {name: data.pop(name) for name in ("device", step_field) if name in data}
+    if "hardware" in data:
+        if legacy:
+            raise ConfigError(
+                f'give the device and update step inside "hardware", not also as {sorted(legacy)}: '
+                "one setting, one place"
+            )
+        return ChipConfig.from_json(data.pop("hardware"))
+    fields = {}
+    if "device" in legacy:
+        fields["device"] = legacy["device"]
+    if legacy.get(step_field) is not None:
+        fields["update_step"] = legacy[step_field]
+    return ChipConfig.from_json(fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -595,20 +638,17 @@ def _optional_vector(tensors, name: str, size: int, path, default: float | None 
     return jnp.asarray(array)
 
 
-def chip_for_model(chip_config: ChipConfig | None, device: PCMDevice, update_step: float | None, setting: str) -> Chip:
-    """A chip to deploy a model on: the model's device and update step, or ``chip_config`` if given.
-
-    The update step is the model's setting (``setting`` names it in the message): a chip whose step differs
-    would write other updates than the model was meta-trained with, so it is refused.
+def chip_for_model(chip_config: ChipConfig | None, hardware: ChipConfig) -> Chip:
+    """A chip to deploy a model on: built from the model's ``hardware``, or ``chip_config`` if given (an
+    experiment's other chip, e.g. noiseless), which must keep the model's update step: a chip with
+    another step would write other updates than the model was meta-trained with, so it is refused.
     """
-    if update_step is None:
-        raise ConfigError(f"a model without update quantization ({setting} null) cannot be deployed on a chip")
     if chip_config is None:
-        chip_config = ChipConfig(device=device, update_step=update_step)
-    if chip_config.update_step != update_step:
+        return Chip(hardware)
+    if chip_config.update_step != hardware.update_step:
         raise ConfigError(
-            f"the chip's update step {chip_config.update_step:g} differs from the model's {setting} "
-            f"{update_step:g}; set it once, in the model config"
+            f"the chip's update step {chip_config.update_step:g} differs from the model's "
+            f"{hardware.update_step:g} (hardware.update_step); set it once, in the model's hardware config"
         )
     return Chip(chip_config)
 

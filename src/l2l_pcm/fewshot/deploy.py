@@ -60,7 +60,7 @@ class ChipFewShotLearner:
         seconds_between_updates: float = 1.0,
     ) -> None:
         self.config = config
-        self.chip = chip_for_model(chip_config, config.device, config.update_step, "update_step")
+        self.chip = chip_for_model(chip_config, config.hardware)
         self.seconds_between_updates = seconds_between_updates
         for name in CONV_NAMES:
             self.chip.place_conv(name, params[name].shape)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from l2l_pcm import distributed
+from l2l_pcm.chip import ChipConfig, hardware_from_fields
 from l2l_pcm.errors import ConfigError, check_seed
 from l2l_pcm.fewshot.model import (
     CONV_NAMES,
@@ -40,7 +41,7 @@ from l2l_pcm.fewshot.model import (
     readout_gradient,
     software_conv,
 )
-from l2l_pcm.pcm import PCMDevice, device_from_json, keep_largest, quantize, quantize_weights
+from l2l_pcm.pcm import PCMDevice, keep_largest, quantize, quantize_weights
 
 VARIANTS = ("fp32", "4bit", "pcm")
 
@@ -68,7 +69,6 @@ class MAMLConfig:
     stage that must end within a time budget ends on a small learning rate)."""
     variant: str = "fp32"
     weight_bits: int = 4
-    update_step: float = 1.0 / 16
     update_rounding: str = "stochastic"
     """How inner updates are rounded to ``update_step`` (pcm variant and chip): "stochastic" (unbiased,
     the authors' few-shot choice) or "nearest" (updates below half a step are dropped: fewer devices)."""
@@ -89,9 +89,10 @@ class MAMLConfig:
     """ε of the normalisation (the authors' Keras BatchNorm: 1e-3)."""
     ink: str = "one"
     """Pixel polarity the model expects: "one" (ink = 1) or "zero" (the authors' background = 1)."""
-    device: PCMDevice = PCMDevice()
-    """The PCM device model of the ``pcm`` variant and of the chip this model is deployed on (a profile of
-    :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom)."""
+    hardware: ChipConfig = ChipConfig()
+    """The hardware: its device model (a profile of :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom) is the
+    ``pcm`` variant's, its ``update_step`` (1/16) the grid of inner updates in the ``pcm`` variant and on
+    the chip, and the chip the model is deployed on is built from it."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -119,7 +120,7 @@ class MAMLConfig:
             raise ConfigError(
                 f"shots + queries = {self.shots + self.queries} exceeds the 20 drawings per Omniglot class"
             )
-        for name in ("inner_lr", "outer_lr", "update_step"):
+        for name in ("inner_lr", "outer_lr"):
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
@@ -136,9 +137,21 @@ class MAMLConfig:
             raise ConfigError(f"outer_lr_schedule must be 'constant' or 'cosine', got {self.outer_lr_schedule!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if not isinstance(self.device, PCMDevice):
-            raise ConfigError(f"device must be a PCMDevice or a profile name, got {self.device!r}")
+        if not isinstance(self.hardware, ChipConfig):
+            raise ConfigError(f"hardware must be a ChipConfig, got {self.hardware!r}")
         _ = self.cnn  # validates normalisation, norm_epsilon and ink
+
+    @property
+    def device(self) -> PCMDevice:
+        return self.hardware.device
+
+    @property
+    def update_step(self) -> float:
+        return self.hardware.update_step
+
+    def with_hardware(self, **changes) -> MAMLConfig:
+        """This config with some hardware fields changed (``device=...``, ``update_step=...``)."""
+        return dataclasses.replace(self, hardware=dataclasses.replace(self.hardware, **changes))
 
     @property
     def cnn(self) -> CNNConfig:
@@ -155,13 +168,12 @@ class MAMLConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> MAMLConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | {"device", "update_step"}  # format 2's fields
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown few-shot config fields: {sorted(unknown)}")
         data = dict(data)
-        if "device" in data:
-            data["device"] = device_from_json(data["device"])
+        data["hardware"] = hardware_from_fields(data, "update_step")
         return cls(**data)
 
 

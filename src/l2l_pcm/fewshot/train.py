@@ -6,7 +6,6 @@ as an uninterrupted one. Validation uses held-out background alphabets, never th
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -65,7 +64,7 @@ def make_trainer(
     """The few-shot :class:`MetaTrainer` on given images (:func:`train` passes Omniglot's background split;
     tests pass synthetic images)."""
     if device is not None:  # one home: the device travels in the config and so in every checkpoint
-        config = dataclasses.replace(config, device=device)
+        config = config.with_hardware(device=device)
     device = config.device
     train_sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.augment_rotations)
     val_sampler = TaskSampler(val_set, config.ways, config.shots, config.queries, augment_rotations=False)

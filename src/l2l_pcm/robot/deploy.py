@@ -11,7 +11,7 @@ from that deployed state:
    :meth:`Chip.reprogram`: only devices whose quantized update is non-zero are re-programmed;
 3. ``seconds_after_update`` later, pass 2 runs the trainee again through the chip.
 
-The chip is built with the checkpoint's device model (``RobotConfig.device``) unless a ``ChipConfig`` is
+The chip is built from the checkpoint's hardware configuration (``RobotConfig.hardware``) unless a ``ChipConfig`` is
 given. With ``RobotConfig.w_out_on_pcm`` the readout ``W_out`` is a second layer on the chip, read with
 noise at every step; otherwise it runs digitally.
 
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm.chip import ChipConfig, WeightStatistics, chip_for_model
+from l2l_pcm.errors import ConfigError
 from l2l_pcm.robot.eprop import WeightMemory, WeightUpdate
 from l2l_pcm.robot.model import RobotConfig
 from l2l_pcm.robot.snn import recurrent_mask, stack_weights
@@ -55,7 +56,12 @@ class ChipTrainee:
         time_since_programming_s: float | None = None,
     ) -> None:
         self.config = config
-        self.chip = chip_for_model(chip_config, config.device, config.quantize_step, "quantize_step")
+        if not config.quantize_update:
+            raise ConfigError(
+                "a model meta-trained without update quantization (quantize_update false) cannot be "
+                "deployed on a chip, which writes updates on its 1/16 grid"
+            )
+        self.chip = chip_for_model(chip_config, config.hardware)
         w_stack = stack_weights(params["trainee_w_in"], params["trainee_w_rec"])
         self.mask = recurrent_mask(config.trainee, w_stack.dtype)
         self.chip.place_dense(TRAINEE, w_stack.shape)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_pcm.chip import ChipConfig
 from l2l_pcm.errors import ConfigError, check_int, check_number, check_seed
 from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
@@ -115,15 +116,17 @@ class RobotConfig:
     target_rate_lsg_hz: float = 10.0
     hardware_aware: bool = False
     """Meta-train through the statistical PCM model (:func:`l2l_pcm.robot.eprop.pcm_memory`)."""
-    quantize_step: float | None = 1.0 / 16
-    """Granularity of the written update (None: no quantization)."""
+    quantize_update: bool = True
+    """Round the written update to ``hardware.update_step`` (nearest, the authors' rule); false: exact
+    updates (a software-only model, which cannot be deployed on a chip)."""
     time_since_programming_s: float = 3600.0
     """Device age at which the PCM model reads the trainee (hardware-aware training, pcm evaluation)."""
     seconds_after_update: float = 1.0
     """Time between writing the update and pass 2 (re-programmed devices are this old when read)."""
-    device: PCMDevice = PCMDevice()
-    """PCM device model (a profile of :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom) of hardware-aware
-    training, software ``pcm`` evaluation and the chip; its ``w_max`` bounds the trainee's weights."""
+    hardware: ChipConfig = ChipConfig()
+    """The hardware: its device model (a profile of :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom) is that of
+    hardware-aware training, software ``pcm`` evaluation and the chip (its ``w_max`` bounds the trainee's
+    weights), its ``update_step`` the grid of the written update, and the chip is built from it."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -147,16 +150,15 @@ class RobotConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"RobotConfig.{name} must be a finite number >= 0, got {value!r}")
-        for name in ("quantize_step", "grad_clip_norm"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
-        for name in ("hardware_aware", "clip_predicted_angles", "w_out_on_pcm"):
+        if self.grad_clip_norm is not None:
+            _positive("grad_clip_norm", self.grad_clip_norm)
+        for name in ("hardware_aware", "clip_predicted_angles", "w_out_on_pcm", "quantize_update"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"RobotConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.xyz_code not in XYZ_CODES:
             raise ConfigError(f"RobotConfig.xyz_code must be one of {XYZ_CODES}, got {self.xyz_code!r}")
-        if not isinstance(self.device, PCMDevice):
-            raise ConfigError(f"RobotConfig.device must be a PCMDevice, got {type(self.device).__name__}")
+        if not isinstance(self.hardware, ChipConfig):
+            raise ConfigError(f"RobotConfig.hardware must be a ChipConfig, got {type(self.hardware).__name__}")
         check_seed("RobotConfig.seed", self.seed)
         if self.xyz_bits > 24:
             raise ConfigError(f"RobotConfig.xyz_bits must be <= 24, got {self.xyz_bits}")
@@ -178,6 +180,19 @@ class RobotConfig:
     @property
     def arm_model(self) -> Arm:
         return ScorbotER7() if self.arm == "scorbot" else TwoLinkArm()
+
+    @property
+    def device(self) -> PCMDevice:
+        return self.hardware.device
+
+    @property
+    def quantize_step(self) -> float | None:
+        """The update grid, or None for a model trained with exact updates."""
+        return self.hardware.update_step if self.quantize_update else None
+
+    def with_hardware(self, **changes) -> RobotConfig:
+        """This config with some hardware fields changed (``device=...``, ``update_step=...``)."""
+        return dataclasses.replace(self, hardware=dataclasses.replace(self.hardware, **changes))
 
     @property
     def w_max(self) -> float:

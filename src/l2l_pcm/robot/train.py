@@ -14,8 +14,8 @@ import jax
 
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import format_version, load_checkpoint
+from l2l_pcm.chip import hardware_from_fields
 from l2l_pcm.errors import CheckpointError, ConfigError
-from l2l_pcm.pcm import device_from_json
 from l2l_pcm.robot.model import RobotConfig, init_params, make_optimizer, meta_loss, train_step
 from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
 from l2l_pcm.robot.tasks import sample_trajectories
@@ -50,10 +50,13 @@ class RobotTrainConfig:
         data = dict(data)
         try:
             model = dict(data.pop("model", {}))
+            if "quantize_step" in model and model["quantize_step"] is None:  # format 2: null = exact updates
+                model.pop("quantize_step")
+                model["quantize_update"] = False
             nested = {
                 "trainee": TraineeConfig(**model.pop("trainee", {})),
                 "lsg": LSGConfig(**model.pop("lsg", {})),
-                "device": device_from_json(model.pop("device", {})),
+                "hardware": hardware_from_fields(model, "quantize_step"),
             }
             return cls(model=RobotConfig(**model, **nested), **data)
         except TypeError as exc:
