@@ -231,7 +231,9 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
         )
     else:
         result = evaluate_software(params, config, images, args.tasks, precision, args.queries, args.seed)
-    result["provenance"] = _provenance(args, config.hardware, backend=args.backend, precision=precision)
+    result["provenance"] = _provenance(
+        args, config.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
+    )
     if args.json:
         print(json.dumps(result))
         return
@@ -335,7 +337,9 @@ def _robot_eval(args: argparse.Namespace) -> None:
     _refuse_chip_only_flags(args, model.hardware)
     precision = _precision(args, "trained")
     result = evaluate(params, model, args.backend, args.tasks, args.seed, precision, None, args.time_since_programming)
-    result["provenance"] = _provenance(args, model.hardware, backend=args.backend, precision=precision)
+    result["provenance"] = _provenance(
+        args, model.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
+    )
     if args.json:
         print(json.dumps(result))
         return
