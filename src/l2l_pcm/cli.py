@@ -77,17 +77,15 @@ def _device(spec: str):
 def _hardware(args: argparse.Namespace, current):
     """The hardware a command uses: the checkpoint's/config's ``current``, replaced by ``--hardware
     FILE.json`` (ChipConfig fields; missing ones take their defaults) and then ``--device``."""
-    import dataclasses as dc
-
     from l2l_pcm.chip import ChipConfig
 
     hardware = current
     if getattr(args, "hardware", None) is not None:
         hardware = ChipConfig.from_json(_read_json(args.hardware))
     if getattr(args, "device", None) is not None:
-        hardware = dc.replace(hardware, device=_device(args.device))
+        hardware = dataclasses.replace(hardware, device=_device(args.device))
     if getattr(args, "drift_compensation", False):
-        hardware = dc.replace(hardware, drift_compensation=True)
+        hardware = dataclasses.replace(hardware, drift_compensation=True)
     return hardware
 
 
@@ -488,6 +486,22 @@ PRECISIONS = ("trained", "fp32", "4bit", "pcm")
 """One ``--precision`` vocabulary for both scenarios (the robot has no 4-bit model and refuses it)."""
 
 
+def add_backend_arguments(sub: argparse.ArgumentParser, precision_default: str) -> None:
+    """What both ``eval`` commands share: backend, software precision, the chip's age and compensation."""
+    sub.add_argument(
+        "--backend", choices=("software", "chip"), default="chip", help="software model or emulated chip (default)"
+    )
+    add_precision_argument(sub, precision_default)
+    sub.add_argument(
+        "--time-since-programming",
+        type=_seconds,
+        default=None,
+        help="chip only: time between programming and use, e.g. 3600, 1h, 1d, 1y (default: the training value)",
+    )
+    sub.add_argument("--drift-compensation", action="store_true", help="chip only: global drift compensation")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def add_precision_argument(sub: argparse.ArgumentParser, default: str) -> None:
     sub.add_argument(
         "--precision",
@@ -572,18 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
     add_eval_arguments(evaluate)
-    evaluate.add_argument(
-        "--backend", choices=("software", "chip"), default="chip", help="software model or emulated chip (default)"
-    )
-    add_precision_argument(evaluate, "fp32")
-    evaluate.add_argument(
-        "--time-since-programming",
-        type=_seconds,
-        default=None,
-        help="chip only: time between programming and use, e.g. 3600, 1h, 1d, 1y (default: the training value)",
-    )
-    evaluate.add_argument("--drift-compensation", action="store_true", help="chip only: global drift compensation")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_backend_arguments(evaluate, "fp32")
     evaluate.set_defaults(run=_fewshot_eval)
     demo_fs = fewshot.add_parser("demo", help="software 32-bit / 4-bit / chip on the same tasks, with plots")
     add_eval_arguments(demo_fs)
@@ -615,18 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     robot_eval = robot.add_parser("eval", help="MSE before/after the single update, software or chip")
     add_robot_eval_arguments(robot_eval)
-    robot_eval.add_argument(
-        "--backend", choices=("software", "chip"), default="chip", help="software model or emulated chip (default)"
-    )
-    add_precision_argument(robot_eval, "trained")
-    robot_eval.add_argument(
-        "--time-since-programming",
-        type=_seconds,
-        default=None,
-        help="chip only: time between programming and use, e.g. 3600, 1h, 1d, 1y (default: the training value)",
-    )
-    robot_eval.add_argument("--drift-compensation", action="store_true", help="chip only: global drift compensation")
-    robot_eval.add_argument("--json", action="store_true", help="print one JSON object")
+    add_backend_arguments(robot_eval, "trained")
     robot_eval.set_defaults(run=_robot_eval)
     robot_demo = robot.add_parser("demo", help="software vs chip, trajectory/spike figures and an arm GIF")
     add_robot_eval_arguments(robot_demo)

@@ -314,7 +314,7 @@ class Chip:
         if scaling not in WEIGHT_SCALINGS:
             raise ConfigError(f"scaling must be one of {WEIGHT_SCALINGS}, got {scaling!r}")
         w_max = self.config.device.w_max
-        largest = {"none": None, "layer": jnp.max(jnp.abs(matrix)), "column": jnp.max(jnp.abs(matrix), axis=0)}[scaling]
+        largest = None if scaling == "none" else jnp.max(jnp.abs(matrix), axis=0 if scaling == "column" else None)
         scale = (
             jnp.ones(placement.shape[1])
             if largest is None
@@ -466,10 +466,8 @@ class Chip:
         unsigned = bool(jnp.all(inputs >= 0))
         dac_range = float(jnp.max(jnp.abs(inputs))) * headroom
         blocks = tuple((t.row_start, t.row_start + t.rows, t.out_start, t.out_start + t.cols) for t in placement.tiles)
-        peaks = [
-            float(jnp.max(jnp.abs(inputs[..., r0:r1] @ self.read_weights(name)[r0:r1, c0:c1])))
-            for r0, r1, c0, c1 in blocks
-        ]
+        weights = self.read_weights(name)
+        peaks = [float(jnp.max(jnp.abs(inputs[..., r0:r1] @ weights[r0:r1, c0:c1]))) for r0, r1, c0, c1 in blocks]
         adc_range = max(peaks) * headroom
         return self.set_periphery(name, dac_range or 1.0, adc_range or 1.0, unsigned)
 

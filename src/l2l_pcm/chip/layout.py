@@ -154,14 +154,14 @@ def place_matrix(name: str, shape: tuple[int, int], space: ArraySpace) -> tuple[
         raise ConfigError(f"layer '{name}' has an empty matrix shape {shape}")
     col_blocks = split_rows(fan_out, space.array_cols)
     splits = [split_rows(fan_in, space.array_rows), split_full(fan_in, space.array_rows)]
-    for blocks in splits:
-        try:
-            return space.place(name, blocks, col_blocks)
-        except ChipCapacityError:
-            continue
+    tiles = _first_fit(space, name, splits, col_blocks)
+    if tiles is not None:
+        return tiles
     n_arrays = len(space.free)
     needed = next(
-        n_arrays + extra for extra in itertools.count(1) if _fits(space.copy(extra), name, splits, col_blocks)
+        n_arrays + extra
+        for extra in itertools.count(1)
+        if _first_fit(space.copy(extra), name, splits, col_blocks) is not None
     )
     raise ChipCapacityError(
         f"layer '{name}' ({fan_in}x{fan_out}) does not fit: the chip has {n_arrays} array(s) of "
@@ -170,11 +170,11 @@ def place_matrix(name: str, shape: tuple[int, int], space: ArraySpace) -> tuple[
     )
 
 
-def _fits(space: ArraySpace, name: str, splits, col_blocks) -> bool:
+def _first_fit(space: ArraySpace, name: str, splits, col_blocks) -> tuple[Tile, ...] | None:
+    """The tiles of the first row split that fits in ``space`` (which is updated), or None."""
     for blocks in splits:
         try:
-            space.place(name, blocks, col_blocks)
-            return True
+            return space.place(name, blocks, col_blocks)
         except ChipCapacityError:
             continue
-    return False
+    return None
