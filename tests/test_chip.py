@@ -409,3 +409,51 @@ def test_hardware_config_from_partial_json_and_a_profile_name():
     assert legacy == {"ways": 5}
     with pytest.raises(ConfigError, match="unknown hardware"):
         ChipConfig.from_json({"n_array": 4})
+
+
+# ------------------------------------------------------------------------------------ unit cells
+def test_two_device_unit_cells_cut_noise_by_sqrt2_and_count_every_device(tmp_path):
+    """N devices per polarity: each programmed, drifting and read on its own, averaged into one weight."""
+    weights = jnp.full((256, 64), 0.5)
+    errors, read_stds, counts = {}, {}, {}
+    for count in (1, 2):
+        device = PCMDevice(devices_per_polarity=count)
+        chip = Chip(ChipConfig(device=device))
+        chip.place_dense("layer", weights.shape)
+        report = chip.program("layer", weights, jax.random.PRNGKey(3))
+        chip.advance(3600.0)
+        errors[count] = float(jnp.std(chip.read_weights("layer") - weights))
+        read_stds[count] = float(jnp.sqrt(jnp.mean(chip.read_statistics("layer").variance)))
+        update = jnp.zeros(weights.shape).at[:10, :3].set(0.0625)
+        step = chip.reprogram("layer", update, jax.random.PRNGKey(4), rounding="nearest")
+        counts[count] = (report.devices_touched, step.devices_touched, step.pairs_touched, step.rows_touched)
+        assert chip.placements["layer"].devices == 2 * count * weights.size
+        if count == 2:
+            path = tmp_path / "cells.safetensors"
+            chip.save(path)
+            loaded = Chip.load(path)
+            np.testing.assert_array_equal(loaded.read_weights("layer"), chip.read_weights("layer"))
+            assert loaded.states["layer"].g_prog_uS.shape == (2, 2, 256, 64)
+    # programming noise + drift spread, and read noise: both about 1/sqrt(2) (16k weights: ±2 %)
+    assert errors[2] / errors[1] == pytest.approx(1 / np.sqrt(2), rel=0.05)
+    assert read_stds[2] / read_stds[1] == pytest.approx(1 / np.sqrt(2), rel=0.05)
+    # a full program writes every device; a positive update moves the N G+ devices of 30 weights
+    assert counts[1] == (2 * weights.size, 30, 30, 10)
+    assert counts[2] == (4 * weights.size, 60, 30, 10)
+
+
+def test_software_pcm_model_sees_the_unit_cell():
+    weights = jnp.full((128, 128), 0.5)
+    spread = {
+        n: float(jnp.std(PCMDevice(devices_per_polarity=n).noisy_weights(jax.random.PRNGKey(0), weights, 3600.0)))
+        for n in (1, 4)
+    }
+    assert spread[4] / spread[1] == pytest.approx(0.5, rel=0.05)
+
+
+def test_unit_cell_size_is_validated():
+    for bad in (0, 1.5, True, 17):
+        with pytest.raises(ConfigError, match="devices_per_polarity"):
+            PCMDevice(devices_per_polarity=bad)
+    with pytest.raises(ConfigError, match="authors_jitter.*devices_per_polarity 1"):
+        PCMDevice(devices_per_polarity=2, initial_programming="authors_jitter", fixed_age_s=32.0)

@@ -29,8 +29,8 @@ def test_profiles_are_named_and_round_trip_through_json():
         assert device_from_json(dataclasses.asdict(device)) == device
         assert device_from_json(name) == device
     assert profile_name(AUTHORS.replace(t0_s=2.0)) == "custom"
-    with pytest.raises(ConfigError, match="unknown device profile 'hermes'"):
-        device_profile("hermes")
+    with pytest.raises(ConfigError, match="unknown device profile 'hermes2'"):
+        device_profile("hermes2")
     with pytest.raises(ConfigError, match="unknown PCMDevice fields"):
         device_from_json({"g_max": 25.0})
     with pytest.raises(ConfigError, match="fixed_age_s"):

@@ -33,6 +33,12 @@ A signed weight :math:`w \in [-w_{max}, w_{max}]` is stored on a differential pa
 :math:`G^+ = g_{max}\max(w, 0)/w_{max}`, :math:`G^- = g_{max}\max(-w, 0)/w_{max}`, read as
 :math:`w = w_{max}(G^+ - G^-)/g_{max}`. Conductance arrays of a pair carry a leading axis of size 2
 (index 0 = :math:`G^+`, 1 = :math:`G^-`).
+
+A *unit cell* may hold :math:`N` devices per polarity (``devices_per_polarity``; HERMES-like cells use 2):
+all :math:`N` are programmed to the same target, each with its own programming noise, drift exponent and
+read noise, and the weight is their average, :math:`w = \frac{w_{max}}{N g_{max}}\sum_k (G^+_k - G^-_k)`.
+Device arrays then carry a second axis of size :math:`N` (shape ``[2, N, ...]``); with :math:`N = 1` they
+keep the pair shape ``[2, ...]``.
 """
 
 from __future__ import annotations
@@ -131,6 +137,10 @@ class PCMDevice:
     idle_device_noise: bool = True
     """Whether a device programmed to 0 µS (the idle half of a pair) gets programming noise (published
     model, aihwkit) or stays at exactly 0 (the authors' code: noise on the active polarity only)."""
+    devices_per_polarity: int = 1
+    """Devices per polarity of a unit cell, averaged into one weight (module docstring): N independent
+    devices cut programming noise, drift spread and read noise by about √N, and cost N× the devices
+    (counted, and in the programming energy)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -182,6 +192,14 @@ class PCMDevice:
                 raise ConfigError(f"PCMDevice.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.initial_programming == "authors_jitter" and self.fixed_age_s is None:
             raise ConfigError("PCMDevice.initial_programming 'authors_jitter' drifts at a fixed age: set fixed_age_s")
+        count = self.devices_per_polarity
+        if not (isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 16):
+            raise ConfigError(f"PCMDevice.devices_per_polarity must be an integer in [1, 16], got {count!r}")
+        if count > 1 and self.initial_programming == "authors_jitter":
+            raise ConfigError(
+                "PCMDevice.initial_programming 'authors_jitter' writes one value per weight: it needs "
+                "devices_per_polarity 1"
+            )
 
     def replace(self, **changes) -> PCMDevice:
         """A copy with some fields changed (validated again)."""
@@ -198,8 +216,29 @@ class PCMDevice:
         return jnp.stack([jnp.maximum(w, 0.0), jnp.maximum(-w, 0.0)])
 
     def conductances_to_weights(self, conductances: jax.Array) -> jax.Array:
-        """Weights represented by differential pairs [2, ...] (µS)."""
-        return (conductances[0] - conductances[1]) * (self.w_max / self.g_max_uS)
+        """Weights represented by differential pairs [2, ...] or unit cells [2, N, ...] (µS)."""
+        return self.cell_average(conductances[0] - conductances[1]) * (self.w_max / self.g_max_uS)
+
+    def to_cells(self, pair_conductances: jax.Array) -> jax.Array:
+        """Pair targets [2, ...] → the targets of every device of the unit cells ([2, N, ...] if N > 1)."""
+        count = self.devices_per_polarity
+        if count == 1:
+            return pair_conductances
+        shape = jnp.shape(pair_conductances)
+        return jnp.broadcast_to(jnp.expand_dims(pair_conductances, 1), (shape[0], count, *shape[1:]))
+
+    def cell_average(self, per_device: jax.Array) -> jax.Array:
+        """Average over the N devices of a polarity (axis 0 of ``per_device`` if N > 1)."""
+        return per_device if self.devices_per_polarity == 1 else jnp.mean(per_device, axis=0)
+
+    def weight_moments(self, g_mean_uS: jax.Array, g_var_uS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Mean and variance of a read weight from its devices' read moments ([2, ...] or [2, N, ...]): the
+        devices read independently, so the variance of their average is the sum of variances over N²."""
+        scale = self.w_max / self.g_max_uS
+        count = self.devices_per_polarity
+        mean = self.cell_average(g_mean_uS[0] - g_mean_uS[1]) * scale
+        variance = self.cell_average(g_var_uS[0] + g_var_uS[1]) * (scale**2 / count)
+        return mean, variance
 
     def _g_rel(self, g_target_uS: jax.Array) -> jax.Array:
         return jnp.maximum(jnp.abs(g_target_uS) / self.g_max_uS, _G_REL_FLOOR)
@@ -248,13 +287,14 @@ class PCMDevice:
         return self.drift_scale * jnp.abs(mu + sigma * jax.random.normal(key, jnp.shape(g_target_uS), dtype=dtype))
 
     def program_weights(self, key: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """First write of signed ``weights``: (target conductances, programmed conductances, ν), each [2, ...].
+        """First write of signed ``weights``: (target conductances, programmed conductances, ν), each
+        [2, ...] ([2, N, ...] for unit cells of N devices per polarity).
 
         ``initial_programming="program"``: :meth:`program` of the pairs' targets. ``"authors_jitter"``: the
         authors' initial write (field docstring); g_P is set so that the read at ``fixed_age_s`` returns
         exactly their drifted weight, and both devices of a pair share one ν drawn from |w|.
         """
-        g_target = self.weights_to_conductances(weights)
+        g_target = self.to_cells(self.weights_to_conductances(weights))
         if self.initial_programming == "program":
             return (g_target, *self.program(key, g_target))
         key_jitter, key_nu = jax.random.split(key)
@@ -272,7 +312,7 @@ class PCMDevice:
     def reprogram_target(self, g_target_uS: jax.Array, g_now_uS: jax.Array, update: jax.Array) -> jax.Array:
         """Target conductances [2, ...] of pairs after adding a weight ``update`` (``reprogram_from``)."""
         base = g_target_uS if self.reprogram_from == "target" else g_now_uS
-        return self.weights_to_conductances(self.conductances_to_weights(base) + update)
+        return self.to_cells(self.weights_to_conductances(self.conductances_to_weights(base) + update))
 
     # ----------------------------------------------------------------------------------- drift
     def effective_age_s(self, time_since_programming_s: jax.Array) -> jax.Array:
@@ -379,6 +419,7 @@ DEVICE_PROFILES: dict[str, PCMDevice] = {
         reprogram_from="read",
         idle_device_noise=False,
     ),
+    "hermes": PCMDevice(devices_per_polarity=2),
     "aihwkit": PCMDevice(
         drift_time_origin="aihwkit",
         clip_programmed_at_g_max=False,
@@ -397,6 +438,10 @@ DEVICE_PROFILES: dict[str, PCMDevice] = {
   the active polarity only; read noise with Q_s on µS, ln((t + t_read)/t_read), and 1/√2 for two devices
   averaged per polarity. (The authors' few-shot readout used ln((t + t_read)/(2 t_read)) without the 1/√2,
   about 1.4× this read noise, which is itself ~8× below the published model's: not modelled separately.)
+  Their code models its two devices per polarity only through that 1/√2 on the read noise, so this
+  profile keeps one device per polarity and their arithmetic; ``hermes`` has two real devices.
+* ``hermes``: ``ibm`` with unit cells of 2 devices per polarity (4 per weight), as on IBM's HERMES core and
+  as the paper's code assumes (paper.md §2): every device programmed, drifting and read on its own.
 * ``aihwkit``: aihwkit 1.1 ``PCMLikeNoiseModel`` conventions (paper.md §11.6): drift ((t + t0)/t0)^(−ν) and
   t + t0 in the read-noise log, g_P clipped only at 0, reads clamped at 0, Q_s on the programmed g_P,
   σ_prog scaled by g_max/25 µS. (aihwkit draws the 1/f term once per drift call; the chip draws it at
@@ -405,7 +450,7 @@ DEVICE_PROFILES: dict[str, PCMDevice] = {
 
 
 def device_profile(name: str) -> PCMDevice:
-    """The :class:`PCMDevice` of a named profile (``ibm``, ``authors``, ``aihwkit``)."""
+    """The :class:`PCMDevice` of a named profile (``ibm``, ``authors``, ``hermes``, ``aihwkit``)."""
     if name not in DEVICE_PROFILES:
         raise ConfigError(f"unknown device profile {name!r}; choose one of {sorted(DEVICE_PROFILES)}")
     return DEVICE_PROFILES[name]

@@ -151,9 +151,9 @@ class ReprogramReport:
     energy_pJ: float
     latency_ns: float
     touched: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    """Boolean mask of the devices re-programmed, shaped like the layer's state (None for a full program)."""
     weights_clipped: int = 0
     """Weights beyond the devices' range (after scaling) that were stored at ±w_max instead."""
-    """Boolean mask [2, fan_in, fan_out] of the devices re-programmed (None for a full program)."""
 
     @property
     def fraction_touched(self) -> float:
@@ -189,8 +189,9 @@ def _program(device, key, weights, now_s):
 @functools.partial(jax.jit, static_argnames=("device",))
 def _reprogram(device, key, state, update, now_s):
     new_state, touched = reprogram_layer(device, key, state, update, now_s)
-    rows_touched = jnp.sum(jnp.any(touched, axis=(0, 2)))
-    pairs_touched = jnp.sum(jnp.any(touched, axis=0))
+    per_weight = jnp.any(touched.reshape(-1, *update.shape), axis=0)
+    rows_touched = jnp.sum(jnp.any(per_weight, axis=1))
+    pairs_touched = jnp.sum(per_weight)
     return new_state, touched, pairs_touched, rows_touched
 
 
@@ -269,7 +270,7 @@ class Chip:
         if name in self.placements:
             raise ConfigError(f"a layer named '{name}' is already placed on the chip")
         tiles = place_matrix(name, shape, self._space)
-        placement = LayerPlacement(name, kind, shape, kernel_shape, tiles)
+        placement = LayerPlacement(name, kind, shape, kernel_shape, tiles, self.config.device.devices_per_polarity)
         self.placements[name] = placement
         self.counters[name] = dict.fromkeys(COUNTER_NAMES, 0)
         return placement
@@ -334,7 +335,8 @@ class Chip:
         self.scales[name] = scale
         self._stats_cache.pop(name, None)
         self.counters[name]["weights_clipped"] += clipped
-        report = self._count_programming(placement, placement.devices, placement.devices // 2, placement.shape[0])
+        weights = placement.shape[0] * placement.shape[1]
+        report = self._count_programming(placement, placement.devices, weights, placement.shape[0])
         return dataclasses.replace(report, weights_clipped=clipped)
 
     def reprogram(self, name: str, update, key: jax.Array, rounding: str = "stochastic") -> ReprogramReport:
@@ -597,7 +599,7 @@ class Chip:
                 if placed.tiles != placement.tiles:
                     raise CheckpointError(f"{path}: placement of layer '{placement.name}' does not match its tiles")
             for name in meta["programmed"]:
-                shape = (2, *chip.placements[name].shape)
+                shape = chip.placements[name].state_shape
                 fields = {}
                 for field in LayerState._fields:
                     array = tensors[f"{name}/{field}"]
@@ -608,7 +610,7 @@ class Chip:
                         )
                     fields[field] = jnp.asarray(array)
                 chip.states[name] = LayerState(**fields)
-                fan_out = shape[2]
+                fan_out = shape[-1]
                 chip.scales[name] = _optional_vector(tensors, f"{name}/scale", fan_out, path, default=1.0)
                 if f"{name}/bias" in tensors:
                     chip.biases[name] = _optional_vector(tensors, f"{name}/bias", fan_out, path)

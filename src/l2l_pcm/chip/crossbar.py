@@ -20,7 +20,8 @@ from l2l_pcm.pcm import PCMDevice
 
 
 class LayerState(NamedTuple):
-    """Programmed state of a layer's differential pairs; every array has shape [2, fan_in, fan_out]."""
+    """Programmed state of a layer's devices; every array has shape [2, fan_in, fan_out], or
+    [2, N, fan_in, fan_out] for unit cells of N devices per polarity (``PCMDevice.devices_per_polarity``)."""
 
     g_target_uS: jax.Array
     """Conductance each device was last programmed towards (the chip's digital record)."""
@@ -55,12 +56,13 @@ def reprogram_layer(
     drifted weight) plus ``update``, clipped to ±w_max. A device is
     re-programmed — fresh programming noise, fresh drift exponent, programming time = ``now_s`` — iff the
     update of its pair is non-zero and its own target conductance changes (adding 1/16 to a positive
-    weight moves G⁺ only). All other devices keep their state bit for bit. Returns the new state and the
-    boolean mask [2, fan_in, fan_out] of devices touched.
+    weight moves G⁺ only; all N devices of a unit cell's polarity are re-programmed together). All other
+    devices keep their state bit for bit. Returns the new state and the boolean mask of devices touched
+    (the state's shape).
     """
     g_now = device.drift(state.g_prog_uS, state.nu, now_s - state.programmed_at_s)
     new_target = device.reprogram_target(state.g_target_uS, g_now, update)
-    touched = (update != 0)[None] & (new_target != state.g_target_uS)
+    touched = jnp.broadcast_to(update != 0, new_target.shape) & (new_target != state.g_target_uS)
     g_prog, nu = device.program(key, new_target)
     new_state = LayerState(
         g_target_uS=jnp.where(touched, new_target, state.g_target_uS),
@@ -81,12 +83,10 @@ def read_statistics(device: PCMDevice, state: LayerState, now_s: float, drift_co
     age = now_s - state.programmed_at_s
     g_now = device.drift(state.g_prog_uS, state.nu, age)
     sigma = device.read_noise_std_uS(state.g_target_uS, g_now, age, state.g_prog_uS)
-    g_mean, g_var = device.read_moments(g_now, sigma)
-    scale = device.w_max / device.g_max_uS
+    mean, variance = device.weight_moments(*device.read_moments(g_now, sigma))
     if drift_compensation:
-        scale = scale * jnp.sum(state.g_prog_uS) / jnp.maximum(jnp.sum(g_now), 1e-12)
-    mean = (g_mean[0] - g_mean[1]) * scale
-    variance = (g_var[0] + g_var[1]) * scale**2
+        gain = jnp.sum(state.g_prog_uS) / jnp.maximum(jnp.sum(g_now), 1e-12)
+        mean, variance = mean * gain, variance * gain**2
     return WeightStatistics(mean, variance)
 
 

@@ -49,11 +49,19 @@ class LayerPlacement:
     kernel_shape: tuple[int, ...] | None
     """(kh, kw, c_in, c_out) for a conv layer, else None."""
     tiles: tuple[Tile, ...]
+    devices_per_polarity: int = 1
+    """Devices per polarity of each unit cell (one cell per weight, one array crosspoint)."""
 
     @property
     def devices(self) -> int:
-        """PCM devices holding this layer: two per weight (differential pair)."""
-        return 2 * self.shape[0] * self.shape[1]
+        """PCM devices holding this layer: 2·N per weight (a differential pair of N-device polarities)."""
+        return 2 * self.devices_per_polarity * self.shape[0] * self.shape[1]
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of the layer's device arrays (:class:`l2l_pcm.chip.LayerState`)."""
+        cells = () if self.devices_per_polarity == 1 else (self.devices_per_polarity,)
+        return (2, *cells, *self.shape)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,6 +74,7 @@ class LayerPlacement:
             shape=tuple(data["shape"]),
             kernel_shape=None if data["kernel_shape"] is None else tuple(data["kernel_shape"]),
             tiles=tuple(Tile(**tile) for tile in data["tiles"]),
+            devices_per_polarity=int(data.get("devices_per_polarity", 1)),
         )
 
 

@@ -86,7 +86,7 @@ class ChipFewShotLearner:
         self.chip.restore(self._deployed)
         key_features, key_steps = jax.random.split(key)
         f_support, f_query = self.features(support_x, query_x, key_features)
-        touched = np.zeros((2, *self.chip.placements[READOUT].shape), dtype=bool)
+        touched = np.zeros(self.chip.placements[READOUT].state_shape, dtype=bool)
         accuracies, devices, energy_pJ = [], 0, 0.0
         macs_before = self.chip.counters[READOUT]["macs"]
         for step, step_key in enumerate(jax.random.split(key_steps, self.config.inner_steps + 1)):
