@@ -646,9 +646,9 @@ def import_wrong_shapes(files, mp):
     assert not (files.root / "out.safetensors").exists()
 
 
-@case("--device that is neither a profile nor a JSON file", r"--device: 'hermes' is neither a profile")
+@case("--device that is neither a profile nor a JSON file", r"--device: 'sram' is neither a profile")
 def unknown_device(files, mp):
-    yield ["chip", "stats", "--device", "hermes", "--samples", "10"]
+    yield ["chip", "stats", "--device", "sram", "--samples", "10"]
 
 
 @case(

@@ -44,3 +44,10 @@ def test_a_bad_option_points_at_the_subcommands_help(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("(see 'l2l-pcm robot demo --help')\n")
+
+
+def test_the_help_lists_every_device_profile():
+    from l2l_pcm.cli import PROFILE_LIST
+    from l2l_pcm.pcm import DEVICE_PROFILES
+
+    assert PROFILE_LIST.split(", ") == list(DEVICE_PROFILES)

@@ -20,7 +20,7 @@ KEY = jax.random.PRNGKey(0)
 
 
 def test_profiles_are_named_and_round_trip_through_json():
-    assert set(DEVICE_PROFILES) == {"ibm", "authors", "aihwkit"}
+    assert set(DEVICE_PROFILES) == {"ibm", "authors", "hermes", "aihwkit"}
     assert device_profile("ibm") == PCMDevice()
     for name, device in DEVICE_PROFILES.items():
         assert profile_name(device) == name

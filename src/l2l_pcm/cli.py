@@ -12,6 +12,9 @@ from pathlib import Path
 from l2l_pcm.errors import SEED_MAX, L2LPCMError, check_seed
 
 
+PROFILE_LIST = "ibm, authors, hermes, aihwkit"
+"""The names of l2l_pcm.pcm.DEVICE_PROFILES, for --help without importing JAX (a test keeps them equal)."""
+
 def _chip_stats(args: argparse.Namespace) -> None:
     import jax
 
@@ -436,7 +439,7 @@ def add_hardware_arguments(sub: argparse.ArgumentParser, default: str) -> None:
     sub.add_argument(
         "--device",
         metavar="NAME|FILE.json",
-        help=f"device profile (ibm, authors, aihwkit) or JSON file of PCMDevice fields, replacing the hardware's "
+        help=f"device profile ({PROFILE_LIST}) or JSON file of PCMDevice fields, replacing the hardware's "
         f"device (default: {default})",
     )
 
@@ -530,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--samples", type=_positive_int, default=100_000, help="samples per conductance (default 1e5)")
     stats.add_argument("--seed", type=_seed, default=0, help="random seed of the sampled devices (default 0)")
     stats.add_argument(
-        "--device", metavar="NAME|FILE.json", help="device profile (ibm, authors, aihwkit) or a JSON file of fields"
+        "--device", metavar="NAME|FILE.json", help=f"device profile ({PROFILE_LIST}) or a JSON file of fields"
     )
     stats.set_defaults(run=_chip_stats)
     demo = chip.add_parser("demo", help="drift over 1 s … 1 day and devices touched by an update; writes a plot")
