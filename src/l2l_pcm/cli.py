@@ -11,9 +11,9 @@ from pathlib import Path
 
 from l2l_pcm.errors import SEED_MAX, L2LPCMError, check_seed
 
-
 PROFILE_LIST = "ibm, authors, hermes, aihwkit"
 """The names of l2l_pcm.pcm.DEVICE_PROFILES, for --help without importing JAX (a test keeps them equal)."""
+
 
 def _chip_stats(args: argparse.Namespace) -> None:
     import jax
