@@ -61,10 +61,31 @@ def test_layers_wider_and_taller_than_an_array_are_tiled_in_both_directions(key)
 def test_small_layers_share_an_arrays_rows_and_columns():
     chip = Chip()
     chip.place_dense("fc1", (784, 128))  # 4 tiles of 196 x 128: 196 rows of both arrays
-    with pytest.raises(ChipCapacityError, match="need 3"):
-        chip.place_dense("fc2", (128, 10))  # 60 free rows per array: too few for 128
     chip.place_dense("small", (50, 10))  # fits below fc1's tiles
     assert chip.placements["small"].tiles[0].array_row == 196
+
+
+def test_a_layer_that_does_not_fit_next_to_the_others_repacks_the_network(key, tmp_path):
+    """784-128-10 on two arrays: fc1's equal blocks leave 60 rows per array, too few for fc2's 128; the
+    chip places both again in full-height blocks, and fc1's programmed weights do not change."""
+    chip = Chip(NOISELESS)
+    chip.place_dense("fc1", (784, 128))
+    weights = 0.5 * jax.random.normal(key, (784, 128))
+    chip.program("fc1", weights, key)
+    before = chip.read_weights("fc1")
+    chip.place_dense("fc2", (128, 10))
+    assert [t.rows for t in chip.placements["fc1"].tiles] == [256, 256, 256, 16]
+    np.testing.assert_array_equal(chip.read_weights("fc1"), before)
+    x = jax.random.uniform(key, (4, 784))
+    np.testing.assert_allclose(chip.mvm("fc1", x, None), x @ jnp.clip(weights, -1, 1), rtol=1e-4, atol=1e-4)
+    chip.save(tmp_path / "mlp.safetensors")
+    assert Chip.load(tmp_path / "mlp.safetensors").placements == chip.placements
+    big = Chip(ChipConfig(n_arrays=8))
+    big.place_dense("fc1", (784, 512))
+    big.place_dense("fc2", (512, 10))  # re-packed: 7 arrays for fc1, fc2 beside its last tiles
+    assert sum(used > 0 for used in big.summary()["used_cells_per_array"]) == 8
+    with pytest.raises(ChipCapacityError, match="need 9"):
+        big.place_dense("fc3", (256, 256))
 
 
 def test_robot_trainee_fits_one_array():

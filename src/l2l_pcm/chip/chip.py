@@ -16,16 +16,16 @@ from l2l_pcm import _io
 from l2l_pcm.chip.crossbar import (
     READ_NOISE_MODES,
     LayerState,
+    MVMSpec,
     WeightStatistics,
-    analog_matmul,
+    analog_mvm,
     program_layer,
     read_statistics,
     reprogram_layer,
-    saturated,
-    uniform_quantize,
 )
 from l2l_pcm.chip.energy import EnergyModel
-from l2l_pcm.chip.layout import ArraySpace, LayerPlacement, place_matrix
+from l2l_pcm.chip.layers import AnalogLayer, conv_kernel_to_matrix, image_patches
+from l2l_pcm.chip.layout import ArraySpace, LayerPlacement, place_layer
 from l2l_pcm.errors import CheckpointError, ConfigError, check_int, check_number
 from l2l_pcm.pcm import PCMDevice, device_from_json, quantize
 
@@ -195,27 +195,7 @@ def _reprogram(device, key, state, update, now_s):
     return new_state, touched, pairs_touched, rows_touched
 
 
-@functools.partial(jax.jit, static_argnames=("blocks", "dac", "adc", "mode"))
-def _mvm(inputs, stats, key, blocks, dac, adc, mode):
-    """``blocks``: (row_start, rows, out_start, cols) of every tile; each tile's output is digitised by
-    its ADC, and the row blocks of a column block are summed digitally. ``dac``/``adc``: (bits, range[,
-    unsigned]) or None. Returns (outputs, DAC values clipped, ADC values clipped)."""
-    dac_clipped = adc_clipped = jnp.int32(0)
-    if dac is not None:
-        dac_clipped = saturated(inputs, *dac[1:])
-        inputs = uniform_quantize(inputs, *dac)
-    if adc is None:  # partial sums of the tiles add up exactly; one matmul is enough
-        return analog_matmul(inputs, stats, key, mode), dac_clipped, adc_clipped
-    keys = [None] * len(blocks) if key is None else list(jax.random.split(key, len(blocks)))
-    total = jnp.zeros((*inputs.shape[:-1], stats.mean.shape[1]), inputs.dtype)
-    for (start, rows, out, cols), tile_key in zip(blocks, keys, strict=True):
-        part = WeightStatistics(
-            stats.mean[start : start + rows, out : out + cols], stats.variance[start : start + rows, out : out + cols]
-        )
-        analog = analog_matmul(inputs[..., start : start + rows], part, tile_key, mode)
-        adc_clipped = adc_clipped + saturated(analog, adc[1])
-        total = total.at[..., out : out + cols].add(uniform_quantize(analog, *adc))
-    return total, dac_clipped, adc_clipped
+_analog_mvm = jax.jit(analog_mvm, static_argnames=("spec",))
 
 
 class Chip:
@@ -269,9 +249,16 @@ class Chip:
     def _place(self, name, kind, shape, kernel_shape) -> LayerPlacement:
         if name in self.placements:
             raise ConfigError(f"a layer named '{name}' is already placed on the chip")
-        tiles = place_matrix(name, shape, self._space)
-        placement = LayerPlacement(name, kind, shape, kernel_shape, tiles, self.config.device.devices_per_polarity)
+        placed = {layer: p.shape for layer, p in self.placements.items()}
+        self._space, tiles = place_layer(self._space, placed, name, shape)
+        for layer, layer_tiles in tiles.items():
+            if layer != name:  # a re-pack moved it: where it sits changes, not what it holds
+                self.placements[layer] = dataclasses.replace(self.placements[layer], tiles=layer_tiles)
+        placement = LayerPlacement(
+            name, kind, shape, kernel_shape, tiles[name], self.config.device.devices_per_polarity
+        )
         self.placements[name] = placement
+        self._stats_cache.clear()
         self.counters[name] = dict.fromkeys(COUNTER_NAMES, 0)
         return placement
 
@@ -398,10 +385,31 @@ class Chip:
         """The weights a noise-free read would return now (programming noise and drift included)."""
         return self.read_statistics(name).mean
 
+    def mvm_spec(self, name: str) -> MVMSpec:
+        """How a layer's MVMs run now: its tiles, the converters with its ranges, the read-noise mode."""
+        placement = self._placement(name)
+        cfg = self.config
+        ranges = self.layer_periphery(name)
+        return MVMSpec(
+            tiles=tuple((tile.row_start, tile.rows, tile.out_start, tile.cols) for tile in placement.tiles),
+            dac=None if cfg.dac_bits is None else (cfg.dac_bits, ranges.dac_range, ranges.dac_unsigned),
+            adc=None if cfg.adc_bits is None else (cfg.adc_bits, ranges.adc_range),
+            read_noise_mode=cfg.read_noise_mode,
+        )
+
+    def layer(self, name: str) -> AnalogLayer:
+        """A programmed layer as read now, for :func:`~l2l_pcm.chip.analog_dense` / :func:`~l2l_pcm.chip.analog_conv`
+        inside jit, grad or vmap (MVMs run there are booked with :meth:`record_mvms`)."""
+        placement = self._placement(name)
+        return AnalogLayer(
+            self.read_statistics(name), self.biases.get(name), self.mvm_spec(name), placement.kernel_shape
+        )
+
     def mvm(self, name: str, inputs, key: jax.Array | None) -> jax.Array:
         """Analog matrix-vector products ``inputs [..., fan_in] @ W``; fresh read noise for every vector.
 
-        ``key=None`` returns the expectation (no read noise). DAC and ADC quantization follow the config.
+        ``key=None`` returns the expectation (no read noise). DAC and ADC quantization follow the config and
+        the layer's ranges; every MVM and every clipped conversion is counted.
         """
         placement = self._placement(name)
         inputs = jnp.asarray(inputs, dtype=jnp.float32)
@@ -409,22 +417,17 @@ class Chip:
             raise ConfigError(
                 f"inputs for layer '{name}' have shape {tuple(inputs.shape)}, expected [..., {placement.shape[0]}]"
             )
-        stats = self.read_statistics(name)
-        cfg = self.config
-        blocks = tuple((tile.row_start, tile.rows, tile.out_start, tile.cols) for tile in placement.tiles)
-        ranges = self.layer_periphery(name)
-        dac = None if cfg.dac_bits is None else (cfg.dac_bits, ranges.dac_range, ranges.dac_unsigned)
-        adc = None if cfg.adc_bits is None else (cfg.adc_bits, ranges.adc_range)
-        outputs, dac_clipped, adc_clipped = _mvm(inputs, stats, key, blocks, dac, adc, cfg.read_noise_mode)
-        if name in self.biases:
-            outputs = outputs + self.biases[name]
+        layer = self.layer(name)
+        outputs, dac_clipped, adc_clipped = _analog_mvm(inputs, layer.stats, key, layer.spec)
+        if layer.bias is not None:
+            outputs = outputs + layer.bias
         vectors = math.prod(inputs.shape[:-1])
         self.record_mvms(name, vectors)
         counters = self.counters[name]
-        if dac is not None:
+        if layer.spec.dac is not None:
             counters["dac_conversions"] += vectors * placement.shape[0]
             counters["dac_saturated"] += int(dac_clipped)
-        if adc is not None:
+        if layer.spec.adc is not None:
             counters["adc_conversions"] += vectors * sum(tile.cols for tile in placement.tiles)
             counters["adc_saturated"] += int(adc_clipped)
         return outputs
@@ -484,8 +487,8 @@ class Chip:
         }
 
     def record_mvms(self, name: str, vectors: int) -> None:
-        """Book ``vectors`` MVMs of a layer that ran through :func:`analog_matmul` on its
-        :meth:`read_statistics` (e.g. inside a ``lax.scan`` over time), so counters and energy stay true."""
+        """Book ``vectors`` MVMs of a layer that ran outside :meth:`mvm`, through :func:`analog_dense` on its
+        :meth:`layer` (e.g. inside a jitted ``lax.scan`` over time), so counters and energy stay true."""
         placement = self._placement(name)
         counters = self.counters[name]
         counters["mvm_vectors"] += vectors
@@ -593,10 +596,11 @@ class Chip:
             if meta.get("version") != STATE_VERSION:
                 raise CheckpointError(f"{path}: chip-state version {meta.get('version')} is not supported")
             chip = cls(ChipConfig.from_json(meta["config"]))
-            for data in meta["placements"]:
-                placement = LayerPlacement.from_json(data)
-                placed = chip._place(placement.name, placement.kind, placement.shape, placement.kernel_shape)
-                if placed.tiles != placement.tiles:
+            saved = [LayerPlacement.from_json(data) for data in meta["placements"]]
+            for placement in saved:
+                chip._place(placement.name, placement.kind, placement.shape, placement.kernel_shape)
+            for placement in saved:  # after all: a later layer may have re-packed earlier ones
+                if chip.placements[placement.name].tiles != placement.tiles:
                     raise CheckpointError(f"{path}: placement of layer '{placement.name}' does not match its tiles")
             for name in meta["programmed"]:
                 shape = chip.placements[name].state_shape
@@ -651,29 +655,3 @@ def chip_for_model(chip_config: ChipConfig | None, hardware: ChipConfig) -> Chip
             f"{hardware.update_step:g} (hardware.update_step); set it once, in the model's hardware config"
         )
     return Chip(chip_config)
-
-
-def conv_kernel_to_matrix(kernel: jax.Array) -> jax.Array:
-    """HWIO kernel → im2col matrix [kh·kw·c_in, c_out], rows in the order of :func:`image_patches`."""
-    kh, kw, c_in, c_out = kernel.shape
-    return kernel.reshape(kh * kw * c_in, c_out)
-
-
-def image_patches(images: jax.Array, window: tuple[int, int], stride: int, padding: int) -> jax.Array:
-    """im2col: NHWC images → [N, H_out, W_out, kh·kw·C] patches (window position-major, then channel).
-
-    Built from ``kh·kw`` strided slices of the padded images: on XLA:CPU this and one matmul run a
-    stride-2 conv forward and backward 1.4× faster than ``lax.conv_general_dilated`` and 3× faster than
-    ``lax.conv_general_dilated_patches`` (measured at 1,600 28×28 images, 56 channels).
-    """
-    kh, kw = window
-    _, height, width, _ = images.shape
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    h_out = (height + 2 * padding - kh) // stride + 1
-    w_out = (width + 2 * padding - kw) // stride + 1
-    slices = [
-        padded[:, dy : dy + stride * (h_out - 1) + 1 : stride, dx : dx + stride * (w_out - 1) + 1 : stride, :]
-        for dy in range(kh)
-        for dx in range(kw)
-    ]
-    return jnp.concatenate(slices, axis=-1)

@@ -11,6 +11,7 @@ normal per output replace one normal per device and input vector, with no approx
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -117,16 +118,66 @@ def analog_matmul(
 def uniform_quantize(values: jax.Array, bits: int, full_scale: float, unsigned: bool = False) -> jax.Array:
     """Clip and round to a DAC/ADC grid: symmetric, 2^(bits−1)−1 levels per sign in ±``full_scale``; or,
     ``unsigned``, 2^bits − 1 levels in [0, full_scale] (a DAC for non-negative inputs, e.g. after a ReLU,
-    gains the sign bit: twice the resolution)."""
-    if unsigned:
-        step = full_scale / (2**bits - 1)
-        return jnp.round(jnp.clip(values, 0.0, full_scale) / step) * step
-    levels = 2 ** (bits - 1) - 1
-    step = full_scale / levels
-    return jnp.round(jnp.clip(values, -full_scale, full_scale) / step) * step
+    gains the sign bit: twice the resolution). The rounding is straight-through (gradient 1 inside the
+    range, 0 where clipped), so converters can sit inside hardware-aware training."""
+    low = 0.0 if unsigned else -full_scale
+    step = full_scale / (2**bits - 1 if unsigned else 2 ** (bits - 1) - 1)
+    clipped = jnp.clip(values, low, full_scale)
+    return clipped + jax.lax.stop_gradient(jnp.round(clipped / step) * step - clipped)
 
 
 def saturated(values: jax.Array, full_scale: float, unsigned: bool = False) -> jax.Array:
     """How many ``values`` a converter of range ``full_scale`` clips."""
     low = 0.0 if unsigned else -full_scale
     return jnp.sum((values > full_scale) | (values < low))
+
+
+@dataclasses.dataclass(frozen=True)
+class MVMSpec:
+    """How a layer's MVMs run on the chip: its tiles, converters and read-noise mode.
+
+    Hashable (a static argument of jitted code); :meth:`l2l_pcm.chip.Chip.layer` gives a placed layer's.
+    The default is one ideal tile with exact per-read noise.
+    """
+
+    tiles: tuple[tuple[int, int, int, int], ...] = ()
+    """(row_start, rows, out_start, cols) of every tile; each tile has its own ADC, and the row blocks of a
+    column block are summed digitally. () = the whole matrix is one tile."""
+    dac: tuple[int, float, bool] | None = None
+    """(bits, range, unsigned) of the input DAC; None = ideal analog inputs."""
+    adc: tuple[int, float] | None = None
+    """(bits, range) of every tile's ADC; None = ideal."""
+    read_noise_mode: str = "per_read"
+
+    def __post_init__(self) -> None:
+        if self.read_noise_mode not in READ_NOISE_MODES:
+            raise ValueError(f"read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}")
+
+
+def analog_mvm(
+    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, spec: MVMSpec = MVMSpec()
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``inputs [..., fan_in]`` through a layer as ``spec`` runs it: DAC, per-tile analog MVM with read noise
+    (:func:`analog_matmul`), per-tile ADC, digital sum of the row tiles. Pure: jit, vmap and grad go through
+    it. Returns (outputs, input values the DAC clipped, tile outputs the ADCs clipped)."""
+    dac_clipped = adc_clipped = jnp.int32(0)
+    if spec.dac is not None:
+        dac_clipped = saturated(inputs, *spec.dac[1:])
+        inputs = uniform_quantize(inputs, *spec.dac)
+    if spec.adc is None or not spec.tiles:  # partial sums of ideal tiles add up exactly: one matmul
+        outputs = analog_matmul(inputs, stats, key, spec.read_noise_mode)
+        if spec.adc is not None:
+            adc_clipped = saturated(outputs, spec.adc[1])
+            outputs = uniform_quantize(outputs, *spec.adc)
+        return outputs, dac_clipped, adc_clipped
+    keys = [None] * len(spec.tiles) if key is None else list(jax.random.split(key, len(spec.tiles)))
+    outputs = jnp.zeros((*inputs.shape[:-1], stats.mean.shape[-1]), inputs.dtype)
+    for (start, rows, out, cols), tile_key in zip(spec.tiles, keys, strict=True):
+        part = WeightStatistics(
+            stats.mean[..., start : start + rows, out : out + cols],
+            stats.variance[..., start : start + rows, out : out + cols],
+        )
+        analog = analog_matmul(inputs[..., start : start + rows], part, tile_key, spec.read_noise_mode)
+        adc_clipped = adc_clipped + saturated(analog, spec.adc[1])
+        outputs = outputs.at[..., out : out + cols].add(uniform_quantize(analog, *spec.adc))
+    return outputs, dac_clipped, adc_clipped

@@ -9,8 +9,8 @@ each column block's outputs are the digital sum of its row blocks. Tiles are rec
 arrays' free space (guillotine cuts: a tile takes the top-left corner of a free rectangle, whose rest
 becomes a full-height strip to its right and the space below the tile), so small tiles share an array's
 rows and columns. If the equal row split does not fit, full-height blocks (all but the last as tall as an
-array) are tried, which pack tighter. When a layer does not fit, the error says how many arrays the
-layers so far would need.
+array) are tried. If a layer does not fit at all, every layer is placed again packed tightly into as few
+arrays as possible; if that fails too, the error says how many arrays the network needs.
 """
 
 from __future__ import annotations
@@ -115,13 +115,21 @@ class ArraySpace:
         total = self.array_rows * self.array_cols
         return [total - sum(r[2] * r[3] for r in rects) for rects in self.free]
 
-    def place(self, name: str, blocks: list[tuple[int, int]], col_blocks: list[tuple[int, int]]) -> tuple[Tile, ...]:
+    def empty_arrays(self) -> int:
+        """Arrays nothing is placed on yet."""
+        return sum(used == 0 for used in self.used_cells())
+
+    def place(
+        self, name: str, blocks: list[tuple[int, int]], col_blocks: list[tuple[int, int]], spread: bool = True
+    ) -> tuple[Tile, ...]:
         """Tiles for every (row block, column block), or ChipCapacityError (``self`` unchanged then).
 
-        Each tile goes to the free rectangle that fits it most tightly, preferring arrays this layer does
-        not use yet (so its blocks run in parallel on different arrays).
+        Each tile goes to the free rectangle that fits it most tightly; ``spread`` prefers arrays this layer
+        does not use yet (so its blocks run in parallel on different arrays), else arrays already in use
+        (so fewer arrays are opened).
         """
         trial = [list(rects) for rects in self.free]
+        full = [(0, 0, self.array_rows, self.array_cols)]
         used: set[int] = set()
         tiles = []
         for out_start, cols in col_blocks:
@@ -135,10 +143,11 @@ class ArraySpace:
                 if not fits:
                     raise ChipCapacityError(f"layer '{name}' does not fit")
 
-                def waste(choice, trial=trial, rows=rows, cols=cols):
+                def waste(choice, trial=trial, rows=rows, cols=cols, used=used):
                     array, index = choice
                     _, _, free_rows, free_cols = trial[array][index]
-                    return (array in used, min(free_rows - rows, free_cols - cols), free_rows * free_cols, array)
+                    preference = array in used if spread else trial[array] == full
+                    return (preference, min(free_rows - rows, free_cols - cols), free_rows * free_cols, array)
 
                 array, index = min(fits, key=waste)
                 row0, col0, free_rows, free_cols = trial[array].pop(index)
@@ -152,25 +161,34 @@ class ArraySpace:
         return tuple(tiles)
 
 
-def place_matrix(name: str, shape: tuple[int, int], space: ArraySpace) -> tuple[Tile, ...]:
-    """Choose tiles for a (fan_in, fan_out) matrix in ``space`` (updated on success).
+def place_layer(
+    space: ArraySpace, placed: dict[str, tuple[int, int]], name: str, shape: tuple[int, int]
+) -> tuple[ArraySpace, dict[str, tuple[Tile, ...]]]:
+    """Place a (fan_in, fan_out) matrix next to the ``placed`` layers (name → shape, in placement order).
 
-    Rows are split equally (the paper's 252 + 252), or, if that does not fit, into full-height blocks;
-    outputs beyond an array's width are split into equal column blocks.
+    Into the free ``space`` if it fits (:func:`_first_fit`); otherwise every layer is placed again, in the
+    same order, packed tightly (:func:`_pack`): tiles are bookkeeping of where each weight sits, so moving
+    them changes no programmed value. Returns the new space and the tiles of every layer that got tiles
+    (only ``name``, or all of them after a re-pack); or raises ChipCapacityError naming how many arrays
+    the network needs.
     """
     fan_in, fan_out = shape
     if fan_in < 1 or fan_out < 1:
         raise ConfigError(f"layer '{name}' has an empty matrix shape {shape}")
-    col_blocks = split_rows(fan_out, space.array_cols)
-    splits = [split_rows(fan_in, space.array_rows), split_full(fan_in, space.array_rows)]
-    tiles = _first_fit(space, name, splits, col_blocks)
+    trial = space.copy()
+    tiles = _first_fit(trial, name, shape)
     if tiles is not None:
-        return tiles
+        return trial, {name: tiles}
+    layers = {**placed, name: shape}
+    empty = ArraySpace(len(space.free), space.array_rows, space.array_cols)
+    packed = _pack(empty, layers)
+    if packed is not None:
+        return empty, packed
     n_arrays = len(space.free)
     needed = next(
         n_arrays + extra
         for extra in itertools.count(1)
-        if _first_fit(space.copy(extra), name, splits, col_blocks) is not None
+        if _first_fit(space.copy(extra), name, shape) is not None or _pack(empty.copy(extra), layers) is not None
     )
     raise ChipCapacityError(
         f"layer '{name}' ({fan_in}x{fan_out}) does not fit: the chip has {n_arrays} array(s) of "
@@ -179,11 +197,41 @@ def place_matrix(name: str, shape: tuple[int, int], space: ArraySpace) -> tuple[
     )
 
 
-def _first_fit(space: ArraySpace, name: str, splits, col_blocks) -> tuple[Tile, ...] | None:
-    """The tiles of the first row split that fits in ``space`` (which is updated), or None."""
-    for blocks in splits:
+def _pack(space: ArraySpace, layers: dict[str, tuple[int, int]]) -> dict[str, tuple[Tile, ...]] | None:
+    """Every layer into ``space`` (updated), tight options first; None if one does not fit."""
+    tiles = {}
+    for name, shape in layers.items():
+        placed = _first_fit(space, name, shape, tight_first=True)
+        if placed is None:
+            return None
+        tiles[name] = placed
+    return tiles
+
+
+def _first_fit(space: ArraySpace, name: str, shape: tuple[int, int], tight_first: bool = False):
+    """Place a matrix in ``space`` (updated), or return None.
+
+    Rows are split equally (the paper's 252 + 252) or into full-height blocks, outputs beyond an array's
+    width into equal column blocks. By default the first that fits of: each row split with its tiles
+    spread over different arrays (parallel MVMs), then packed into arrays in use. ``tight_first`` (a
+    re-pack) tries all of them, packed first, and takes the one that leaves the most arrays empty.
+    """
+    fan_in, fan_out = shape
+    col_blocks = split_rows(fan_out, space.array_cols)
+    splits = [split_rows(fan_in, space.array_rows), split_full(fan_in, space.array_rows)]
+    options = [(spread, blocks) for spread in (True, False) for blocks in splits]
+    best = None
+    for spread, blocks in reversed(options) if tight_first else options:
+        trial = space.copy()
         try:
-            return space.place(name, blocks, col_blocks)
+            tiles = trial.place(name, blocks, col_blocks, spread)
         except ChipCapacityError:
             continue
-    return None
+        if best is None or trial.empty_arrays() > best[0].empty_arrays():
+            best = (trial, tiles)
+        if not tight_first:
+            break
+    if best is None:
+        return None
+    space.free = best[0].free
+    return best[1]
