@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_pcm.chip import Chip, ChipConfig
+from l2l_pcm.chip import IDEAL_MVM, Chip, ChipConfig
 from l2l_pcm.chip.crossbar import WeightStatistics
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
@@ -293,8 +293,8 @@ def test_per_task_weight_gradient_matches_autodiff(x64, key):
         z, psi = simulate(w, xs)
         return jnp.sum(snn.leaky_integrate(jnp.swapaxes(z, 0, 1), 0.9) * probe) + jnp.sum(psi**2)
 
-    custom = jax.grad(loss)(weights, lambda w, xs: snn._simulate(TINY, "per_read", w, jnp.zeros_like(w), xs, None))
-    plain = jax.grad(loss)(weights, lambda w, xs: snn._scan(TINY, "per_read", software_statistics(w), xs, None))
+    custom = jax.grad(loss)(weights, lambda w, xs: snn._simulate(TINY, IDEAL_MVM, w, jnp.zeros_like(w), xs, None))
+    plain = jax.grad(loss)(weights, lambda w, xs: snn._scan(TINY, IDEAL_MVM, software_statistics(w), xs, None))
     assert float(jnp.abs(plain).max()) > 0
     np.testing.assert_allclose(custom, plain, rtol=1e-10, atol=1e-12)
 

@@ -235,6 +235,8 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     result["provenance"] = _provenance(
         args, config.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
     )
+    for line in result.get("warnings", []):  # on stderr, so --json output stays one object
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
         return

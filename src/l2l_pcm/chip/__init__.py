@@ -13,6 +13,7 @@ from l2l_pcm.chip.chip import (
     hardware_from_fields,
 )
 from l2l_pcm.chip.crossbar import (
+    IDEAL_MVM,
     LayerState,
     MVMSpec,
     WeightStatistics,
@@ -36,6 +37,7 @@ from l2l_pcm.chip.layers import (
 from l2l_pcm.chip.layout import LayerPlacement, Tile
 
 __all__ = [
+    "IDEAL_MVM",
     "AnalogLayer",
     "MVMSpec",
     "analog_conv",

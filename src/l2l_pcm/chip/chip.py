@@ -486,6 +486,20 @@ class Chip:
             for kind in ("dac", "adc")
         }
 
+    def saturation_warnings(self, threshold: float = 0.01) -> list[str]:
+        """One line per layer whose DAC or ADC clipped more than ``threshold`` of its conversions."""
+        lines = []
+        for name in self.placements:
+            ranges = self.layer_periphery(name)
+            for kind, fraction in self.saturation(name).items():
+                if fraction is not None and fraction > threshold:
+                    full_scale = ranges.dac_range if kind == "dac" else ranges.adc_range
+                    lines.append(
+                        f"layer '{name}': {100 * fraction:.1f} % of {kind.upper()} conversions saturated (range "
+                        f"{full_scale:g}); calibrate the layer (Chip.calibrate) or widen {kind}_range"
+                    )
+        return lines
+
     def record_mvms(self, name: str, vectors: int) -> None:
         """Book ``vectors`` MVMs of a layer that ran outside :meth:`mvm`, through :func:`analog_dense` on its
         :meth:`layer` (e.g. inside a jitted ``lax.scan`` over time), so counters and energy stay true."""

@@ -154,8 +154,12 @@ class MVMSpec:
             raise ValueError(f"read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}")
 
 
+IDEAL_MVM = MVMSpec()
+"""One ideal tile with exact per-read noise: the software models' crossbar."""
+
+
 def analog_mvm(
-    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, spec: MVMSpec = MVMSpec()
+    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, spec: MVMSpec = IDEAL_MVM
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``inputs [..., fan_in]`` through a layer as ``spec`` runs it: DAC, per-tile analog MVM with read noise
     (:func:`analog_matmul`), per-tile ADC, digital sum of the row tiles. Pure: jit, vmap and grad go through

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.chip.crossbar import MVMSpec, WeightStatistics, analog_mvm
+from l2l_pcm.chip.crossbar import IDEAL_MVM, MVMSpec, WeightStatistics, analog_mvm
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
 
@@ -40,7 +40,7 @@ class AnalogLayer:
 
     stats: WeightStatistics
     bias: jax.Array | None
-    spec: MVMSpec = dataclasses.field(default=MVMSpec(), metadata={"static": True})
+    spec: MVMSpec = dataclasses.field(default=IDEAL_MVM, metadata={"static": True})
     kernel_shape: tuple[int, int, int, int] | None = dataclasses.field(default=None, metadata={"static": True})
 
     @classmethod

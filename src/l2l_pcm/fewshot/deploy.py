@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_pcm.chip import ChipConfig, chip_for_model
+from l2l_pcm.chip import ChipConfig, chip_for_model, deploy
 from l2l_pcm.fewshot.maml import MAMLConfig
 from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, embed, readout_gradient
 from l2l_pcm.pcm import keep_largest
@@ -62,11 +62,8 @@ class ChipFewShotLearner:
         self.config = config
         self.chip = chip_for_model(chip_config, config.hardware)
         self.seconds_between_updates = seconds_between_updates
-        for name in CONV_NAMES:
-            self.chip.place_conv(name, params[name].shape)
-        self.chip.place_dense(READOUT, params[READOUT].shape)
-        for name, layer_key in zip((*CONV_NAMES, READOUT), jax.random.split(key, 5), strict=True):
-            self.chip.program(name, params[name], layer_key)
+        # as meta-trained: weights in device units (the update step is 1/16 of w_max)
+        deploy({name: params[name] for name in (*CONV_NAMES, READOUT)}, self.chip, key, scaling="none")
         if time_since_programming_s is None:
             time_since_programming_s = config.time_since_programming_s
         self.chip.advance(time_since_programming_s)

@@ -127,6 +127,8 @@ def evaluate_chip(
                 bar.update()
     devices = np.asarray(devices)
     total = learner.readout_devices
+    chip = learner.chip
+    saturation = {name: chip.saturation(name) for name in chip.placements}
     return _summary(
         "chip",
         config,
@@ -139,6 +141,8 @@ def evaluate_chip(
         devices_reprogrammed_fraction=float(devices.mean() / total),
         unique_devices_reprogrammed_fraction=float(np.mean(unique) / total),
         energy_estimate_pJ_per_adaptation=float(np.mean(energy)),
+        converter_saturation=saturation if chip.config.dac_bits or chip.config.adc_bits else None,
+        warnings=chip.saturation_warnings(),
     )
 
 

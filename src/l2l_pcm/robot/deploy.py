@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_pcm.chip import ChipConfig, WeightStatistics, chip_for_model
+from l2l_pcm.chip import IDEAL_MVM, ChipConfig, WeightStatistics, chip_for_model, deploy
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.robot.eprop import WeightMemory, WeightUpdate
 from l2l_pcm.robot.model import RobotConfig
@@ -64,12 +64,11 @@ class ChipTrainee:
         self.chip = chip_for_model(chip_config, config.hardware)
         w_stack = stack_weights(params["trainee_w_in"], params["trainee_w_rec"])
         self.mask = recurrent_mask(config.trainee, w_stack.dtype)
-        self.chip.place_dense(TRAINEE, w_stack.shape)
-        key_trainee, key_readout = jax.random.split(key)
-        self.chip.program(TRAINEE, w_stack * self.mask, key_trainee)
+        layers = {TRAINEE: w_stack * self.mask}
         if config.w_out_on_pcm:
-            self.chip.place_dense(READOUT, params["trainee_w_out"].shape)
-            self.chip.program(READOUT, params["trainee_w_out"], key_readout)
+            layers[READOUT] = params["trainee_w_out"]
+        # as meta-trained: weights in device units, |w| > w_max written the device's way
+        deploy(layers, self.chip, key, scaling="none")
         self.chip.advance(
             config.time_since_programming_s if time_since_programming_s is None else time_since_programming_s
         )
@@ -111,7 +110,14 @@ class ChipTrainee:
             self.chip.restore(self._deployed)
             return WeightStatistics(jnp.stack(means), jnp.stack(variances))
 
-        return WeightMemory(read_initial, read_updated, read_readout if self.config.w_out_on_pcm else None)
+        on_pcm = self.config.w_out_on_pcm
+        return WeightMemory(
+            read_initial,
+            read_updated,
+            read_readout if on_pcm else None,
+            spec=self.chip.mvm_spec(TRAINEE),
+            readout_spec=self.chip.mvm_spec(READOUT) if on_pcm else IDEAL_MVM,
+        )
 
     def count_mvms(self, tasks: int) -> None:
         """Book the trainee's MVMs of both passes (T steps each) in the chip's counters."""

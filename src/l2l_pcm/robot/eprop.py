@@ -38,7 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.chip.crossbar import WeightStatistics, program_layer, read_statistics, reprogram_layer
+from l2l_pcm.chip import IDEAL_MVM, MVMSpec, WeightStatistics, program_layer, read_statistics, reprogram_layer
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice, quantize
 from l2l_pcm.robot.snn import (
@@ -98,6 +98,11 @@ class WeightMemory(NamedTuple):
     read_readout: Callable[[jax.Array, jax.Array], WeightStatistics] | None = None
     """``read_readout(w_out [n_rec, n_out], key)``: the trainee's readout on PCM too (the authors' code,
     paper.md §11.3); None = digital readout with exact weights."""
+    spec: MVMSpec = IDEAL_MVM
+    """How the trainee's crossbar runs its reads (tiles, converters, read-noise mode): on a chip,
+    :meth:`l2l_pcm.chip.Chip.mvm_spec` of its layer."""
+    readout_spec: MVMSpec = IDEAL_MVM
+    """The same for the readout on PCM."""
 
 
 class SNNWeights(NamedTuple):
@@ -195,6 +200,7 @@ def pcm_memory(
     mask: jax.Array | None = None,
     seconds_after_update: float = 1.0,
     readout_on_pcm: bool = False,
+    read_noise_mode: str = "per_read",
 ) -> WeightMemory:
     """Statistical PCM model of the crossbar, for hardware-aware meta-training (straight-through).
 
@@ -207,7 +213,7 @@ def pcm_memory(
     are read ``seconds_after_update`` later; all others keep their state. Means are straight-through
     (gradient of the exact weights), variances carry no gradient. ``mask`` (e.g. :func:`recurrent_mask`)
     keeps absent synapses at zero. ``readout_on_pcm`` puts ``W_out`` on PCM too (programmed once, read
-    with noise at every step).
+    with noise at every step). ``read_noise_mode`` is the hardware's (:class:`l2l_pcm.chip.ChipConfig`).
     """
 
     def masked(stats: WeightStatistics) -> WeightStatistics:
@@ -239,7 +245,8 @@ def pcm_memory(
     def read_readout(w_out: jax.Array, key: jax.Array) -> WeightStatistics:
         return deployed(w_out, key)[0]
 
-    return WeightMemory(read_initial, read_updated, read_readout if readout_on_pcm else None)
+    spec = MVMSpec(read_noise_mode=read_noise_mode)
+    return WeightMemory(read_initial, read_updated, read_readout if readout_on_pcm else None, spec, spec)
 
 
 # ----------------------------------------------------------------------------------------- inner loop
@@ -264,7 +271,6 @@ def natural_eprop(
     update_fn: UpdateFn | None = None,
     memory: WeightMemory | None = None,
     read_key: jax.Array | None = None,
-    read_noise_mode: str = "per_read",
 ) -> EpropResult:
     """The inner loop (steps 1-6 of the module docstring) for a batch of ``B`` tasks.
 
@@ -274,7 +280,7 @@ def natural_eprop(
     the authors' reflection of :attr:`l2l_pcm.pcm.PCMDevice.initial_programming`).
     ``update_fn`` defaults to ``software_update(1/16, w_max)``, ``memory`` to :func:`software_memory`.
     ``key`` drives the update and the memory (programming noise); ``read_key`` (None = no read noise)
-    the per-read noise of :func:`l2l_pcm.chip.analog_matmul` in both trainee passes. Pass 1 runs once
+    the per-read noise in both trainee passes, which run as ``memory.spec`` says. Pass 1 runs once
     for all tasks when it is deterministic (shared weights, no read noise).
     """
     if lsg.n_out != trainee.n_rec:
@@ -293,7 +299,7 @@ def natural_eprop(
     stats_before, carry = memory.read_initial(raw_stack, key_before)
     shared = stats_before.mean.ndim == 2 and read_before is None
     clock_batch = jnp.broadcast_to(clock, (1 if shared else batch,) + clock.shape)
-    before = run_snn(trainee, clock_batch, stats_before, read_before, read_noise_mode)
+    before = run_snn(trainee, clock_batch, stats_before, read_before, memory.spec)
 
     lsg_spikes, signal = learning_signals(lsg, lsg_weights, lsg_inputs)
     traces = presynaptic_traces(clock_batch, before.z, trainee.alpha)
@@ -303,7 +309,7 @@ def natural_eprop(
     update = update_fn(w_stack, delta_w, key_update)
     stats_after = memory.read_updated(carry, update, key_after)
     clock_all = jnp.broadcast_to(clock, (batch,) + clock.shape)
-    after = run_snn(trainee, clock_all, stats_after, read_after, read_noise_mode)
+    after = run_snn(trainee, clock_all, stats_after, read_after, memory.spec)
     w_out = trainee_weights.w_out
     if memory.read_readout is not None:
         w_out = memory.read_readout(w_out, key_readout)
@@ -311,8 +317,8 @@ def natural_eprop(
     return EpropResult(
         before=before,
         after=after,
-        output_before=readout(trainee, before.z, w_out, read_out_before, read_noise_mode),
-        output_after=readout(trainee, after.z, w_out, read_out_after, read_noise_mode),
+        output_before=readout(trainee, before.z, w_out, read_out_before, memory.readout_spec),
+        output_after=readout(trainee, after.z, w_out, read_out_after, memory.readout_spec),
         lsg_spikes=lsg_spikes,
         learning_signals=signal,
         delta_w=delta_w,

@@ -236,7 +236,12 @@ def default_memory(config: RobotConfig) -> WeightMemory:
         return software_memory(config.w_max)
     mask = recurrent_mask(config.trainee)
     return pcm_memory(
-        config.device, config.time_since_programming_s, mask, config.seconds_after_update, config.w_out_on_pcm
+        config.device,
+        config.time_since_programming_s,
+        mask,
+        config.seconds_after_update,
+        config.w_out_on_pcm,
+        config.hardware.read_noise_mode,
     )
 
 
@@ -247,7 +252,6 @@ def inner_loop(
     config: RobotConfig,
     memory: WeightMemory | None = None,
     read_key: jax.Array | None = None,
-    read_noise_mode: str = "per_read",
 ) -> InnerLoopResult:
     """One natural-e-prop update per target trajectory and the trajectories before and after it.
 
@@ -255,7 +259,7 @@ def inner_loop(
     model (:func:`default_memory`); evaluation on the chip passes a memory whose ``read_initial``
     returns the chip's read statistics and whose ``read_updated`` re-programs a copy of the chip per
     task with ``update.applied`` and returns the stacked per-task statistics; ``read_key`` then adds
-    per-read noise (``read_noise_mode``, see :func:`l2l_pcm.chip.analog_matmul`). Pass 1 is returned
+    per-read noise (run as the memory's ``spec`` says: the chip's tiles, converters, noise mode). Pass 1 is returned
     broadcast to the batch.
     """
     trainee, lsg = _split(params)
@@ -284,7 +288,6 @@ def inner_loop(
         update_fn=software_update(config.quantize_step, config.w_max),
         memory=default_memory(config) if memory is None else memory,
         read_key=read_key,
-        read_noise_mode=read_noise_mode,
     )
     omega_before = jnp.broadcast_to(result.output_before, (batch,) + result.output_before.shape[1:])
     clip = config.clip_predicted_angles

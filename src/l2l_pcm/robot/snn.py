@@ -39,7 +39,7 @@ into the adaptive threshold through :math:`x`.
 Synaptic input on the chip: the input and recurrent weights are one stacked matrix
 :math:`W_{stack} = [W^{in}; W^{rec} \odot (1 - I)]` of shape ``[n_in + n_rec, n_rec]``
 (5 + 250 = 255 rows fit one 256×256 crossbar), and every step is *one* crossbar read
-``analog_matmul(concat([x(t), z(t-1)]), stats, key_t)``. In software ``stats`` is the weights with
+``analog_mvm(concat([x(t), z(t-1)]), stats, key_t, spec)``. In software ``stats`` is the weights with
 zero variance and no key; on the chip the caller passes the chip's read statistics and a key. Weights
 may carry a leading batch axis (one weight set per task after the inner update).
 
@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_pcm.chip.crossbar import READ_NOISE_MODES, WeightStatistics, analog_matmul
+from l2l_pcm.chip import IDEAL_MVM, MVMSpec, WeightStatistics, analog_mvm
 from l2l_pcm.errors import ConfigError, check_int, check_number
 
 __all__ = [
@@ -317,15 +317,18 @@ def software_statistics(weights: jax.Array) -> WeightStatistics:
 
 
 def synaptic_currents(
-    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, mode: str = "per_read"
+    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, spec: MVMSpec = IDEAL_MVM
 ) -> jax.Array:
-    """``inputs [B, fan_in]`` through one crossbar read: :func:`analog_matmul` on shared weights
-    ``[fan_in, fan_out]``, or per task (``vmap``, a batched matvec ``bi,bij->bj``) on weights
-    ``[B, fan_in, fan_out]``, each task with its own read-noise key.
+    """``inputs [B, fan_in]`` through one crossbar read as ``spec`` runs it (:func:`l2l_pcm.chip.analog_mvm`:
+    tiles, converters, read noise) on shared weights ``[fan_in, fan_out]``, or per task (``vmap``) on
+    weights ``[B, fan_in, fan_out]``, each task with its own read-noise key.
     """
+
+    def read(x, s, k):
+        return analog_mvm(x, s, k, spec)[0]
+
     if stats.mean.ndim == 2:
-        return analog_matmul(inputs, stats, key, mode)
-    read = functools.partial(analog_matmul, mode=mode)
+        return read(inputs, stats, key)
     if key is None:
         return jax.vmap(lambda x, s: read(x, s, None))(inputs, stats)
     return jax.vmap(read)(inputs, stats, jax.random.split(key, inputs.shape[0]))
@@ -333,7 +336,7 @@ def synaptic_currents(
 
 def _scan(
     p: SNNConfig,
-    mode: str,
+    spec: MVMSpec,
     stats: WeightStatistics,
     xs: jax.Array,
     keys: jax.Array | None,
@@ -347,7 +350,7 @@ def _scan(
 
     def step(state: SNNState, inputs: tuple) -> tuple[SNNState, tuple[jax.Array, jax.Array]]:
         x, step_key, offset = inputs
-        current = synaptic_currents(jnp.concatenate([x, state.z], axis=-1), stats, step_key, mode)
+        current = synaptic_currents(jnp.concatenate([x, state.z], axis=-1), stats, step_key, spec)
         if offset is not None:
             current = current + offset
         state, psi = neuron_step(state, current, p)
@@ -359,7 +362,7 @@ def _scan(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _simulate(
-    p: SNNConfig, mode: str, mean: jax.Array, variance: jax.Array, xs: jax.Array, keys: jax.Array | None
+    p: SNNConfig, spec: MVMSpec, mean: jax.Array, variance: jax.Array, xs: jax.Array, keys: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:
     r""":func:`_scan` on per-task weights ``mean [B, n_in + n_rec, n_rec]``, with a cheaper weight gradient.
 
@@ -370,17 +373,17 @@ def _simulate(
     shared ``[n, m]`` weights the per-step accumulation is a cheap small matmul and plain autodiff
     measured faster.) The read-noise variance is hardware data and gets no gradient.
     """
-    return _scan(p, mode, WeightStatistics(mean, variance), xs, keys)
+    return _scan(p, spec, WeightStatistics(mean, variance), xs, keys)
 
 
-def _simulate_fwd(p, mode, mean, variance, xs, keys):
+def _simulate_fwd(p, spec, mean, variance, xs, keys):
     stats = WeightStatistics(mean, variance)
     offsets = jnp.zeros(xs.shape[:2] + (p.n_rec,), xs.dtype)
-    out, backward = jax.vjp(lambda x, c: _scan(p, mode, stats, x, keys, c), xs, offsets)
+    out, backward = jax.vjp(lambda x, c: _scan(p, spec, stats, x, keys, c), xs, offsets)
     return out, (backward, xs, out[0])
 
 
-def _simulate_bwd(p, mode, residuals, cotangents):
+def _simulate_bwd(p, spec, residuals, cotangents):
     backward, xs, z = residuals
     d_xs, d_current = backward(cotangents)
     presynaptic = jnp.concatenate([xs, jnp.pad(z[:-1], ((1, 0), (0, 0), (0, 0)))], axis=-1)
@@ -390,20 +393,21 @@ def _simulate_bwd(p, mode, residuals, cotangents):
 _simulate.defvjp(_simulate_fwd, _simulate_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("p", "mode"))
+@functools.partial(jax.jit, static_argnames=("p", "spec"))
 def run_snn(
     p: SNNConfig,
     inputs: jax.Array,
     stats: WeightStatistics,
     key: jax.Array | None = None,
-    mode: str = "per_read",
+    spec: MVMSpec = IDEAL_MVM,
 ) -> SNNRecord:
     """Simulate ``inputs [B, T, n_in]`` from rest; one :func:`jax.lax.scan` over :func:`neuron_step`.
 
     ``stats`` describes ``W_stack`` (``[n_in + n_rec, n_rec]`` or per task ``[B, ...]``); every step
     reads it once with ``concat([x(t), z(t-1)])``. ``key`` (or None: no read noise) is split into
-    one key per step. Differentiable w.r.t. ``stats.mean`` and ``inputs``. Jitted (``p`` and
-    ``mode`` static), so eager callers such as a chip-backed evaluation compile it once per shape.
+    one key per step; ``spec`` says how the crossbar runs the reads (:meth:`l2l_pcm.chip.Chip.mvm_spec`).
+    Differentiable w.r.t. ``stats.mean`` and ``inputs``. Jitted (``p`` and ``spec`` static), so eager
+    callers such as a chip-backed evaluation compile it once per shape.
     """
     batch, n_steps, n_in = inputs.shape
     if n_in != p.n_in or stats.mean.shape[-2:] != (p.n_stack, p.n_rec):
@@ -413,14 +417,12 @@ def run_snn(
         )
     if stats.mean.ndim == 3 and stats.mean.shape[0] != batch:
         raise ConfigError(f"run_snn: {stats.mean.shape[0]} weight sets for a batch of {batch}")
-    if mode not in READ_NOISE_MODES:
-        raise ConfigError(f"read-noise mode must be one of {READ_NOISE_MODES}, got {mode!r}")
     xs = jnp.swapaxes(inputs.astype(stats.mean.dtype), 0, 1)
     keys = None if key is None else jax.random.split(key, n_steps)
     if stats.mean.ndim == 3:
-        z, psi = _simulate(p, mode, stats.mean, stats.variance, xs, keys)
+        z, psi = _simulate(p, spec, stats.mean, stats.variance, xs, keys)
     else:
-        z, psi = _scan(p, mode, stats, xs, keys)
+        z, psi = _scan(p, spec, stats, xs, keys)
     return SNNRecord(jnp.swapaxes(z, 0, 1), jnp.swapaxes(psi, 0, 1))
 
 
@@ -429,15 +431,15 @@ def readout(
     z: jax.Array,
     w_out: jax.Array | WeightStatistics,
     read_key: jax.Array | None = None,
-    read_noise_mode: str = "per_read",
+    spec: MVMSpec = IDEAL_MVM,
 ) -> jax.Array:
     """Leaky readout ``y(t) = kappa y(t-1) + z(t) @ W_out`` for ``z [B, T, n_rec]`` -> ``[B, T, n_out]``.
 
     ``w_out`` as read statistics (a readout on PCM): every step's product is an analog MVM with read
-    noise from ``read_key`` (:func:`l2l_pcm.chip.analog_matmul`).
+    noise from ``read_key``, run as ``spec`` says (:func:`l2l_pcm.chip.analog_mvm`).
     """
     if isinstance(w_out, WeightStatistics):
-        return leaky_integrate(analog_matmul(z, w_out, read_key, read_noise_mode), p.kappa)
+        return leaky_integrate(analog_mvm(z, w_out, read_key, spec)[0], p.kappa)
     return leaky_integrate(z @ w_out, p.kappa)
 
 
