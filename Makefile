@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test-slow: $(STAMP)
 # every benchmark, one summary table; `make bench QUICK=1` for small iteration counts
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick)
+
+# API reference from the docstrings (pdoc), written to docs/api/ (not committed)
+docs: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[docs]"
+	$(BIN)/pdoc --docformat restructuredtext -o docs/api l2l_pcm l2l_pcm.pcm l2l_pcm.chip l2l_pcm.chip.chip l2l_pcm.chip.layers \
+		l2l_pcm.chip.crossbar l2l_pcm.chip.layout l2l_pcm.chip.energy l2l_pcm.fewshot l2l_pcm.robot l2l_pcm.training
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
