@@ -4,7 +4,9 @@ Exact per-read noise needs a second matmul for the output variance (x² @ σ²) 
 output, so its floor is about 2x; "per_batch" noise (one device-noise draw per call) needs one matmul.
 Both run jitted on the same inputs in one process, interleaved, best of several repeats each, so the
 ratio is robust to a shared machine's noise. Also timed: the layer API, ``analog_dense(chip.layer(...))``
-inside one jitted function (no Python per call, no counters), against the same plain matmul. Usage: ``python benchmarks/chip_mvm.py [--repeats N]``.
+jitted (no Python per call, no counters), and the chip with the counter-based noise generator
+(``ChipConfig(read_noise_rng="counter")``), against the same plain matmul.
+Usage: ``python benchmarks/chip_mvm.py [--repeats N]``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def best_time(fn, repeats: int, inner: int) -> float:
     return best
 
 
+def programmed_chip(config: ChipConfig, weights, key) -> Chip:
+    chip = Chip(config)
+    chip.place_dense("layer", weights.shape)
+    chip.program("layer", weights, key)
+    chip.advance(3600.0)
+    return chip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
@@ -39,35 +49,45 @@ def main() -> None:
     args = parser.parse_args()
     key = jax.random.PRNGKey(0)
     matmul = jax.jit(lambda x, w: x @ w)
-    ratios = {mode: [] for mode in MODES}
-    chip_ms = {mode: [] for mode in MODES}
-    api_ratios = []
-    print(f"{'batch x fan_in x fan_out':>26} | {'read noise':>10} | {'matmul ms':>9} | {'chip ms':>8} | {'ratio':>5}")
+    dense = jax.jit(analog_dense)
+    calls = args.inner * (args.repeats + 1)
+
+    def timed(fn) -> float:  # fn(x, key), fresh keys for every call
+        keys = iter(jax.random.split(key, calls))
+        return best_time(lambda: fn(next(keys)), args.repeats, args.inner)
+
+    variants = {
+        "per_read": lambda chip, x: lambda k: chip.mvm("layer", x, k),
+        "per_batch": lambda chip, x: lambda k: chip.mvm("layer", x, k),
+        "counter rng": lambda chip, x: lambda k: chip.mvm("layer", x, k),
+        "layer API": lambda chip, x: (lambda layer: lambda k: dense(layer, x, k))(chip.layer("layer")),
+    }
+    configs = {
+        "per_read": ChipConfig(),
+        "per_batch": ChipConfig(read_noise_mode="per_batch"),
+        "counter rng": ChipConfig(read_noise_rng="counter"),
+        "layer API": ChipConfig(),
+    }
+    ratios = {name: [] for name in variants}
+    chip_ms = {name: [] for name in variants}
+    print(f"{'batch x fan_in x fan_out':>26} | {'variant':>11} | {'matmul ms':>9} | {'chip ms':>8} | {'ratio':>5}")
     for batch, fan_in, fan_out in SHAPES:
         weights = 0.3 * jax.random.normal(key, (fan_in, fan_out))
         x = jax.random.uniform(key, (batch, fan_in))
-        for mode in MODES:
-            chip = Chip(ChipConfig(read_noise_mode=mode))
-            chip.place_dense("layer", (fan_in, fan_out))
-            chip.program("layer", weights, key)
-            chip.advance(3600.0)
-            keys = iter(jax.random.split(key, 2 * args.inner * (args.repeats + 1)))
+        for name, make in variants.items():
+            run = make(programmed_chip(configs[name], weights, key), x)
             t_matmul = best_time(lambda x=x, w=weights: matmul(x, w), args.repeats, args.inner)
-            t_chip = best_time(lambda c=chip, x=x, k=keys: c.mvm("layer", x, next(k)), args.repeats, args.inner)
-            if mode == "per_read":
-                layer = chip.layer("layer")
-                dense = jax.jit(analog_dense)
-                t_api = best_time(lambda x=x, k=keys: dense(layer, x, next(k)), args.repeats, args.inner)
-                api_ratios.append(t_api / t_matmul)
-            ratios[mode].append(t_chip / t_matmul)
-            chip_ms[mode].append(t_chip * 1e3)
+            t_chip = timed(run)
+            ratios[name].append(t_chip / t_matmul)
+            chip_ms[name].append(t_chip * 1e3)
             print(
-                f"{f'{batch} x {fan_in} x {fan_out}':>26} | {mode:>10} | {t_matmul * 1e3:9.3f} | "
+                f"{f'{batch} x {fan_in} x {fan_out}':>26} | {name:>11} | {t_matmul * 1e3:9.3f} | "
                 f"{t_chip * 1e3:8.3f} | {t_chip / t_matmul:5.2f}"
             )
     print(f"ratio_chip_to_matmul_per_batch_noise: {max(ratios['per_batch']):.2f}")
-    print(f"ratio_layer_api_to_matmul (jitted analog_dense, per-read noise, worst shape): {max(api_ratios):.2f}")
-    print("(default mode, exact per-read noise, worst shape:)")
+    print(f"ratio_layer_api_to_matmul (jitted analog_dense, exact noise, worst shape): {max(ratios['layer API']):.2f}")
+    print(f"ratio_chip_to_matmul_counter_rng (read_noise_rng='counter', worst shape): {max(ratios['counter rng']):.2f}")
+    print("(default: exact per-read noise, threefry, worst shape:)")
     worst = max(range(len(SHAPES)), key=lambda i: ratios["per_read"][i])
     print(f"chip_ms_per_mvm: {chip_ms['per_read'][worst]:.3f}")
     print(f"ratio_chip_to_matmul: {ratios['per_read'][worst]:.2f}")

@@ -478,3 +478,27 @@ def test_unit_cell_size_is_validated():
             PCMDevice(devices_per_polarity=bad)
     with pytest.raises(ConfigError, match="authors_jitter.*devices_per_polarity 1"):
         PCMDevice(devices_per_polarity=2, initial_programming="authors_jitter", fixed_age_s=32.0)
+
+
+def test_counter_noise_generator_draws_standard_normals_and_the_chip_uses_it(key):
+    from l2l_pcm.chip.crossbar import counter_normal
+
+    z = np.asarray(counter_normal(key, (1000, 1000)), dtype=np.float64)
+    assert abs(z.mean()) < 0.005 and abs(z.std() - 1) < 0.005
+    for q, expected in ((0.5, 0.0), (0.8413, 1.0), (0.9772, 2.0), (0.00135, -3.0)):  # normal quantiles
+        assert np.quantile(z, q) == pytest.approx(expected, abs=0.02)
+    other = np.asarray(counter_normal(jax.random.fold_in(key, 1), (1000, 1000)))
+    assert abs(np.corrcoef(z.ravel(), other.ravel())[0, 1]) < 0.005  # another key: another stream
+    assert abs(np.corrcoef(z[:, :-1].ravel(), z[:, 1:].ravel())[0, 1]) < 0.005  # neighbours independent
+    outputs = {}
+    for rng in ("threefry", "counter"):
+        chip = Chip(ChipConfig(read_noise_rng=rng))
+        chip.place_dense("layer", (256, 64))
+        chip.program("layer", jnp.full((256, 64), 0.5), key)
+        chip.advance(3600.0)
+        x = jnp.ones((2000, 256))
+        outputs[rng] = np.asarray(chip.mvm("layer", x, key) - chip.mvm("layer", x, None))
+    assert not np.allclose(outputs["threefry"], outputs["counter"])
+    assert outputs["counter"].std() == pytest.approx(outputs["threefry"].std(), rel=0.03)
+    with pytest.raises(ConfigError, match="read_noise_rng"):
+        ChipConfig(read_noise_rng="mersenne")

@@ -12,6 +12,7 @@ normal per output replace one normal per device and input vector, with no approx
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -92,27 +93,55 @@ def read_statistics(device: PCMDevice, state: LayerState, now_s: float, drift_co
 
 
 READ_NOISE_MODES = ("per_read", "per_batch")
+READ_NOISE_RNGS = ("threefry", "counter")
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+    """murmur3's 32-bit finaliser: a bijection whose every output bit depends on every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def counter_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Standard normals from a counter-based hash: the element index, mixed twice with two seed words drawn
+    from ``key`` (threefry), gives 24 uniform bits, mapped through the inverse error function.
+
+    About 2.5× faster than ``jax.random.normal`` on CPU, where threefry's 20 rounds per word cost more
+    than the matmul they add noise to; the values within one call are distinct hashes of distinct
+    counters, and calls with different keys get independent seeds. For emulating device noise, not for
+    cryptography. (Tails reach 5.3 σ, as float32 uniforms allow.)
+    """
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    bits = _mix32(_mix32(counter ^ seed[0]) + seed[1])
+    uniform = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+    return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * uniform - 1.0)).astype(dtype)
 
 
 def analog_matmul(
-    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, mode: str = "per_read"
+    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, mode: str = "per_read", rng: str = "threefry"
 ) -> jax.Array:
     """``inputs`` [..., fan_in] times the layer, with read noise.
 
     ``mode="per_read"`` (default, exact): independent device noise for every input vector, via the
     output-variance identity above (two matmuls). ``mode="per_batch"``: one draw of device noise shared
     by all vectors of this call, as aihwkit's ``PCM_READ`` weight noise does per mini-batch (one matmul;
-    reads within a call are correlated). ``key=None`` gives the noise-free expectation.
+    reads within a call are correlated). ``key=None`` gives the noise-free expectation. ``rng``: which
+    generator draws the normals, "threefry" (``jax.random.normal``) or "counter" (:func:`counter_normal`).
     """
     if key is None:
         return inputs @ stats.mean
+    normal = jax.random.normal if rng == "threefry" else counter_normal
     if mode == "per_batch":
-        noise = jax.random.normal(key, stats.mean.shape, dtype=stats.mean.dtype)
+        noise = normal(key, stats.mean.shape, dtype=stats.mean.dtype)
         return inputs @ (stats.mean + jnp.sqrt(stats.variance) * noise)
     outputs = inputs @ stats.mean
     # the floor keeps the gradient finite where no input is active (sqrt'(0) = inf)
     std = jnp.sqrt(jnp.maximum((inputs * inputs) @ stats.variance, 1e-30))
-    return outputs + std * jax.random.normal(key, outputs.shape, dtype=outputs.dtype)
+    return outputs + std * normal(key, outputs.shape, dtype=outputs.dtype)
 
 
 def uniform_quantize(values: jax.Array, bits: int, full_scale: float, unsigned: bool = False) -> jax.Array:
@@ -148,10 +177,13 @@ class MVMSpec:
     adc: tuple[int, float] | None = None
     """(bits, range) of every tile's ADC; None = ideal."""
     read_noise_mode: str = "per_read"
+    read_noise_rng: str = "threefry"
 
     def __post_init__(self) -> None:
         if self.read_noise_mode not in READ_NOISE_MODES:
             raise ValueError(f"read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}")
+        if self.read_noise_rng not in READ_NOISE_RNGS:
+            raise ValueError(f"read_noise_rng must be one of {READ_NOISE_RNGS}, got {self.read_noise_rng!r}")
 
 
 IDEAL_MVM = MVMSpec()
@@ -169,7 +201,7 @@ def analog_mvm(
         dac_clipped = saturated(inputs, *spec.dac[1:])
         inputs = uniform_quantize(inputs, *spec.dac)
     if spec.adc is None or not spec.tiles:  # partial sums of ideal tiles add up exactly: one matmul
-        outputs = analog_matmul(inputs, stats, key, spec.read_noise_mode)
+        outputs = analog_matmul(inputs, stats, key, spec.read_noise_mode, spec.read_noise_rng)
         if spec.adc is not None:
             adc_clipped = saturated(outputs, spec.adc[1])
             outputs = uniform_quantize(outputs, *spec.adc)
@@ -181,7 +213,9 @@ def analog_mvm(
             stats.mean[..., start : start + rows, out : out + cols],
             stats.variance[..., start : start + rows, out : out + cols],
         )
-        analog = analog_matmul(inputs[..., start : start + rows], part, tile_key, spec.read_noise_mode)
+        analog = analog_matmul(
+            inputs[..., start : start + rows], part, tile_key, spec.read_noise_mode, spec.read_noise_rng
+        )
         adc_clipped = adc_clipped + saturated(analog, spec.adc[1])
         outputs = outputs.at[..., out : out + cols].add(uniform_quantize(analog, *spec.adc))
     return outputs, dac_clipped, adc_clipped

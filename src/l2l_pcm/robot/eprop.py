@@ -200,7 +200,7 @@ def pcm_memory(
     mask: jax.Array | None = None,
     seconds_after_update: float = 1.0,
     readout_on_pcm: bool = False,
-    read_noise_mode: str = "per_read",
+    spec: MVMSpec = IDEAL_MVM,
 ) -> WeightMemory:
     """Statistical PCM model of the crossbar, for hardware-aware meta-training (straight-through).
 
@@ -213,7 +213,8 @@ def pcm_memory(
     are read ``seconds_after_update`` later; all others keep their state. Means are straight-through
     (gradient of the exact weights), variances carry no gradient. ``mask`` (e.g. :func:`recurrent_mask`)
     keeps absent synapses at zero. ``readout_on_pcm`` puts ``W_out`` on PCM too (programmed once, read
-    with noise at every step). ``read_noise_mode`` is the hardware's (:class:`l2l_pcm.chip.ChipConfig`).
+    with noise at every step). ``spec``: how the crossbar reads run
+    (:meth:`l2l_pcm.chip.ChipConfig.software_mvm_spec`).
     """
 
     def masked(stats: WeightStatistics) -> WeightStatistics:
@@ -245,7 +246,6 @@ def pcm_memory(
     def read_readout(w_out: jax.Array, key: jax.Array) -> WeightStatistics:
         return deployed(w_out, key)[0]
 
-    spec = MVMSpec(read_noise_mode=read_noise_mode)
     return WeightMemory(read_initial, read_updated, read_readout if readout_on_pcm else None, spec, spec)
 
 

@@ -241,7 +241,7 @@ def default_memory(config: RobotConfig) -> WeightMemory:
         mask,
         config.seconds_after_update,
         config.w_out_on_pcm,
-        config.hardware.read_noise_mode,
+        config.hardware.software_mvm_spec(),
     )
 
 
