@@ -87,8 +87,8 @@ def _hardware(args: argparse.Namespace, current):
         hardware = ChipConfig.from_json(_read_json(args.hardware))
     if getattr(args, "device", None) is not None:
         hardware = dataclasses.replace(hardware, device=_device(args.device))
-    if getattr(args, "drift_compensation", False):
-        hardware = dataclasses.replace(hardware, drift_compensation=True)
+    if getattr(args, "drift_compensation", None):
+        hardware = dataclasses.replace(hardware, drift_compensation=args.drift_compensation)
     return hardware
 
 
@@ -108,7 +108,7 @@ def _refuse_chip_only_flags(args: argparse.Namespace, hardware) -> None:
     for field, value in (
         ("dac_bits", hardware.dac_bits),
         ("adc_bits", hardware.adc_bits),
-        ("drift_compensation", hardware.drift_compensation and not args.drift_compensation),
+        ("drift_compensation", hardware.drift_compensation != "none" and not args.drift_compensation),
     ):
         if value:
             raise L2LPCMError(
@@ -139,7 +139,7 @@ def _provenance(args: argparse.Namespace, hardware, **settings) -> dict:
         "seed": args.seed,
         "tasks": args.tasks,
         "time_since_programming_s_asked": getattr(args, "time_since_programming", None),
-        "drift_compensation": getattr(args, "drift_compensation", False),
+        "drift_compensation": getattr(args, "drift_compensation", None),
     }
     return provenance(checkpoint, hardware, **asked, **settings)
 
@@ -503,7 +503,14 @@ def add_backend_arguments(sub: argparse.ArgumentParser, precision_default: str) 
         default=None,
         help="chip only: time between programming and use, e.g. 3600, 1h, 1d, 1y (default: the training value)",
     )
-    sub.add_argument("--drift-compensation", action="store_true", help="chip only: global drift compensation")
+    sub.add_argument(
+        "--drift-compensation",
+        nargs="?",
+        const="array",
+        choices=("global", "array", "column"),
+        help="chip only: drift compensation measured by calibration reads per array (the default when the flag "
+        "is given alone) or per column, or 'global' (an oracle factor from the noise-free device state)",
+    )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
 

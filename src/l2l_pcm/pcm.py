@@ -309,10 +309,14 @@ class PCMDevice:
         g_prog = self.weights_to_conductances(drifted / decay, clip=False)
         return self.weights_to_conductances(written), g_prog, jnp.stack([nu, nu])
 
-    def reprogram_target(self, g_target_uS: jax.Array, g_now_uS: jax.Array, update: jax.Array) -> jax.Array:
-        """Target conductances [2, ...] of pairs after adding a weight ``update`` (``reprogram_from``)."""
-        base = g_target_uS if self.reprogram_from == "target" else g_now_uS
-        return self.to_cells(self.weights_to_conductances(self.conductances_to_weights(base) + update))
+    def reprogram_target(
+        self, g_target_uS: jax.Array, g_now_uS: jax.Array, update: jax.Array, base_weights: jax.Array | None = None
+    ) -> jax.Array:
+        """Target conductances [2, ...] of pairs after adding a weight ``update`` (``reprogram_from``), or
+        to ``base_weights`` if given (a chip that compensates drift writes relative to its estimate)."""
+        if base_weights is None:
+            base_weights = self.conductances_to_weights(g_target_uS if self.reprogram_from == "target" else g_now_uS)
+        return self.to_cells(self.weights_to_conductances(base_weights + update))
 
     # ----------------------------------------------------------------------------------- drift
     def effective_age_s(self, time_since_programming_s: jax.Array) -> jax.Array:

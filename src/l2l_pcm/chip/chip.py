@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 import os
+import zlib
 from collections.abc import Mapping
 
 import jax
@@ -20,6 +21,7 @@ from l2l_pcm.chip.crossbar import (
     MVMSpec,
     WeightStatistics,
     analog_mvm,
+    calibration_gains,
     program_layer,
     read_statistics,
     reprogram_layer,
@@ -44,8 +46,12 @@ COUNTER_NAMES = (
     "dac_saturated",
     "adc_conversions",
     "adc_saturated",
+    "calibration_vectors",
 )
 WEIGHT_SCALINGS = ("none", "layer", "column")
+DRIFT_COMPENSATIONS = ("none", "global", "array", "column")
+CALIBRATION_VECTORS = 32
+"""Known inputs a compensating chip reads through every layer to measure its drift (each read counted)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +79,12 @@ class ChipConfig:
     """Output precision per tile; None = ideal."""
     adc_range: float = 32.0
     """Per-tile outputs are clipped to ±adc_range (weight×input units) when ``adc_bits`` is set."""
-    drift_compensation: bool = False
+    drift_compensation: str = "none"
+    """"none"; "global": the oracle factor of :func:`read_statistics` (noise-free total conductance, one per
+    layer; ``true`` in older configs); "array" / "column": measured, as a chip can, by a noisy read of
+    ``CALIBRATION_VECTORS`` known inputs whenever the layer is read after its state or the clock changed
+    (counted in ``calibration_vectors`` and the MVM counters), one gain per array tile or per column;
+    updates are then written relative to the compensated weights (:meth:`Chip.reprogram`)."""
     read_noise_mode: str = "per_read"
     """"per_read": fresh device noise for every input vector (exact). "per_batch": one draw per MVM call
     shared by its vectors (aihwkit-style, about 2x faster). See :func:`analog_matmul`."""
@@ -84,6 +95,12 @@ class ChipConfig:
     energy: EnergyModel = EnergyModel()
 
     def __post_init__(self) -> None:
+        if isinstance(self.drift_compensation, bool):  # configs and checkpoints before "global" had a name
+            object.__setattr__(self, "drift_compensation", "global" if self.drift_compensation else "none")
+        if self.drift_compensation not in DRIFT_COMPENSATIONS:
+            raise ConfigError(
+                f"ChipConfig.drift_compensation must be one of {DRIFT_COMPENSATIONS}, got {self.drift_compensation!r}"
+            )
         for name in ("n_arrays", "array_rows", "array_cols"):
             check_int(f"ChipConfig.{name}", getattr(self, name))
         if not (math.isfinite(self.update_step) and 0 < self.update_step <= self.device.w_max):
@@ -188,6 +205,7 @@ class ChipSnapshot:
     now_s: float
     states: dict
     scales: dict = dataclasses.field(default_factory=dict)
+    write_gains: dict = dataclasses.field(default_factory=dict)
 
 
 @functools.partial(jax.jit, static_argnames=("device", "drift_compensation"))
@@ -200,9 +218,12 @@ def _program(device, key, weights, now_s):
     return program_layer(device, key, weights, now_s)
 
 
+_calibration_gains = jax.jit(calibration_gains, static_argnames=("tiles", "per_column", "rng"))
+
+
 @functools.partial(jax.jit, static_argnames=("device",))
-def _reprogram(device, key, state, update, now_s):
-    new_state, touched = reprogram_layer(device, key, state, update, now_s)
+def _reprogram(device, key, state, update, now_s, base_weights=None):
+    new_state, touched = reprogram_layer(device, key, state, update, now_s, base_weights)
     per_weight = jnp.any(touched.reshape(-1, *update.shape), axis=0)
     rows_touched = jnp.sum(jnp.any(per_weight, axis=1))
     pairs_touched = jnp.sum(per_weight)
@@ -242,6 +263,11 @@ class Chip:
         """Digital biases added to a layer's MVM outputs (layers programmed with a bias)."""
         self.periphery: dict[str, Periphery] = {}
         """Per layer, the DAC/ADC ranges (:meth:`set_periphery`, :meth:`calibrate`; else the config's)."""
+        self.write_gains: dict[str, jax.Array] = {}
+        """Per layer and weight, the compensation gain in force when it was last written (1 at programming):
+        the digital record that makes its intended weight = scale × written weight × write gain."""
+        self._gains: dict[str, jax.Array] = {}
+        self._calibrations = 0
 
     # --------------------------------------------------------------------------------- placement
     def place_dense(self, name: str, shape: tuple[int, int]) -> LayerPlacement:
@@ -334,6 +360,7 @@ class Chip:
             self.biases.pop(name, None)
         self.states[name] = _program(self.config.device, key, device_weights, self.now_s)
         self.scales[name] = scale
+        self.write_gains[name] = jnp.ones(placement.shape, jnp.float32)
         self._stats_cache.pop(name, None)
         self.counters[name]["weights_clipped"] += clipped
         weights = placement.shape[0] * placement.shape[1]
@@ -353,8 +380,19 @@ class Chip:
         if rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
         device_update = update / self.scales[name]
+        base = None
+        if self.config.drift_compensation in ("array", "column"):
+            # outputs are multiplied by the measured gain: write the update, and the device's new target,
+            # relative to the weights as compensated now, so a fresh device reads what is intended
+            self.read_statistics(name)
+            gain = self._gains[name]
+            device_update = device_update / gain
+            base = self.config.device.conductances_to_weights(state.g_target_uS) * self.write_gains[name] / gain
         quantized = quantize(device_update, self.config.update_step, key_round if rounding == "stochastic" else None)
-        new_state, touched, pairs, rows = _reprogram(self.config.device, key_prog, state, quantized, self.now_s)
+        new_state, touched, pairs, rows = _reprogram(self.config.device, key_prog, state, quantized, self.now_s, base)
+        if base is not None:
+            rewritten = jnp.any(touched.reshape(-1, *placement.shape), axis=0)
+            self.write_gains[name] = jnp.where(rewritten, gain, self.write_gains[name])
         self.states[name] = new_state
         self._stats_cache.pop(name, None)
         touched = np.asarray(touched)
@@ -390,10 +428,41 @@ class Chip:
         """Per-weight mean and read-noise variance of a layer now (cached until the state changes)."""
         if name not in self._stats_cache:
             state = self._state(name)
-            stats = _read_statistics(self.config.device, state, jnp.float32(self.now_s), self.config.drift_compensation)
+            mode = self.config.drift_compensation
+            stats = _read_statistics(self.config.device, state, jnp.float32(self.now_s), mode == "global")
             scale = self.scales[name]
-            self._stats_cache[name] = WeightStatistics(stats.mean * scale, stats.variance * scale**2)
+            stats = WeightStatistics(stats.mean * scale, stats.variance * scale**2)
+            if mode in ("array", "column"):
+                gain = self._measure_drift(name, stats)
+                stats = WeightStatistics(stats.mean * gain, stats.variance * gain**2)
+            self._stats_cache[name] = stats
         return self._stats_cache[name]
+
+    def _measure_drift(self, name: str, stats: WeightStatistics) -> jax.Array:
+        """Compensation gains from a noisy read of the layer's calibration inputs (see ChipConfig)."""
+        placement = self.placements[name]
+        inputs = jax.random.uniform(
+            jax.random.PRNGKey(zlib.crc32(name.encode())), (CALIBRATION_VECTORS, placement.shape[0])
+        )
+        intended = self.intended_weights(name)
+        key = jax.random.fold_in(jax.random.PRNGKey(0xCA1), self._calibrations)
+        self._calibrations += 1
+        tiles = tuple((t.row_start, t.rows, t.out_start, t.cols) for t in placement.tiles)
+        gain = _calibration_gains(
+            inputs, intended, stats, key, tiles, self.config.drift_compensation == "column", self.config.read_noise_rng
+        )
+        self.counters[name]["calibration_vectors"] += CALIBRATION_VECTORS
+        self.record_mvms(name, CALIBRATION_VECTORS)
+        self._gains[name] = gain
+        return gain
+
+    def intended_weights(self, name: str) -> jax.Array:
+        """The weights the chip's digital record says the layer holds: programmed targets (and, under
+        calibrated drift compensation, the gain each weight was written with), in the caller's units."""
+        state = self._state(name)
+        return (
+            self.config.device.conductances_to_weights(state.g_target_uS) * self.write_gains[name] * self.scales[name]
+        )
 
     def read_weights(self, name: str) -> jax.Array:
         """The weights a noise-free read would return now (programming noise and drift included)."""
@@ -543,7 +612,7 @@ class Chip:
         For emulation studies: e.g. start every few-shot task from the same deployed chip, as a fleet of
         identically programmed chips would.
         """
-        return ChipSnapshot(self.now_s, dict(self.states), dict(self.scales))
+        return ChipSnapshot(self.now_s, dict(self.states), dict(self.scales), dict(self.write_gains))
 
     def restore(self, snapshot: ChipSnapshot) -> None:
         """Return to a :meth:`snapshot` of this chip (same placement)."""
@@ -552,6 +621,7 @@ class Chip:
         self.now_s = snapshot.now_s
         self.states = dict(snapshot.states)
         self.scales = {**self.scales, **snapshot.scales}
+        self.write_gains = {**self.write_gains, **snapshot.write_gains}
         self._stats_cache.clear()
 
     # ---------------------------------------------------------------------------------- reports
@@ -603,6 +673,7 @@ class Chip:
             for field, value in state._asdict().items():
                 tensors[f"{name}/{field}"] = np.asarray(value)
             tensors[f"{name}/scale"] = np.asarray(self.scales[name])
+            tensors[f"{name}/write_gain"] = np.asarray(self.write_gains[name])
             if name in self.biases:
                 tensors[f"{name}/bias"] = np.asarray(self.biases[name])
         metadata = {
@@ -645,6 +716,7 @@ class Chip:
                 chip.states[name] = LayerState(**fields)
                 fan_out = shape[-1]
                 chip.scales[name] = _optional_vector(tensors, f"{name}/scale", fan_out, path, default=1.0)
+                chip.write_gains[name] = _optional_matrix(tensors, f"{name}/write_gain", shape[-2:], path)
                 if f"{name}/bias" in tensors:
                     chip.biases[name] = _optional_vector(tensors, f"{name}/bias", fan_out, path)
             chip.now_s = float(meta["now_s"])
@@ -668,6 +740,16 @@ def _optional_vector(tensors, name: str, size: int, path, default: float | None 
         raise CheckpointError(
             f"{path}: tensor '{name}' has shape {array.shape} or non-finite values, expected ({size},)"
         )
+    return jnp.asarray(array)
+
+
+def _optional_matrix(tensors, name: str, shape: tuple[int, int], path) -> jax.Array:
+    """A per-weight matrix of a chip file (older files have none: ones)."""
+    if name not in tensors:
+        return jnp.ones(shape, jnp.float32)
+    array = tensors[name]
+    if array.shape != tuple(shape) or not np.all(np.isfinite(array)):
+        raise CheckpointError(f"{path}: tensor '{name}' has shape {array.shape} or non-finite values, expected {shape}")
     return jnp.asarray(array)
 
 

@@ -50,7 +50,12 @@ def program_layer(device: PCMDevice, key: jax.Array, weights: jax.Array, now_s: 
 
 
 def reprogram_layer(
-    device: PCMDevice, key: jax.Array, state: LayerState, update: jax.Array, now_s: float
+    device: PCMDevice,
+    key: jax.Array,
+    state: LayerState,
+    update: jax.Array,
+    now_s: float,
+    base_weights: jax.Array | None = None,
 ) -> tuple[LayerState, jax.Array]:
     """Apply an already-quantized weight update, re-programming only the devices it changes.
 
@@ -60,10 +65,11 @@ def reprogram_layer(
     update of its pair is non-zero and its own target conductance changes (adding 1/16 to a positive
     weight moves G⁺ only; all N devices of a unit cell's polarity are re-programmed together). All other
     devices keep their state bit for bit. Returns the new state and the boolean mask of devices touched
-    (the state's shape).
+    (the state's shape). ``base_weights`` ([fan_in, fan_out], device units) replaces the base the new target
+    is computed from (see :meth:`PCMDevice.reprogram_target`).
     """
     g_now = device.drift(state.g_prog_uS, state.nu, now_s - state.programmed_at_s)
-    new_target = device.reprogram_target(state.g_target_uS, g_now, update)
+    new_target = device.reprogram_target(state.g_target_uS, g_now, update, base_weights)
     touched = jnp.broadcast_to(update != 0, new_target.shape) & (new_target != state.g_target_uS)
     g_prog, nu = device.program(key, new_target)
     new_state = LayerState(
@@ -78,9 +84,10 @@ def reprogram_layer(
 def read_statistics(device: PCMDevice, state: LayerState, now_s: float, drift_compensation: bool) -> WeightStatistics:
     """Mean and read-noise variance of each weight at chip time ``now_s``.
 
-    Global drift compensation (Joshi et al. 2020) rescales the layer's outputs by one factor: the total
-    conductance right after programming over the total conductance now, as a calibration read of the
-    whole layer would measure it.
+    ``drift_compensation`` here is the *oracle* global compensation (``ChipConfig(drift_compensation=
+    "global")``): one factor per layer, the total conductance right after programming over the total now,
+    computed from the noise-free device state no chip can see. The chip's calibrated compensation
+    (:func:`calibration_gains`) measures instead.
     """
     age = now_s - state.programmed_at_s
     g_now = device.drift(state.g_prog_uS, state.nu, age)
@@ -219,3 +226,35 @@ def analog_mvm(
         adc_clipped = adc_clipped + saturated(analog, spec.adc[1])
         outputs = outputs.at[..., out : out + cols].add(uniform_quantize(analog, *spec.adc))
     return outputs, dac_clipped, adc_clipped
+
+
+def calibration_gains(
+    inputs: jax.Array,
+    intended: jax.Array,
+    stats: WeightStatistics,
+    key: jax.Array,
+    tiles: tuple[tuple[int, int, int, int], ...],
+    per_column: bool,
+    rng: str = "threefry",
+) -> jax.Array:
+    """Drift-compensation gains [fan_in, fan_out] from one noisy read of known calibration ``inputs`` [C, fan_in].
+
+    For every tile (one array's block of the layer), the chip compares what the calibration inputs should
+    give, ``inputs @ intended`` (its digital record of the weights), with what the tile returns now
+    (:func:`analog_matmul`, read noise included), and takes the gain α = Σ y_ref² / Σ y_ref·y_read over the
+    tile, or over each column (``per_column``): the least-squares fit of y_read = y_ref / α, which read noise
+    does not bias (fitting y_ref on y_read would: the noise inflates Σ y_read²). Multiplying the tile's
+    outputs by α (here: its weights' statistics) undoes the drift it has seen since programming.
+    """
+    gains = jnp.ones_like(stats.mean)
+    keys = jax.random.split(key, len(tiles))
+    axis = 0 if per_column else None
+    for (start, rows, out, cols), tile_key in zip(tiles, keys, strict=True):
+        block = (slice(start, start + rows), slice(out, out + cols))
+        x = inputs[:, start : start + rows]
+        reference = x @ intended[block]
+        read = analog_matmul(x, WeightStatistics(stats.mean[block], stats.variance[block]), tile_key, rng=rng)
+        overlap = jnp.sum(reference * read, axis=axis)
+        gain = jnp.where(overlap > 0, jnp.sum(reference * reference, axis=axis) / jnp.maximum(overlap, 1e-30), 1.0)
+        gains = gains.at[block].set(jnp.broadcast_to(gain, (rows, cols)))
+    return gains
