@@ -254,6 +254,114 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
         )
 
 
+FEWSHOT_SWEEP_METRICS = (
+    "accuracy_mean",
+    "accuracy_ci95",
+    "devices_reprogrammed_fraction",
+    "devices_reprogrammed_max",
+    "energy_estimate_pJ_per_adaptation",
+)
+ROBOT_SWEEP_METRICS = (
+    "mse_before",
+    "mse_before_ci95",
+    "mse_after",
+    "mse_after_ci95",
+    "mse_ratio_after_to_before",
+    "mse_ratio_ci95",
+    "devices_reprogrammed_fraction",
+)
+
+
+def _sweep_axes(args: argparse.Namespace, hardware, budgets: bool) -> dict:
+    """The grid a ``sweep`` command runs: times, then compensation, budgets, converter bits, devices."""
+    axes = {"time_since_programming_s": args.times or None}
+    if axes["time_since_programming_s"] is None:
+        from l2l_pcm.sweep import DEFAULT_TIMES_S
+
+        axes["time_since_programming_s"] = list(DEFAULT_TIMES_S)
+    axes["drift_compensation"] = args.compensation or [hardware.drift_compensation]
+    if budgets and args.budgets:
+        axes["update_budget"] = args.budgets
+    for name in ("dac_bits", "adc_bits"):
+        if getattr(args, name):
+            axes[name] = getattr(args, name)
+    if args.devices:
+        axes["device"] = args.devices
+    for device in args.devices or [None]:
+        fixed = (_device(device) if device else hardware.device).fixed_age_s
+        if fixed is not None and len(axes["time_since_programming_s"]) > 1:
+            raise L2LPCMError(
+                f"device {device or 'of the hardware'} reads every device at a fixed age of {fixed:g} s (the "
+                "authors' convention): a sweep over time since programming cannot apply to it"
+            )
+    return axes
+
+
+def _point_hardware(hardware, point: dict):
+    """The hardware of one sweep point: the base with the point's compensation, bits and device."""
+    changes = {name: point[name] for name in ("drift_compensation", "dac_bits", "adc_bits") if name in point}
+    if "device" in point:
+        changes["device"] = _device(point["device"])
+    return dataclasses.replace(hardware, **changes)
+
+
+def _finish_sweep(args, rows: list[dict], stem: str, hardware, plot_args: dict) -> None:
+    from l2l_pcm import sweep
+
+    record_provenance = _provenance(args, hardware, backend="chip", sweep_axes=sorted({k for r in rows for k in r}))
+    out = Path(args.out)
+    paths = sweep.write(rows, out, stem, record_provenance)
+    paths.append(sweep.plot(rows, path=out / f"{stem}.png", **plot_args))
+    if args.json:
+        print(json.dumps({"points": rows, "provenance": record_provenance}))
+        return
+    columns = list(rows[0])
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    for path in paths:
+        print(f"wrote {path}")
+
+
+def _fewshot_sweep(args: argparse.Namespace) -> None:
+    from l2l_pcm import sweep
+    from l2l_pcm.fewshot.evaluate import evaluate_chip
+
+    params, config, _, images = _load_fewshot(args)
+    points = sweep.grid(_sweep_axes(args, config.hardware, budgets=True))
+
+    def evaluate_point(point: dict) -> dict:
+        changes = {"hardware": _point_hardware(config.hardware, point)}
+        if "update_budget" in point:
+            changes["update_budget"] = point["update_budget"]
+        point_config = dataclasses.replace(config, **changes)
+        time_s = point["time_since_programming_s"]
+        return evaluate_chip(params, point_config, images, args.tasks, args.queries, args.seed, None, time_s)
+
+    rows = sweep.run(points, evaluate_point, FEWSHOT_SWEEP_METRICS, progress=not args.json)
+    plot = {"metric": "accuracy_mean", "ci": "accuracy_ci95", "ylabel": "query accuracy after the inner loop"}
+    _finish_sweep(args, rows, "fewshot_sweep", config.hardware, {**plot, "title": "few-shot on the chip"})
+
+
+def _robot_sweep(args: argparse.Namespace) -> None:
+    from l2l_pcm import sweep
+    from l2l_pcm.robot.evaluate import evaluate
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+
+    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    model = _robot_overrides(args, config.model)
+    points = sweep.grid(_sweep_axes(args, model.hardware, budgets=False))
+
+    def evaluate_point(point: dict) -> dict:
+        hardware = _point_hardware(model.hardware, point)
+        time_s = point["time_since_programming_s"]
+        return evaluate(params, model, "chip", args.tasks, args.seed, "trained", hardware, time_s)
+
+    rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json)
+    plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "ylabel": "MSE after / before the update"}
+    _finish_sweep(args, rows, "robot_sweep", model.hardware, {**plot, "title": "robot arm on the chip", "log_y": True})
+
+
 def _fewshot_demo(args: argparse.Namespace) -> None:
     """Software 32-bit, 4-bit and chip on the same unseen tasks, with plots."""
     import jax
@@ -514,6 +622,66 @@ def add_backend_arguments(sub: argparse.ArgumentParser, precision_default: str) 
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def add_sweep_arguments(sub: argparse.ArgumentParser, budgets: bool) -> None:
+    """A sweep's axes: comma-separated lists; the grid is their product, every point on the same tasks."""
+    sub.add_argument(
+        "--times",
+        type=_list_of(_seconds),
+        help="times since programming, e.g. 1s,1min,1h,1d,1w,30d,1y (the default)",
+    )
+    sub.add_argument(
+        "--compensation",
+        type=_list_of(_choice(("none", "global", "array", "column"))),
+        help="drift compensations to compare, e.g. none,array (default: the hardware's)",
+    )
+    if budgets:
+        sub.add_argument(
+            "--budgets",
+            type=_list_of(_non_negative_int),
+            help="update budgets (readout weights changed per step; 0 = all), e.g. 4,8,16,24,0",
+        )
+    for name in ("dac", "adc"):
+        sub.add_argument(
+            f"--{name}-bits",
+            type=_list_of(_bits),
+            help=f"{name.upper()} resolutions, e.g. none,8,6 (none = ideal; ranges: the hardware's)",
+        )
+    sub.add_argument("--devices", type=_list_of(str), help="device profiles or JSON files, e.g. ibm,hermes")
+    sub.add_argument("--out", default="outputs", help="folder for the sweep's JSON, CSV and plot (default: outputs/)")
+    sub.add_argument("--json", action="store_true", help="print one JSON object with a 'points' list")
+
+
+def _list_of(parse):
+    def parse_list(text: str) -> list:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [parse(item) for item in items]
+
+    return parse_list
+
+
+def _choice(choices: tuple[str, ...]):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _bits(text: str) -> int | None:
+    if text == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 2 <= value <= 32:
+        raise argparse.ArgumentTypeError(f"expected 'none' or an integer number of bits in 2..32, got {text!r}")
+    return value
+
+
 def add_precision_argument(sub: argparse.ArgumentParser, default: str) -> None:
     sub.add_argument(
         "--precision",
@@ -600,6 +768,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(evaluate)
     add_backend_arguments(evaluate, "fp32")
     evaluate.set_defaults(run=_fewshot_eval)
+    sweep_fs = fewshot.add_parser(
+        "sweep", help="chip accuracy over time since programming, compensation, budgets, bits, devices"
+    )
+    add_eval_arguments(sweep_fs)
+    add_sweep_arguments(sweep_fs, budgets=True)
+    sweep_fs.set_defaults(run=_fewshot_sweep, tasks=200)
     demo_fs = fewshot.add_parser("demo", help="software 32-bit / 4-bit / chip on the same tasks, with plots")
     add_eval_arguments(demo_fs)
     demo_fs.add_argument("--out", default="outputs", help="folder for plots and results (default: outputs/)")
@@ -632,6 +806,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_robot_eval_arguments(robot_eval)
     add_backend_arguments(robot_eval, "trained")
     robot_eval.set_defaults(run=_robot_eval)
+    robot_sweep = robot.add_parser(
+        "sweep", help="chip MSE before/after over time since programming, compensation, bits, devices"
+    )
+    add_robot_eval_arguments(robot_sweep)
+    add_sweep_arguments(robot_sweep, budgets=False)
+    robot_sweep.set_defaults(run=_robot_sweep)
     robot_demo = robot.add_parser("demo", help="software vs chip, trajectory/spike figures and an arm GIF")
     add_robot_eval_arguments(robot_demo)
     robot_demo.add_argument("--out", default="outputs", help="folder for figures and results (default: outputs/)")

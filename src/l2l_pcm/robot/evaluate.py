@@ -35,6 +35,14 @@ def _per_task_distance_cm(produced, targets) -> np.ndarray:
     return 100 * np.asarray(jnp.mean(jnp.linalg.norm(produced.xyz - targets.xyz, axis=-1), axis=1))
 
 
+def _ratio_ci95(after: np.ndarray, before: np.ndarray) -> float:
+    """95 % half-width of mean(after)/mean(before) over paired tasks (delta method: the ratio R of the
+    means has variance var(after − R·before) / (n·mean(before)²))."""
+    ratio = after.mean() / before.mean()
+    residual = after - ratio * before
+    return float(1.96 * residual.std(ddof=1) / (np.sqrt(len(after)) * before.mean()))
+
+
 def test_trajectories(config: RobotConfig, tasks: int, seed: int = 0):
     return trajectories(config, jax.random.fold_in(jax.random.PRNGKey(TEST_KEY), seed), tasks)
 
@@ -111,6 +119,7 @@ def evaluate(
         "mse_after": mse_after,
         "mse_after_ci95": ci_after,
         "mse_ratio_after_to_before": mse_after / mse_before,
+        "mse_ratio_ci95": _ratio_ci95(after, before),
         "mse_ratio_per_task_mean": ratio,
         "mse_ratio_per_task_ci95": ci_ratio,
         "distance_cm_before": float(distance_before.mean()),
