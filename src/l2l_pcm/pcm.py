@@ -336,6 +336,10 @@ class PCMDevice:
             ratio = jnp.maximum(t, self.t0_s) / self.t0_s
         return jnp.exp(-nu * jnp.log(ratio))
 
+    def mean_drift_factor(self, g_target_uS: jax.Array, time_since_programming_s: float) -> jax.Array:
+        """The typical g(t)/g_P of devices programmed to ``g_target_uS``: the drift factor at the mean ν."""
+        return self.drift_factor(self.drift_nu_moments(g_target_uS)[0], jnp.asarray(time_since_programming_s))
+
     def drift(self, g_prog_uS: jax.Array, nu: jax.Array, time_since_programming_s: jax.Array) -> jax.Array:
         """Conductance after drift: g_P·(t/t0)^(−ν) for t > t0, unchanged before t0 (see :meth:`drift_factor`)."""
         return g_prog_uS * self.drift_factor(nu, time_since_programming_s)

@@ -205,7 +205,7 @@ class ChipSnapshot:
     now_s: float
     states: dict
     scales: dict = dataclasses.field(default_factory=dict)
-    write_gains: dict = dataclasses.field(default_factory=dict)
+    intended: dict = dataclasses.field(default_factory=dict)
 
 
 @functools.partial(jax.jit, static_argnames=("device", "drift_compensation"))
@@ -263,9 +263,8 @@ class Chip:
         """Digital biases added to a layer's MVM outputs (layers programmed with a bias)."""
         self.periphery: dict[str, Periphery] = {}
         """Per layer, the DAC/ADC ranges (:meth:`set_periphery`, :meth:`calibrate`; else the config's)."""
-        self.write_gains: dict[str, jax.Array] = {}
-        """Per layer and weight, the compensation gain in force when it was last written (1 at programming):
-        the digital record that makes its intended weight = scale × written weight × write gain."""
+        self.intended: dict[str, jax.Array] = {}
+        """Per layer, the weights the chip's digital record says it holds (:meth:`intended_weights`)."""
         self._gains: dict[str, jax.Array] = {}
         self._calibrations = 0
 
@@ -327,7 +326,9 @@ class Chip:
             raise ConfigError(f"{what} for layer '{placement.name}' contains NaN or inf")
         return weights
 
-    def program(self, name: str, weights, key: jax.Array, scaling: str = "none", bias=None) -> ReprogramReport:
+    def program(
+        self, name: str, weights, key: jax.Array, scaling: str = "none", bias=None, reference_age_s: float = 0.0
+    ) -> ReprogramReport:
         """Program all devices of a layer to hold ``weights``, with programming noise.
 
         ``scaling``: "none" stores weights as they are (the range is ±w_max; beyond it they are clipped
@@ -335,10 +336,14 @@ class Chip:
         output column's, and the outputs are multiplied back digitally, so weights of any size use the
         full conductance range. Reads, MVMs and updates stay in the caller's weight units (an update is
         quantized to ``update_step`` of the *devices*, i.e. ``update_step × scale`` in weight units).
-        ``bias`` ([fan_out]) is added digitally to every MVM output of the layer.
+        ``bias`` ([fan_out]) is added digitally to every MVM output of the layer. ``reference_age_s``: what
+        calibrated drift compensation restores, the weights as they read on average at this age (0: as
+        programmed): a model meta-trained with its weights read at age T works best held at T.
         """
         placement = self._placement(name)
         matrix = self._as_matrix(placement, weights, "weights")
+        if not (isinstance(reference_age_s, (int, float)) and math.isfinite(reference_age_s) and reference_age_s >= 0):
+            raise ConfigError(f"reference_age_s must be a finite number of seconds >= 0, got {reference_age_s!r}")
         if scaling not in WEIGHT_SCALINGS:
             raise ConfigError(f"scaling must be one of {WEIGHT_SCALINGS}, got {scaling!r}")
         w_max = self.config.device.w_max
@@ -360,7 +365,10 @@ class Chip:
             self.biases.pop(name, None)
         self.states[name] = _program(self.config.device, key, device_weights, self.now_s)
         self.scales[name] = scale
-        self.write_gains[name] = jnp.ones(placement.shape, jnp.float32)
+        device = self.config.device
+        targets = self.states[name].g_target_uS
+        aged = targets * device.mean_drift_factor(targets, reference_age_s)
+        self.intended[name] = device.conductances_to_weights(aged) * scale
         self._stats_cache.pop(name, None)
         self.counters[name]["weights_clipped"] += clipped
         weights = placement.shape[0] * placement.shape[1]
@@ -379,20 +387,21 @@ class Chip:
         key_round, key_prog = jax.random.split(key)
         if rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
-        device_update = update / self.scales[name]
-        base = None
+        device = self.config.device
+        gain = base = None
+        units = self.scales[name]  # weight units per device unit of the outputs
         if self.config.drift_compensation in ("array", "column"):
             # outputs are multiplied by the measured gain: write the update, and the device's new target,
-            # relative to the weights as compensated now, so a fresh device reads what is intended
+            # relative to the weights as compensated now, so a fresh device reads what the record says
             self.read_statistics(name)
             gain = self._gains[name]
-            device_update = device_update / gain
-            base = self.config.device.conductances_to_weights(state.g_target_uS) * self.write_gains[name] / gain
-        quantized = quantize(device_update, self.config.update_step, key_round if rounding == "stochastic" else None)
-        new_state, touched, pairs, rows = _reprogram(self.config.device, key_prog, state, quantized, self.now_s, base)
-        if base is not None:
-            rewritten = jnp.any(touched.reshape(-1, *placement.shape), axis=0)
-            self.write_gains[name] = jnp.where(rewritten, gain, self.write_gains[name])
+            units = units * gain
+            base = self.intended[name] / units
+        quantized = quantize(update / units, self.config.update_step, key_round if rounding == "stochastic" else None)
+        new_state, touched, pairs, rows = _reprogram(device, key_prog, state, quantized, self.now_s, base)
+        rewritten = jnp.any(touched.reshape(-1, *placement.shape), axis=0)
+        written = device.conductances_to_weights(new_state.g_target_uS) * units
+        self.intended[name] = jnp.where(rewritten, written, self.intended[name])
         self.states[name] = new_state
         self._stats_cache.pop(name, None)
         touched = np.asarray(touched)
@@ -457,12 +466,11 @@ class Chip:
         return gain
 
     def intended_weights(self, name: str) -> jax.Array:
-        """The weights the chip's digital record says the layer holds: programmed targets (and, under
-        calibrated drift compensation, the gain each weight was written with), in the caller's units."""
-        state = self._state(name)
-        return (
-            self.config.device.conductances_to_weights(state.g_target_uS) * self.write_gains[name] * self.scales[name]
-        )
+        """The weights the chip's digital record says the layer holds, in the caller's units: as programmed
+        (aged to the layer's ``reference_age_s``), re-programmed weights as written (under calibrated
+        compensation: in compensated units). Calibrated drift compensation holds the reads at these."""
+        self._state(name)
+        return self.intended[name]
 
     def read_weights(self, name: str) -> jax.Array:
         """The weights a noise-free read would return now (programming noise and drift included)."""
@@ -612,7 +620,7 @@ class Chip:
         For emulation studies: e.g. start every few-shot task from the same deployed chip, as a fleet of
         identically programmed chips would.
         """
-        return ChipSnapshot(self.now_s, dict(self.states), dict(self.scales), dict(self.write_gains))
+        return ChipSnapshot(self.now_s, dict(self.states), dict(self.scales), dict(self.intended))
 
     def restore(self, snapshot: ChipSnapshot) -> None:
         """Return to a :meth:`snapshot` of this chip (same placement)."""
@@ -621,7 +629,7 @@ class Chip:
         self.now_s = snapshot.now_s
         self.states = dict(snapshot.states)
         self.scales = {**self.scales, **snapshot.scales}
-        self.write_gains = {**self.write_gains, **snapshot.write_gains}
+        self.intended = {**self.intended, **snapshot.intended}
         self._stats_cache.clear()
 
     # ---------------------------------------------------------------------------------- reports
@@ -673,7 +681,7 @@ class Chip:
             for field, value in state._asdict().items():
                 tensors[f"{name}/{field}"] = np.asarray(value)
             tensors[f"{name}/scale"] = np.asarray(self.scales[name])
-            tensors[f"{name}/write_gain"] = np.asarray(self.write_gains[name])
+            tensors[f"{name}/intended"] = np.asarray(self.intended[name])
             if name in self.biases:
                 tensors[f"{name}/bias"] = np.asarray(self.biases[name])
         metadata = {
@@ -716,7 +724,8 @@ class Chip:
                 chip.states[name] = LayerState(**fields)
                 fan_out = shape[-1]
                 chip.scales[name] = _optional_vector(tensors, f"{name}/scale", fan_out, path, default=1.0)
-                chip.write_gains[name] = _optional_matrix(tensors, f"{name}/write_gain", shape[-2:], path)
+                default = chip.config.device.conductances_to_weights(chip.states[name].g_target_uS) * chip.scales[name]
+                chip.intended[name] = _optional_matrix(tensors, f"{name}/intended", default, path)
                 if f"{name}/bias" in tensors:
                     chip.biases[name] = _optional_vector(tensors, f"{name}/bias", fan_out, path)
             chip.now_s = float(meta["now_s"])
@@ -743,13 +752,15 @@ def _optional_vector(tensors, name: str, size: int, path, default: float | None 
     return jnp.asarray(array)
 
 
-def _optional_matrix(tensors, name: str, shape: tuple[int, int], path) -> jax.Array:
-    """A per-weight matrix of a chip file (older files have none: ones)."""
+def _optional_matrix(tensors, name: str, default: jax.Array, path) -> jax.Array:
+    """A per-weight matrix of a chip file (older files have none: ``default``)."""
     if name not in tensors:
-        return jnp.ones(shape, jnp.float32)
+        return default
     array = tensors[name]
-    if array.shape != tuple(shape) or not np.all(np.isfinite(array)):
-        raise CheckpointError(f"{path}: tensor '{name}' has shape {array.shape} or non-finite values, expected {shape}")
+    if array.shape != default.shape or not np.all(np.isfinite(array)):
+        raise CheckpointError(
+            f"{path}: tensor '{name}' has shape {array.shape} or non-finite values, expected {default.shape}"
+        )
     return jnp.asarray(array)
 
 

@@ -80,12 +80,14 @@ def deploy(
     key: jax.Array,
     scaling: str = "layer",
     biases: Mapping[str, jax.Array] | None = None,
+    reference_age_s: float = 0.0,
 ) -> dict[str, ReprogramReport]:
     """Place (if not yet placed), scale and program every weight array of ``params`` on ``chip``.
 
     2-D arrays are dense layers (fan_in, fan_out), 4-D arrays conv kernels (HWIO); ``scaling`` is
     :meth:`Chip.program`'s ("layer": each layer's max |W| maps to g_max, so no weight is clipped);
-    ``biases`` maps layer names to digital biases. When the network does not fit, the
+    ``biases`` maps layer names to digital biases; ``reference_age_s`` is :meth:`Chip.program`'s (the age
+    calibrated drift compensation holds the weights at). When the network does not fit, the
     :class:`~l2l_pcm.errors.ChipCapacityError` says how many arrays it needs. Returns each layer's report.
     """
     biases = dict(biases or {})
@@ -104,7 +106,7 @@ def deploy(
             raise ConfigError(f"layer '{name}': weights must be 2-D (dense) or 4-D HWIO (conv), got shape {shape}")
     keys = jax.random.split(key, len(params))
     return {
-        name: chip.program(name, weights, layer_key, scaling=scaling, bias=biases.get(name))
+        name: chip.program(name, weights, layer_key, scaling, biases.get(name), reference_age_s)
         for (name, weights), layer_key in zip(params.items(), keys, strict=True)
     }
 

@@ -62,8 +62,10 @@ class ChipFewShotLearner:
         self.config = config
         self.chip = chip_for_model(chip_config, config.hardware)
         self.seconds_between_updates = seconds_between_updates
-        # as meta-trained: weights in device units (the update step is 1/16 of w_max)
-        deploy({name: params[name] for name in (*CONV_NAMES, READOUT)}, self.chip, key, scaling="none")
+        # as meta-trained: weights in device units (the update step is 1/16 of w_max); calibrated drift
+        # compensation holds them as they read at the age the model was meta-trained with
+        layers = {name: params[name] for name in (*CONV_NAMES, READOUT)}
+        deploy(layers, self.chip, key, scaling="none", reference_age_s=config.time_since_programming_s)
         if time_since_programming_s is None:
             time_since_programming_s = config.time_since_programming_s
         self.chip.advance(time_since_programming_s)

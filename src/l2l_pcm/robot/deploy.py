@@ -67,8 +67,9 @@ class ChipTrainee:
         layers = {TRAINEE: w_stack * self.mask}
         if config.w_out_on_pcm:
             layers[READOUT] = params["trainee_w_out"]
-        # as meta-trained: weights in device units, |w| > w_max written the device's way
-        deploy(layers, self.chip, key, scaling="none")
+        # as meta-trained: weights in device units, |w| > w_max written the device's way; calibrated drift
+        # compensation holds them as they read at the age the model was meta-trained with
+        deploy(layers, self.chip, key, scaling="none", reference_age_s=config.time_since_programming_s)
         self.chip.advance(
             config.time_since_programming_s if time_since_programming_s is None else time_since_programming_s
         )
