@@ -670,6 +670,19 @@ def fixed_age_time(files, mp):
     ]
 
 
+@case(
+    "a time sweep with a fixed-age device (authors profile)",
+    r"reads every device at a fixed age of 32 s .*a sweep over time since programming cannot apply",
+)
+def fixed_age_sweep(files, mp):
+    yield ["robot", "sweep", "--devices", "authors", "--times", "1s,1h", "--tasks", "2", "--out", str(files.root)]
+
+
+@case("a sweep list with a bad value", r"argument --times: expected a duration >= 0")
+def bad_sweep_list(files, mp):
+    yield ["robot", "sweep", "--times", "1s,soon", "--tasks", "2", "--out", str(files.root)]
+
+
 @case("train --out into a finished run without --resume", r"already holds a training run .*or pass --overwrite")
 def overwrite_refused(files, mp):
     run = files.copy_of_robot_run("finished")
