@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(BIN)/l2l-pcm chip demo --out outputs
 	$(BIN)/l2l-pcm fewshot demo --tasks 200 --out outputs
 	$(BIN)/l2l-pcm robot demo --tasks 200 --out outputs
+	$(BIN)/l2l-pcm fewshot sweep --tasks 50 --times 1s,1h,1d,30d,1y --compensation none,array --out outputs
+	$(BIN)/l2l-pcm robot sweep --tasks 50 --times 1min,1h,1d,30d,1y --compensation none,array --out outputs
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -3,7 +3,7 @@
 Trains the MLP twice in software (plain fp32, and hardware-aware with the chip's device model through
 ``l2l_pcm.hardware_aware``), deploys each with ``l2l_pcm.deploy`` (placement, per-layer weight scaling,
 digital biases), and measures test accuracy on the chip from 1 s to 1 month after programming, with and
-without drift compensation; then the 8-bit DAC with and without calibrated ranges. Prints a table and
+without drift compensation (measured by the chip's calibration reads, per array); then the 8-bit DAC with and without calibrated ranges. Prints a table and
 writes ``mlp_on_chip.png``.
 
     pip install -e ".[examples]"
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     print("software accuracy: " + ", ".join(f"{n} {100 * a:.2f} %" for n, a in software.items()))
     print(f"{'model':>15} | {'drift comp.':>11} | " + " | ".join(f"{t:>13}" for t in times))
     for name, params in models.items():
-        for compensation in (False, True):
+        for compensation in ("none", "array"):
             config = dataclasses.replace(hardware, drift_compensation=compensation)
             cells = []
             for label, age in times.items():
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
                     }
                 )
                 cells.append(f"{100 * accuracy[0]:6.2f} ± {100 * accuracy[1]:4.2f}")
-            print(f"{name:>15} | {'on' if compensation else 'off':>11} | " + " | ".join(cells))
+            print(f"{name:>15} | {compensation:>11} | " + " | ".join(cells))
 
     dac = dataclasses.replace(hardware, dac_bits=8)
     params = models["fp32-trained"]
@@ -183,12 +183,12 @@ def plot(rows: list[dict], software: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8.0, 4.2), dpi=120)
     colors = {"fp32-trained": "tab:blue", "hardware-aware": "tab:orange"}
     for name, color in colors.items():
-        for compensation, style in ((False, "-"), (True, "--")):
+        for compensation, style in (("none", "-"), ("array", "--")):
             points = [r for r in rows if r["model"] == name and r["drift_compensation"] == compensation]
             ages = [r["age_s"] for r in points]
             mean = np.array([100 * r["accuracy_mean"] for r in points])
             ci = np.array([100 * r["accuracy_ci95"] for r in points])
-            label = f"{name}, drift compensation {'on' if compensation else 'off'}"
+            label = f"{name}, drift compensation {compensation}"
             ax.plot(ages, mean, style, marker="o", color=color, label=label)
             ax.fill_between(ages, mean - ci, mean + ci, color=color, alpha=0.15)
         ax.axhline(100 * software[name], color=color, linewidth=0.8, alpha=0.6, linestyle=":")
