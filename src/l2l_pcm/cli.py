@@ -339,7 +339,8 @@ def _fewshot_sweep(args: argparse.Namespace) -> None:
         return evaluate_chip(params, point_config, images, args.tasks, args.queries, args.seed, None, time_s)
 
     rows = sweep.run(points, evaluate_point, FEWSHOT_SWEEP_METRICS, progress=not args.json)
-    plot = {"metric": "accuracy_mean", "ci": "accuracy_ci95", "ylabel": "query accuracy after the inner loop"}
+    plot = {"metric": "accuracy_mean", "ci": "accuracy_ci95", "ylabel": "query accuracy after the inner loop (%)"}
+    plot["y_scale"] = 100.0
     _finish_sweep(args, rows, "fewshot_sweep", config.hardware, {**plot, "title": "few-shot on the chip"})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 from l2l_pcm._io import atomic_write_bytes
@@ -44,7 +45,14 @@ def human_time_axis(ax, times_s, axis: str = "x") -> None:
     in these units.
     """
     low, high = min(times_s), max(times_s)
-    ticks = [(t, label) for t, label in HUMAN_TIMES_S if low / 1.5 <= t <= high * 1.5]
+    spacing = math.log10(max(high / low, 10.0)) / 10  # in decades: labels closer than this would overlap
+    candidates = [(t, label) for t, label in HUMAN_TIMES_S if low / 1.5 <= t <= high * 1.5]
+    at_data = [c for c in candidates if any(abs(math.log10(c[0] / t)) < 0.05 for t in times_s)]
+    ticks = []
+    for t, label in at_data + [c for c in candidates if c not in at_data]:  # ticks at data points first
+        if all(abs(math.log10(t / kept)) >= spacing for kept, _ in ticks):
+            ticks.append((t, label))
+    ticks.sort()
     set_scale, set_ticks, set_labels = (
         (ax.set_xscale, ax.set_xticks, ax.set_xticklabels)
         if axis == "x"

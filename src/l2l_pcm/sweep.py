@@ -65,9 +65,12 @@ def _label(row: dict, axes: Sequence[str]) -> str:
     return ", ".join(f"{name.replace('_', ' ')} {row[name]}" for name in axes) or "chip"
 
 
-def plot(rows: list[dict], metric: str, ci: str | None, path: Path, ylabel: str, title: str, log_y=False) -> Path:
-    """``metric`` against time since programming, one line (± ``ci``) per combination of the other axes; or,
-    with one time and several update budgets, against the fraction of devices re-programmed."""
+def plot(
+    rows: list[dict], metric: str, ci: str | None, path: Path, ylabel: str, title: str, log_y=False, y_scale=1.0
+) -> Path:
+    """``metric`` (× ``y_scale``) against time since programming, one line (± ``ci``) per combination of
+    the other axes; or, with one time and several update budgets, against the fraction of devices
+    re-programmed."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
     times = sorted({row[TIME_AXIS] for row in rows})
@@ -83,11 +86,11 @@ def plot(rows: list[dict], metric: str, ci: str | None, path: Path, ylabel: str,
     for label, group in groups.items():
         group = sorted(group, key=lambda r: r[x_key])
         xs = [r[x_key] * (100 if against_devices else 1) for r in group]
-        ys = [r[metric] for r in group]
+        ys = [r[metric] * y_scale for r in group]
         ax.plot(xs, ys, marker="o", label=label)
         if ci is not None and all(r.get(ci) is not None for r in group):
-            low = [y - r[ci] for y, r in zip(ys, group, strict=True)]
-            high = [y + r[ci] for y, r in zip(ys, group, strict=True)]
+            low = [y - r[ci] * y_scale for y, r in zip(ys, group, strict=True)]
+            high = [y + r[ci] * y_scale for y, r in zip(ys, group, strict=True)]
             ax.fill_between(xs, low, high, alpha=0.15)
     if against_devices:
         ax.set_xlabel("readout devices re-programmed per task (%)")
