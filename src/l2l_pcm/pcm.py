@@ -336,9 +336,34 @@ class PCMDevice:
             ratio = jnp.maximum(t, self.t0_s) / self.t0_s
         return jnp.exp(-nu * jnp.log(ratio))
 
-    def mean_drift_factor(self, g_target_uS: jax.Array, time_since_programming_s: float) -> jax.Array:
-        """The typical g(t)/g_P of devices programmed to ``g_target_uS``: the drift factor at the mean ν."""
-        return self.drift_factor(self.drift_nu_moments(g_target_uS)[0], jnp.asarray(time_since_programming_s))
+    def expected_conductance(self, g_target_uS: jax.Array, time_since_programming_s: float) -> jax.Array:
+        """What devices programmed to ``g_target_uS`` read on average at an age (the chip's prediction from its
+        digital record): the mean of g_P (a normal around g_T clipped to [0, g_max], so an idle device at
+        0 µS reads above 0), times the mean drift factor (:meth:`expected_drift_factor`)."""
+        g_target = jnp.asarray(g_target_uS)
+        sigma = self.prog_noise_std_uS(g_target)
+        if not self.idle_device_noise:
+            sigma = jnp.where(g_target > 0, sigma, 0.0)
+        high = self.g_max_uS if self.clip_programmed_at_g_max else jnp.inf
+        safe = jnp.maximum(sigma, 1e-12)
+        lo, hi = (0.0 - g_target) / safe, (high - g_target) / safe
+        cdf, pdf = jax.scipy.stats.norm.cdf, jax.scipy.stats.norm.pdf
+        upper = jnp.where(jnp.isfinite(hi), high * (1 - cdf(hi)), 0.0)
+        clipped_mean = upper + g_target * (cdf(hi) - cdf(lo)) + safe * (pdf(lo) - pdf(hi))
+        mean = jnp.where(sigma > 0, clipped_mean, jnp.clip(g_target, 0.0, high))
+        return mean * self.expected_drift_factor(g_target, time_since_programming_s)
+
+    def expected_drift_factor(self, g_target_uS: jax.Array, time_since_programming_s: float) -> jax.Array:
+        """E[g(t)/g_P] over the drift exponent ν = s·|N(μ_ν, σ_ν)| of devices programmed to ``g_target_uS``
+        (exact: with drift factor exp(−νL), E = e^{−aμ+a²σ²/2}Φ(μ/σ − aσ) + e^{aμ+a²σ²/2}Φ(−μ/σ − aσ), a = sL)."""
+        nu_one = jnp.ones_like(jnp.asarray(g_target_uS, jnp.float32))
+        log_ratio = -jnp.log(self.drift_factor(nu_one, jnp.asarray(time_since_programming_s, jnp.float32)))
+        a = self.drift_scale * log_ratio
+        mu, sigma = self.drift_nu_mean_std(g_target_uS)
+        cdf = jax.scipy.stats.norm.cdf
+        return jnp.exp(-a * mu + 0.5 * (a * sigma) ** 2) * cdf(mu / sigma - a * sigma) + jnp.exp(
+            a * mu + 0.5 * (a * sigma) ** 2
+        ) * cdf(-mu / sigma - a * sigma)
 
     def drift(self, g_prog_uS: jax.Array, nu: jax.Array, time_since_programming_s: jax.Array) -> jax.Array:
         """Conductance after drift: g_P·(t/t0)^(−ν) for t > t0, unchanged before t0 (see :meth:`drift_factor`)."""

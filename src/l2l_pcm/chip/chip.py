@@ -51,7 +51,8 @@ COUNTER_NAMES = (
 WEIGHT_SCALINGS = ("none", "layer", "column")
 DRIFT_COMPENSATIONS = ("none", "global", "array", "column")
 CALIBRATION_VECTORS = 32
-"""Known inputs a compensating chip reads through every layer to measure its drift (each read counted)."""
+"""Known binary patterns a compensating chip reads (each with its complement) through every layer to
+measure its drift; every read is counted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,8 +338,9 @@ class Chip:
         full conductance range. Reads, MVMs and updates stay in the caller's weight units (an update is
         quantized to ``update_step`` of the *devices*, i.e. ``update_step × scale`` in weight units).
         ``bias`` ([fan_out]) is added digitally to every MVM output of the layer. ``reference_age_s``: what
-        calibrated drift compensation restores, the weights as they read on average at this age (0: as
-        programmed): a model meta-trained with its weights read at age T works best held at T.
+        calibrated drift compensation restores, the weights as they read on average at this age
+        (:meth:`PCMDevice.expected_conductance`; 0: right after programming): a model meta-trained with its
+        weights read at age T works best held at T.
         """
         placement = self._placement(name)
         matrix = self._as_matrix(placement, weights, "weights")
@@ -367,19 +369,25 @@ class Chip:
         self.scales[name] = scale
         device = self.config.device
         targets = self.states[name].g_target_uS
-        aged = targets * device.mean_drift_factor(targets, reference_age_s)
-        self.intended[name] = device.conductances_to_weights(aged) * scale
+        expected = device.expected_conductance(targets, reference_age_s)
+        self.intended[name] = device.conductances_to_weights(expected) * scale
         self._stats_cache.pop(name, None)
         self.counters[name]["weights_clipped"] += clipped
         weights = placement.shape[0] * placement.shape[1]
         report = self._count_programming(placement, placement.devices, weights, placement.shape[0])
         return dataclasses.replace(report, weights_clipped=clipped)
 
-    def reprogram(self, name: str, update, key: jax.Array, rounding: str = "stochastic") -> ReprogramReport:
+    def reprogram(
+        self, name: str, update, key: jax.Array, rounding: str = "stochastic", relative_to: str = "intended"
+    ) -> ReprogramReport:
         """Add a weight update on chip: quantize it to ``update_step``, re-program only changed devices.
 
         ``rounding`` is "stochastic" (unbiased, the authors' few-shot inner loop) or "nearest" (the
-        authors' robot update).
+        authors' robot update). Under calibrated drift compensation the update is in compensated units
+        and ``relative_to`` says what it is added to: "intended" (the weights as compensated reads return
+        them, so the layer reads consistently after the update) or "programmed" (the device's own rule,
+        :attr:`PCMDevice.reprogram_from`, as without compensation: a model meta-trained with fresh,
+        undrifted re-programmed weights expects that).
         """
         placement = self._placement(name)
         state = self._state(name)
@@ -387,6 +395,8 @@ class Chip:
         key_round, key_prog = jax.random.split(key)
         if rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
+        if relative_to not in ("intended", "programmed"):
+            raise ConfigError(f"relative_to must be 'intended' or 'programmed', got {relative_to!r}")
         device = self.config.device
         gain = base = None
         units = self.scales[name]  # weight units per device unit of the outputs
@@ -396,7 +406,8 @@ class Chip:
             self.read_statistics(name)
             gain = self._gains[name]
             units = units * gain
-            base = self.intended[name] / units
+            if relative_to == "intended":
+                base = self.intended[name] / units
         quantized = quantize(update / units, self.config.update_step, key_round if rounding == "stochastic" else None)
         new_state, touched, pairs, rows = _reprogram(device, key_prog, state, quantized, self.now_s, base)
         rewritten = jnp.any(touched.reshape(-1, *placement.shape), axis=0)
@@ -450,18 +461,24 @@ class Chip:
     def _measure_drift(self, name: str, stats: WeightStatistics) -> jax.Array:
         """Compensation gains from a noisy read of the layer's calibration inputs (see ChipConfig)."""
         placement = self.placements[name]
-        inputs = jax.random.uniform(
-            jax.random.PRNGKey(zlib.crc32(name.encode())), (CALIBRATION_VECTORS, placement.shape[0])
-        )
+        patterns = jax.random.bernoulli(
+            jax.random.PRNGKey(zlib.crc32(name.encode())), 0.5, (CALIBRATION_VECTORS, placement.shape[0])
+        ).astype(jnp.float32)
         intended = self.intended_weights(name)
         key = jax.random.fold_in(jax.random.PRNGKey(0xCA1), self._calibrations)
         self._calibrations += 1
         tiles = tuple((t.row_start, t.rows, t.out_start, t.cols) for t in placement.tiles)
         gain = _calibration_gains(
-            inputs, intended, stats, key, tiles, self.config.drift_compensation == "column", self.config.read_noise_rng
+            patterns,
+            intended,
+            stats,
+            key,
+            tiles,
+            self.config.drift_compensation == "column",
+            self.config.read_noise_rng,
         )
-        self.counters[name]["calibration_vectors"] += CALIBRATION_VECTORS
-        self.record_mvms(name, CALIBRATION_VECTORS)
+        self.counters[name]["calibration_vectors"] += 2 * CALIBRATION_VECTORS  # each pattern and its complement
+        self.record_mvms(name, 2 * CALIBRATION_VECTORS)
         self._gains[name] = gain
         return gain
 

@@ -229,7 +229,7 @@ def analog_mvm(
 
 
 def calibration_gains(
-    inputs: jax.Array,
+    patterns: jax.Array,
     intended: jax.Array,
     stats: WeightStatistics,
     key: jax.Array,
@@ -237,23 +237,26 @@ def calibration_gains(
     per_column: bool,
     rng: str = "threefry",
 ) -> jax.Array:
-    """Drift-compensation gains [fan_in, fan_out] from one noisy read of known calibration ``inputs`` [C, fan_in].
+    """Drift-compensation gains [fan_in, fan_out] from noisy reads of known binary ``patterns`` [C, fan_in].
 
-    For every tile (one array's block of the layer), the chip compares what the calibration inputs should
-    give, ``inputs @ intended`` (its digital record of the weights), with what the tile returns now
-    (:func:`analog_matmul`, read noise included), and takes the gain α = Σ y_ref² / Σ y_ref·y_read over the
-    tile, or over each column (``per_column``): the least-squares fit of y_read = y_ref / α, which read noise
-    does not bias (fitting y_ref on y_read would: the noise inflates Σ y_read²). Multiplying the tile's
-    outputs by α (here: its weights' statistics) undoes the drift it has seen since programming.
+    Each pattern b and its complement 1 − b are read (non-negative inputs, so an unsigned DAC can apply
+    them) and subtracted: the difference is the read of the zero-mean input 2b − 1, which measures the
+    weights' scale without the column sums (there the programming noise of one chip instance, not drift,
+    dominates). For every tile (one array's block of the layer) the chip compares what the inputs should
+    give, ``(2b − 1) @ intended`` (its digital record), with what the tile returns now
+    (:func:`analog_matmul`, read noise included), and takes α = Σ y_ref² / Σ y_ref·y_read over the tile,
+    or over each column (``per_column``): the least-squares fit of y_read = y_ref / α, which read noise
+    does not bias. Multiplying the tile's outputs by α (here: its weights' statistics) undoes the drift.
     """
     gains = jnp.ones_like(stats.mean)
-    keys = jax.random.split(key, len(tiles))
+    keys = jax.random.split(key, 2 * len(tiles)).reshape(len(tiles), 2, -1)
     axis = 0 if per_column else None
-    for (start, rows, out, cols), tile_key in zip(tiles, keys, strict=True):
+    for (start, rows, out, cols), (key_on, key_off) in zip(tiles, keys, strict=True):
         block = (slice(start, start + rows), slice(out, out + cols))
-        x = inputs[:, start : start + rows]
-        reference = x @ intended[block]
-        read = analog_matmul(x, WeightStatistics(stats.mean[block], stats.variance[block]), tile_key, rng=rng)
+        on = patterns[:, start : start + rows]
+        weights = WeightStatistics(stats.mean[block], stats.variance[block])
+        read = analog_matmul(on, weights, key_on, rng=rng) - analog_matmul(1.0 - on, weights, key_off, rng=rng)
+        reference = (2.0 * on - 1.0) @ intended[block]
         overlap = jnp.sum(reference * read, axis=axis)
         gain = jnp.where(overlap > 0, jnp.sum(reference * reference, axis=axis) / jnp.maximum(overlap, 1e-30), 1.0)
         gains = gains.at[block].set(jnp.broadcast_to(gain, (rows, cols)))

@@ -101,7 +101,10 @@ class ChipTrainee:
             for task, task_key in enumerate(jax.random.split(key, applied.shape[0])):
                 self.chip.restore(self._deployed)
                 # already on the 1/16 grid: nearest rounding writes it exactly
-                report = self.chip.reprogram(TRAINEE, applied[task], task_key, rounding="nearest")
+                # meta-trained with re-programmed weights read fresh (not aged to the deployment age)
+                report = self.chip.reprogram(
+                    TRAINEE, applied[task], task_key, rounding="nearest", relative_to="programmed"
+                )
                 self.chip.advance(self.config.seconds_after_update)
                 stats = self._masked(self.chip.read_statistics(TRAINEE))
                 means.append(stats.mean)
