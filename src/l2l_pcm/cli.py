@@ -102,13 +102,15 @@ def _refuse_fixed_age(device, time_since_programming) -> None:
 
 def _refuse_chip_only_flags(args: argparse.Namespace, hardware) -> None:
     """Flags and hardware settings that change only the chip are errors with the software backend (they
-    could not take effect): the software models have no converters and no drift compensation."""
+    could not take effect): the software models have no converters and no drift compensation. (A
+    checkpoint's own chip settings are its deployment's; only what the user asks for is refused.)"""
     if args.backend == "chip":
         return
+    asked = getattr(args, "hardware", None) is not None
     for field, value in (
-        ("dac_bits", hardware.dac_bits),
-        ("adc_bits", hardware.adc_bits),
-        ("drift_compensation", hardware.drift_compensation != "none" and not args.drift_compensation),
+        ("dac_bits", asked and hardware.dac_bits),
+        ("adc_bits", asked and hardware.adc_bits),
+        ("drift_compensation", asked and hardware.drift_compensation != "none" and not args.drift_compensation),
     ):
         if value:
             raise L2LPCMError(
