@@ -63,7 +63,6 @@ def assert_same_tensors(reference: Path, distributed: Path) -> None:
     assert meta_got["iteration"] == meta_expected["iteration"]
 
 
-@pytest.mark.slow  # 90 s; the robot's two-process test and the SIGTERM test cover the same path by default
 def test_fewshot_step_on_two_processes_equals_one_process(tmp_path):
     """One outer step (pcm variant: noisy conv read and per-task noise) on a meta-batch of 4 split 2 + 2."""
     python = [sys.executable, str(WORKER)]
