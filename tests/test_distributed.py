@@ -63,6 +63,7 @@ def assert_same_tensors(reference: Path, distributed: Path) -> None:
     assert meta_got["iteration"] == meta_expected["iteration"]
 
 
+@pytest.mark.slow  # 90 s end to end (make test-slow); by default the SIGTERM test runs two processes
 def test_fewshot_step_on_two_processes_equals_one_process(tmp_path):
     """One outer step (pcm variant: noisy conv read and per-task noise) on a meta-batch of 4 split 2 + 2."""
     python = [sys.executable, str(WORKER)]
@@ -84,7 +85,7 @@ def test_fewshot_step_on_two_processes_equals_one_process(tmp_path):
     assert rank0[0]["val_accuracy"] == single[0]["val_accuracy"]
 
 
-@pytest.mark.slow  # ~2 min on 2 busy cores; the few-shot case above covers the same library path
+@pytest.mark.slow  # ~2 min on 2 busy cores (make test-slow, with the few-shot case above)
 def test_robot_cli_on_two_processes_equals_one_process(tmp_path):
     """The CLI flags end to end: two hardware-aware iterations, meta-batch 4 split over 2 processes, and the
     one-line error of a meta-batch that does not split evenly."""

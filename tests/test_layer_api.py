@@ -101,7 +101,7 @@ def test_the_mlp_example_runs_at_toy_size(tmp_path):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     result = example.main(
-        ["--hidden", "32", "--epochs", "3", "--chips", "2", "--times", "1 day", "--out", str(tmp_path)]
+        ["--hidden", "32", "--epochs", "3", "--chips", "1", "--times", "1 day", "--out", str(tmp_path)]
     )
     assert (tmp_path / "mlp_on_chip.png").stat().st_size > 10_000
     assert result["software"]["fp32-trained"] > 0.8  # 98.5 % at full size
