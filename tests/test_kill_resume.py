@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from test_robot_eval import small_robot
 
 from l2l_pcm.cli import main
@@ -84,6 +85,7 @@ def test_sigkill_leaves_complete_files_and_resume_matches_an_uninterrupted_run(t
     assert [row["iteration"] for row in rows] == [10, 20, 30]
 
 
+@pytest.mark.slow  # 35 s end to end; SIGKILL-and-resume and the two-process SIGTERM test run by default
 def test_sigint_saves_the_current_iteration_and_resume_continues_from_it(tmp_path):
     """Ctrl-C / SIGTERM: a checkpoint at the iteration reached, a message naming it, --resume from there."""
     config = RobotTrainConfig(

@@ -150,6 +150,7 @@ def test_robot_bad_inputs(tiny_checkpoint, tmp_path, capsys):
     assert "robot-l2l" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 25 s; the authors-profile readout on PCM (make test-slow)
 def test_readout_on_pcm_in_the_software_model_reads_drifted_weights():
     """W_out on PCM is read drifted (t/t0 = 32, no jitter or noise here): the outputs shrink by 32^-nu."""
     from l2l_pcm.pcm import device_profile
