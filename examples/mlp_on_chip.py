@@ -3,8 +3,8 @@
 Trains the MLP twice in software (plain fp32, and hardware-aware with the chip's device model through
 ``l2l_pcm.hardware_aware``), deploys each with ``l2l_pcm.deploy`` (placement, per-layer weight scaling,
 digital biases), and measures test accuracy on the chip from 1 s to 1 month after programming, with and
-without drift compensation (measured by the chip's calibration reads, per array); then the 8-bit DAC with and without calibrated ranges. Prints a table and
-writes ``mlp_on_chip.png``.
+without drift compensation (measured by the chip's calibration reads, per array); then the 8-bit DAC
+with and without calibrated ranges. Prints a table and writes ``mlp_on_chip.png``.
 
     pip install -e ".[examples]"
     python examples/mlp_on_chip.py --out outputs

@@ -276,11 +276,9 @@ ROBOT_SWEEP_METRICS = (
 
 def _sweep_axes(args: argparse.Namespace, hardware, budgets: bool) -> dict:
     """The grid a ``sweep`` command runs: times, then compensation, budgets, converter bits, devices."""
-    axes = {"time_since_programming_s": args.times or None}
-    if axes["time_since_programming_s"] is None:
-        from l2l_pcm.sweep import DEFAULT_TIMES_S
+    from l2l_pcm.sweep import DEFAULT_TIMES_S
 
-        axes["time_since_programming_s"] = list(DEFAULT_TIMES_S)
+    axes = {"time_since_programming_s": args.times or list(DEFAULT_TIMES_S)}
     axes["drift_compensation"] = args.compensation or [hardware.drift_compensation]
     if budgets and args.budgets:
         axes["update_budget"] = args.budgets

@@ -23,6 +23,8 @@ from l2l_pcm.plotting import human_time_axis, pyplot, save_figure
 DEFAULT_TIMES_S = (1.0, 60.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0)
 """1 s, 1 min, 1 h, 1 day, 1 week, 1 month, 1 year: about log-spaced over the life of a deployed chip."""
 TIME_AXIS = "time_since_programming_s"
+SWEEP_AXES = (TIME_AXIS, "drift_compensation", "update_budget", "dac_bits", "adc_bits", "device")
+"""The axes a sweep may have, in grid order."""
 
 
 def grid(axes: Mapping[str, Sequence]) -> list[dict]:
@@ -76,10 +78,8 @@ def plot(
     times = sorted({row[TIME_AXIS] for row in rows})
     against_devices = len(times) == 1 and len({row.get("update_budget") for row in rows}) > 1
     x_key = "devices_reprogrammed_fraction" if against_devices else TIME_AXIS
-    others = [name for name in rows[0] if name in SWEEP_AXES and name != TIME_AXIS and name != "update_budget"]
-    if not against_devices and "update_budget" in rows[0]:
-        others.append("update_budget")
-    others = [name for name in others if len({row[name] for row in rows}) > 1]
+    x_axes = (TIME_AXIS, "update_budget") if against_devices else (TIME_AXIS,)
+    others = [n for n in rows[0] if n in SWEEP_AXES and n not in x_axes and len({row[n] for row in rows}) > 1]
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(_label(row, others), []).append(row)
@@ -106,7 +106,3 @@ def plot(
         ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-SWEEP_AXES = (TIME_AXIS, "drift_compensation", "update_budget", "dac_bits", "adc_bits", "device")
-"""The axes a sweep may have, in grid order."""

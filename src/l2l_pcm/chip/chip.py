@@ -27,7 +27,7 @@ from l2l_pcm.chip.crossbar import (
     reprogram_layer,
 )
 from l2l_pcm.chip.energy import EnergyModel
-from l2l_pcm.chip.layers import AnalogLayer, conv_kernel_to_matrix, image_patches
+from l2l_pcm.chip.layers import AnalogLayer, conv_kernel_to_matrix, image_patches, weight_scale
 from l2l_pcm.chip.layout import ArraySpace, LayerPlacement, place_layer
 from l2l_pcm.errors import CheckpointError, ConfigError, check_int, check_number
 from l2l_pcm.pcm import PCMDevice, device_from_json, quantize
@@ -48,7 +48,6 @@ COUNTER_NAMES = (
     "adc_saturated",
     "calibration_vectors",
 )
-WEIGHT_SCALINGS = ("none", "layer", "column")
 DRIFT_COMPENSATIONS = ("none", "global", "array", "column")
 CALIBRATION_VECTORS = 32
 """Known binary patterns a compensating chip reads (each with its complement) through every layer to
@@ -267,6 +266,7 @@ class Chip:
         self.intended: dict[str, jax.Array] = {}
         """Per layer, the weights the chip's digital record says it holds (:meth:`intended_weights`)."""
         self._gains: dict[str, jax.Array] = {}
+        self._patterns: dict[str, jax.Array] = {}
         self._calibrations = 0
 
     # --------------------------------------------------------------------------------- placement
@@ -346,16 +346,8 @@ class Chip:
         matrix = self._as_matrix(placement, weights, "weights")
         if not (isinstance(reference_age_s, (int, float)) and math.isfinite(reference_age_s) and reference_age_s >= 0):
             raise ConfigError(f"reference_age_s must be a finite number of seconds >= 0, got {reference_age_s!r}")
-        if scaling not in WEIGHT_SCALINGS:
-            raise ConfigError(f"scaling must be one of {WEIGHT_SCALINGS}, got {scaling!r}")
         w_max = self.config.device.w_max
-        largest = None if scaling == "none" else jnp.max(jnp.abs(matrix), axis=0 if scaling == "column" else None)
-        scale = (
-            jnp.ones(placement.shape[1])
-            if largest is None
-            else jnp.broadcast_to(largest / w_max, (placement.shape[1],))
-        )
-        scale = jnp.where(scale > 0, scale, 1.0)
+        scale = weight_scale(matrix, scaling, w_max)
         device_weights = matrix / scale
         clipped = int(jnp.sum(jnp.abs(device_weights) > w_max))
         if bias is not None:
@@ -461,13 +453,15 @@ class Chip:
     def _measure_drift(self, name: str, stats: WeightStatistics) -> jax.Array:
         """Compensation gains from a noisy read of the layer's calibration inputs (see ChipConfig)."""
         placement = self.placements[name]
-        patterns = jax.random.bernoulli(
-            jax.random.PRNGKey(zlib.crc32(name.encode())), 0.5, (CALIBRATION_VECTORS, placement.shape[0])
-        ).astype(jnp.float32)
+        if name not in self._patterns:  # fixed per layer: the chip's known calibration inputs
+            shape = (CALIBRATION_VECTORS, placement.shape[0])
+            patterns = jax.random.bernoulli(jax.random.PRNGKey(zlib.crc32(name.encode())), 0.5, shape)
+            self._patterns[name] = patterns.astype(jnp.float32)
+        patterns = self._patterns[name]
         intended = self.intended_weights(name)
         key = jax.random.fold_in(jax.random.PRNGKey(0xCA1), self._calibrations)
         self._calibrations += 1
-        tiles = tuple((t.row_start, t.rows, t.out_start, t.cols) for t in placement.tiles)
+        tiles = placement.blocks
         gain = _calibration_gains(
             patterns,
             intended,
@@ -499,7 +493,7 @@ class Chip:
         cfg = self.config
         ranges = self.layer_periphery(name)
         return MVMSpec(
-            tiles=tuple((tile.row_start, tile.rows, tile.out_start, tile.cols) for tile in placement.tiles),
+            tiles=placement.blocks,
             dac=None if cfg.dac_bits is None else (cfg.dac_bits, ranges.dac_range, ranges.dac_unsigned),
             adc=None if cfg.adc_bits is None else (cfg.adc_bits, ranges.adc_range),
             read_noise_mode=cfg.read_noise_mode,
@@ -579,9 +573,11 @@ class Chip:
             raise ConfigError(f"headroom must be a finite number >= 1, got {headroom!r}")
         unsigned = bool(jnp.all(inputs >= 0))
         dac_range = float(jnp.max(jnp.abs(inputs))) * headroom
-        blocks = tuple((t.row_start, t.row_start + t.rows, t.out_start, t.out_start + t.cols) for t in placement.tiles)
         weights = self.read_weights(name)
-        peaks = [float(jnp.max(jnp.abs(inputs[..., r0:r1] @ weights[r0:r1, c0:c1]))) for r0, r1, c0, c1 in blocks]
+        peaks = [
+            float(jnp.max(jnp.abs(inputs[..., r0 : r0 + rows] @ weights[r0 : r0 + rows, c0 : c0 + cols])))
+            for r0, rows, c0, cols in placement.blocks
+        ]
         adc_range = max(peaks) * headroom
         return self.set_periphery(name, dac_range or 1.0, adc_range or 1.0, unsigned)
 

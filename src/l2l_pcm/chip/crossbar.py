@@ -197,6 +197,15 @@ IDEAL_MVM = MVMSpec()
 """One ideal tile with exact per-read noise: the software models' crossbar."""
 
 
+def _tile(stats: WeightStatistics, block: tuple[int, int, int, int]) -> WeightStatistics:
+    """The statistics of one tile's block (row_start, rows, out_start, cols) of a layer."""
+    start, rows, out, cols = block
+    return WeightStatistics(
+        stats.mean[..., start : start + rows, out : out + cols],
+        stats.variance[..., start : start + rows, out : out + cols],
+    )
+
+
 def analog_mvm(
     inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, spec: MVMSpec = IDEAL_MVM
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -215,11 +224,9 @@ def analog_mvm(
         return outputs, dac_clipped, adc_clipped
     keys = [None] * len(spec.tiles) if key is None else list(jax.random.split(key, len(spec.tiles)))
     outputs = jnp.zeros((*inputs.shape[:-1], stats.mean.shape[-1]), inputs.dtype)
-    for (start, rows, out, cols), tile_key in zip(spec.tiles, keys, strict=True):
-        part = WeightStatistics(
-            stats.mean[..., start : start + rows, out : out + cols],
-            stats.variance[..., start : start + rows, out : out + cols],
-        )
+    for block, tile_key in zip(spec.tiles, keys, strict=True):
+        start, rows, out, cols = block
+        part = _tile(stats, block)
         analog = analog_matmul(
             inputs[..., start : start + rows], part, tile_key, spec.read_noise_mode, spec.read_noise_rng
         )
@@ -251,10 +258,11 @@ def calibration_gains(
     gains = jnp.ones_like(stats.mean)
     keys = jax.random.split(key, 2 * len(tiles)).reshape(len(tiles), 2, -1)
     axis = 0 if per_column else None
-    for (start, rows, out, cols), (key_on, key_off) in zip(tiles, keys, strict=True):
+    for tile, (key_on, key_off) in zip(tiles, keys, strict=True):
+        start, rows, out, cols = tile
         block = (slice(start, start + rows), slice(out, out + cols))
         on = patterns[:, start : start + rows]
-        weights = WeightStatistics(stats.mean[block], stats.variance[block])
+        weights = _tile(stats, tile)
         read = analog_matmul(on, weights, key_on, rng=rng) - analog_matmul(1.0 - on, weights, key_off, rng=rng)
         reference = (2.0 * on - 1.0) @ intended[block]
         overlap = jnp.sum(reference * read, axis=axis)

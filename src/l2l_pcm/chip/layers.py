@@ -74,6 +74,21 @@ def analog_conv(
     return analog_dense(layer, image_patches(images, (kh, kw), stride, padding), key)
 
 
+WEIGHT_SCALINGS = ("none", "layer", "column")
+
+
+def weight_scale(matrix: jax.Array, scaling: str, w_max: float) -> jax.Array:
+    """The weight each output column's w_max stands for ([fan_out]): 1 ("none"), the layer's max |W| / w_max
+    ("layer") or each column's ("column"); an all-zero layer or column keeps 1."""
+    if scaling not in WEIGHT_SCALINGS:
+        raise ConfigError(f"scaling must be one of {WEIGHT_SCALINGS}, got {scaling!r}")
+    if scaling == "none":
+        return jnp.ones(matrix.shape[-1], matrix.dtype)
+    largest = jnp.max(jnp.abs(matrix), axis=0 if scaling == "column" else None)
+    scale = jnp.broadcast_to(largest / w_max, (matrix.shape[-1],))
+    return jnp.where(scale > 0, scale, 1.0)
+
+
 def deploy(
     params: Mapping[str, jax.Array],
     chip: Chip,
@@ -123,20 +138,14 @@ def hardware_aware(
     gradient); 1-D arrays (biases, digital on the chip) pass unchanged. ``scaling`` is :func:`deploy`'s, so
     training sees the noise the deployed network will see. One key per array."""
     device = hardware if isinstance(hardware, PCMDevice) else hardware.device
-    if scaling not in ("none", "layer", "column"):
-        raise ConfigError(f"scaling must be one of ('none', 'layer', 'column'), got {scaling!r}")
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, max(len(leaves), 1))
 
     def noisy(weights: jax.Array, leaf_key: jax.Array) -> jax.Array:
         if jnp.ndim(weights) < 2:
             return weights
-        if scaling == "none":
-            return device.noisy_weights(leaf_key, weights, time_since_programming_s)
         matrix = weights.reshape(-1, weights.shape[-1])  # a conv kernel's im2col rows
-        axis = 0 if scaling == "column" else None
-        largest = jax.lax.stop_gradient(jnp.max(jnp.abs(matrix), axis=axis))
-        scale = jnp.where(largest > 0, largest / device.w_max, 1.0)
+        scale = jax.lax.stop_gradient(weight_scale(matrix, scaling, device.w_max))
         return scale * device.noisy_weights(leaf_key, weights / scale, time_since_programming_s)
 
     return jax.tree_util.tree_unflatten(treedef, [noisy(w, k) for w, k in zip(leaves, keys, strict=True)])

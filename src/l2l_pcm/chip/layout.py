@@ -58,6 +58,11 @@ class LayerPlacement:
         return 2 * self.devices_per_polarity * self.shape[0] * self.shape[1]
 
     @property
+    def blocks(self) -> tuple[tuple[int, int, int, int], ...]:
+        """(row_start, rows, out_start, cols) of every tile: the layer's blocks of its matrix."""
+        return tuple((tile.row_start, tile.rows, tile.out_start, tile.cols) for tile in self.tiles)
+
+    @property
     def state_shape(self) -> tuple[int, ...]:
         """Shape of the layer's device arrays (:class:`l2l_pcm.chip.LayerState`)."""
         cells = () if self.devices_per_polarity == 1 else (self.devices_per_polarity,)
