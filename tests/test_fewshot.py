@@ -339,3 +339,18 @@ def test_plots_write_images(tmp_path):
     result = {"ways": ways, "shots": shots, "tasks": 10}
     result.update(accuracy_per_step=[0.33, 0.8], accuracy_per_step_ci95=[0.01, 0.02])
     assert plot_inner_step_curves({"software": result}, tmp_path / "steps.png").stat().st_size > 1000
+
+
+@needs_shared
+def test_software_eval_refuses_read_noise_settings_it_cannot_apply(tmp_path, capsys):
+    """The few-shot software model draws weight noise, not MVM read noise: a read-noise generator given
+    with --hardware is refused there, and accepted (taking effect) on the chip."""
+    params = init_params(jax.random.PRNGKey(0), TINY.cnn)
+    path = save_fewshot_checkpoint(tmp_path / "tiny.safetensors", params, TINY)
+    hardware = tmp_path / "hw.json"
+    hardware.write_text(json.dumps({"read_noise_rng": "counter"}))
+    base = ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2", "--queries", "2", "--data-dir", str(SHARED)]
+    assert main([*base, "--backend", "software", "--hardware", str(hardware)]) == 2
+    assert "read_noise_rng applies to the chip only" in capsys.readouterr().err
+    assert main([*base, "--backend", "chip", "--hardware", str(hardware), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["provenance"]["hardware"]["read_noise_rng"] == "counter"

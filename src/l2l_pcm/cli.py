@@ -100,22 +100,27 @@ def _refuse_fixed_age(device, time_since_programming) -> None:
         )
 
 
-def _refuse_chip_only_flags(args: argparse.Namespace, hardware) -> None:
+def _refuse_chip_only_flags(args: argparse.Namespace, hardware, software_mvms: bool = True) -> None:
     """Flags and hardware settings that change only the chip are errors with the software backend (they
-    could not take effect): the software models have no converters and no drift compensation. (A
-    checkpoint's own chip settings are its deployment's; only what the user asks for is refused.)"""
+    could not take effect): the software models have no converters and no drift compensation, and the
+    few-shot one (``software_mvms=False``) draws weight noise, not MVM read noise, so the read-noise mode
+    and generator do not apply to it either. (A checkpoint's own chip settings are its deployment's; only
+    what the user asks for is refused.)"""
     if args.backend == "chip":
         return
     asked = getattr(args, "hardware", None) is not None
+    default = type(hardware)()
+    mvm_fields = () if software_mvms else ("read_noise_mode", "read_noise_rng")
     for field, value in (
         ("dac_bits", asked and hardware.dac_bits),
         ("adc_bits", asked and hardware.adc_bits),
         ("drift_compensation", asked and hardware.drift_compensation != "none" and not args.drift_compensation),
+        *((name, asked and getattr(hardware, name) != getattr(default, name)) for name in mvm_fields),
     ):
         if value:
             raise L2LPCMError(
-                f"the hardware's {field} applies to the chip only (the software model has no converters or "
-                "drift compensation); add --backend chip or leave it out"
+                f"the hardware's {field} applies to the chip only (the software model has no converters, "
+                "drift compensation or MVM read noise); add --backend chip or leave it out"
             )
     for flag, given in (
         ("--time-since-programming", args.time_since_programming is not None),
@@ -219,7 +224,7 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
 
     params, config, _, images = _load_fewshot(args)
     _refuse_fixed_age(config.device, args.time_since_programming)
-    _refuse_chip_only_flags(args, config.hardware)
+    _refuse_chip_only_flags(args, config.hardware, software_mvms=False)
     precision = _precision(args, "fp32")
     if args.backend == "chip":
         result = evaluate_chip(
