@@ -247,6 +247,17 @@ def resume_other_config(files, mp):
     assert snapshot(run) == before
 
 
+@case(
+    "meta-training --init-from a checkpoint of the other scenario",
+    r"holds a 'robot-l2l' checkpoint, expected 'fewshot-maml'",
+    needs_data=True,
+)
+def init_from_other_scenario(files, mp):
+    run = files.root / "run"
+    yield ["fewshot", "train", "--out", str(run), "--init-from", str(files.robot_run() / "last.safetensors")]
+    assert not run.exists()
+
+
 # impossible tasks
 @case(
     'impossible task: shots + queries > 20, config `{"shots": 15, "queries": 10}`',
@@ -400,6 +411,13 @@ def zero_robot_lr(files, mp):
 def zero_neurons(files, mp):
     config = files.robot_config(model={**SMALL_ROBOT_MODEL, "trainee": {"n_in": 5, "n_rec": 0}})
     yield ["robot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+
+
+@case('unknown pre-training field, config `{"iteratons": 5}`', r"unknown pretraining config fields: \['iteratons'\]")
+def unknown_pretrain_field(files, mp):
+    (files.root / "pre.json").write_text('{"iteratons": 5}')
+    yield ["fewshot", "pretrain", "--out", str(files.root / "run"), "--config", str(files.root / "pre.json")]
+    assert not (files.root / "run").exists()
 
 
 @case('unknown field, config `{"wayz": 5}`', r"unknown few-shot config fields: \['wayz'\]")

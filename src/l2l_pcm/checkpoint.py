@@ -87,6 +87,11 @@ def save_checkpoint(path: str | os.PathLike, kind: str, trees: Mapping[str, obje
     return _io.save_tensors(path, tensors, {**metadata, "kind": kind, "format_version": FORMAT_VERSION})
 
 
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` a checkpoint says it holds (clear errors for a missing or foreign file)."""
+    return _io.load_tensors(path)[1].get("kind")
+
+
 def load_checkpoint(path: str | os.PathLike, kind: str, templates: Mapping[str, object]) -> tuple[dict, dict]:
     """Load what :func:`save_checkpoint` wrote into the given templates; returns (trees, metadata)."""
     tensors, metadata = _io.load_tensors(path, kind=kind)

@@ -196,6 +196,27 @@ def _fewshot_train(args: argparse.Namespace) -> None:
     _print_summary(summary)
 
 
+def _fewshot_pretrain(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    _join_cluster(args)
+    from l2l_pcm.fewshot.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig.from_json(_read_json(args.config)) if args.config else PretrainConfig()
+    overrides = {name: getattr(args, name) for name in ("iterations", "seed")}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    fewshot = dataclasses.replace(config.fewshot, hardware=_hardware(args, config.fewshot.hardware))
+    summary = pretrain(
+        dataclasses.replace(config, fewshot=fewshot),
+        args.out,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    _print_summary(summary)
+
+
 def _load_fewshot(args: argparse.Namespace):
     from l2l_pcm.fewshot.data import load_omniglot
     from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT, load_fewshot_checkpoint
@@ -587,15 +608,19 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-def add_train_arguments(sub: argparse.ArgumentParser, config_class: str) -> None:
-    """Arguments every ``train`` command shares: run folder, config, length, seed, resume, processes."""
+def add_train_arguments(
+    sub: argparse.ArgumentParser, config_class: str, init_from: str | None = "start from this checkpoint's parameters"
+) -> None:
+    """Arguments every ``train`` command shares: run folder, config, length, seed, resume, processes;
+    ``--init-from`` with this help, unless None."""
     sub.add_argument("--out", required=True, help="run folder (checkpoints and metrics)")
     sub.add_argument("--config", help=f"JSON file with {config_class} fields")
     sub.add_argument("--iterations", type=_positive_int, help="outer iterations (default: the config's)")
     sub.add_argument("--seed", type=_seed, help="training seed: tasks and noise of each iteration (default: config's)")
     sub.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     sub.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (default: refuse)")
-    sub.add_argument("--init-from", help="start from this checkpoint's parameters (fresh optimiser)")
+    if init_from:
+        sub.add_argument("--init-from", help=f"{init_from} (fresh optimiser)")
     add_hardware_arguments(sub, "the config's")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines still print)")
     add_distributed_arguments(sub)
@@ -728,7 +753,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fewshot_command", required=True
     )
     train = fewshot.add_parser("train", help="meta-train in software (checkpoints, metrics, resume)")
-    add_train_arguments(train, "MAMLConfig")
+    add_train_arguments(
+        train, "MAMLConfig", "start from a few-shot checkpoint's parameters or a 'fewshot pretrain' run's conv body"
+    )
     train.add_argument(
         "--variant",
         choices=("fp32", "4bit", "pcm"),
@@ -737,6 +764,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--meta-batch", type=_positive_int, help="tasks per outer iteration (default: config's)")
     train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
     train.set_defaults(run=_fewshot_train)
+
+    pretrain = fewshot.add_parser(
+        "pretrain",
+        help="supervised pre-training of the conv body on all meta-training classes (then: train --init-from)",
+    )
+    add_train_arguments(pretrain, "PretrainConfig", init_from=None)
+    pretrain.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+    pretrain.set_defaults(run=_fewshot_pretrain)
 
     def add_eval_arguments(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--checkpoint", help="few-shot checkpoint (default: the shipped one)")

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from l2l_pcm import distributed, training
-from l2l_pcm.checkpoint import load_checkpoint, save_checkpoint
+from l2l_pcm.checkpoint import checkpoint_kind, load_checkpoint, save_checkpoint
 from l2l_pcm.errors import CheckpointError
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
 from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, train_step
@@ -40,6 +40,20 @@ def load_fewshot_checkpoint(path, with_optimizer: bool = False):
     if with_optimizer:
         return trees["params"], config, metadata, trees["opt"]
     return trees["params"], config, metadata
+
+
+def initial_parameters(path, config: MAMLConfig) -> tuple[dict, dict]:
+    """(params, metadata) of the checkpoint a run starts from: a few-shot checkpoint of the same model,
+    or a supervised pre-training one (:mod:`l2l_pcm.fewshot.pretrain`: its conv body, a zero readout)."""
+    from l2l_pcm.fewshot.pretrain import CHECKPOINT_KIND as PRETRAIN_KIND
+    from l2l_pcm.fewshot.pretrain import pretrained_body
+
+    if checkpoint_kind(path) == PRETRAIN_KIND:
+        return pretrained_body(path, config)
+    params, source, metadata = load_fewshot_checkpoint(path)
+    if source.cnn != config.cnn:
+        raise CheckpointError(f"{path} has model {source.cnn}, this run needs {config.cnn}")
+    return params, metadata
 
 
 def validate(params, sampler: TaskSampler, config: MAMLConfig, device: PCMDevice, tasks: int, seed: int):
@@ -71,9 +85,7 @@ def make_trainer(
 
     history = []
     if init_from is not None:
-        source_params, source, source_metadata = load_fewshot_checkpoint(init_from)
-        if source.cnn != config.cnn:
-            raise CheckpointError(f"{init_from} has model {source.cnn}, this run needs {config.cnn}")
+        source_params, source_metadata = initial_parameters(init_from, config)
         history = training.training_record(source_metadata)
 
     def init():
