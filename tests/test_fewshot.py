@@ -354,3 +354,20 @@ def test_software_eval_refuses_read_noise_settings_it_cannot_apply(tmp_path, cap
     assert "read_noise_rng applies to the chip only" in capsys.readouterr().err
     assert main([*base, "--backend", "chip", "--hardware", str(hardware), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["provenance"]["hardware"]["read_noise_rng"] == "counter"
+
+
+def test_an_initial_readout_held_at_zero_stays_zero_while_the_body_learns(tmp_path, key):
+    params = init_params(key, TINY.cnn)
+    params["readout"] = 0.3 * jax.random.normal(key, params["readout"].shape)
+    source = save_fewshot_checkpoint(tmp_path / "source.safetensors", params, TINY)
+    images = (jax.random.uniform(key, (12, 20, 28, 28)) < 0.1).astype(np.float32)
+    config = dataclasses.replace(TINY, learn_initial_readout=False)
+    trainer = train_module.make_trainer(config, np.asarray(images), np.asarray(images), init_from=source)
+    start, opt_state = trainer.init()
+    assert not np.any(np.asarray(start["readout"]))
+    after, opt_state, _, _ = trainer.step(start, opt_state, 0)
+    after, _, _, _ = trainer.step(after, opt_state, 1)
+    assert not np.any(np.asarray(after["readout"]))
+    assert not np.allclose(np.asarray(after["conv2"]), np.asarray(params["conv2"]))
+    with pytest.raises(ConfigError, match="learn_initial_readout must be true or false"):
+        MAMLConfig(learn_initial_readout="no")

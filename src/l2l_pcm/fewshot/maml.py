@@ -75,6 +75,12 @@ class MAMLConfig:
     update_budget: int = 0
     """At most this many readout weights change per inner step (the largest updates; 0 = no limit), in
     every variant and on the chip: a cap on the devices re-programmed per task."""
+    learn_initial_readout: bool = True
+    """Meta-learn the readout's initial weights W0 (MAML), or keep them at zero. Labels are a fresh
+    permutation in every task, so no W0 that differs between columns can help a task, and one learned
+    without a budget can lean on all inner updates to undo it (the budget then cannot); at zero, the
+    first inner step writes each class's support mean (a prototype), which a budget keeps the largest
+    entries of."""
     time_since_programming_s: float = 3600.0
     iterations: int = 3000
     validate_every: int = 250
@@ -128,8 +134,9 @@ class MAMLConfig:
             raise ConfigError(
                 f"time_since_programming_s must be a finite number >= 0, got {self.time_since_programming_s!r}"
             )
-        if not isinstance(self.augment_rotations, bool):
-            raise ConfigError(f"augment_rotations must be true or false, got {self.augment_rotations!r}")
+        for name in ("augment_rotations", "learn_initial_readout"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_seed("seed", self.seed)
         if self.update_rounding not in ("stochastic", "nearest"):
             raise ConfigError(f"update_rounding must be 'stochastic' or 'nearest', got {self.update_rounding!r}")
@@ -282,6 +289,8 @@ def meta_gradient(params, batch, key, config: MAMLConfig, device: PCMDevice):
         task_sums, (kernels, params["readout"]), (*batch, task_keys)
     )
     (conv_grads,) = read_backward([g / tasks for g in kernel_grads])
+    if not config.learn_initial_readout:
+        readout_grad = jnp.zeros_like(readout_grad)
     grads = {**conv_grads, "readout": readout_grad / tasks}
     return (loss / tasks, accuracies / tasks), grads
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm import distributed, training
@@ -91,7 +92,9 @@ def make_trainer(
     def init():
         params = init_params(jax.random.PRNGKey(config.seed), config.cnn)
         if init_from is not None:
-            params = source_params
+            params = dict(source_params)
+        if not config.learn_initial_readout:  # held at zero: meta_gradient gives it no gradient
+            params["readout"] = jnp.zeros_like(params["readout"])
         return params, make_optimizer(config).init(params)
 
     def step(params, opt_state, iteration):
