@@ -139,42 +139,16 @@ def test_pretrain_config_round_trips_and_refuses_bad_fields():
 
 
 @needs_shared
-def test_cli_pretrain_writes_a_run_that_train_continues(tmp_path, capsys):
+def test_cli_pretrain_writes_a_run_and_refuses_to_start_over_it(tmp_path, capsys):
     config = tmp_path / "pre.json"
     config.write_text(json.dumps(TINY.to_json()))
     out = tmp_path / "pre"
-    assert (
-        main(
-            [
-                "fewshot",
-                "pretrain",
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                "--no-progress",
-                "--data-dir",
-                str(SHARED),
-            ]
-        )
-        == 0
-    )
+    argv = ["fewshot", "pretrain", "--out", str(out), "--config", str(config), "--no-progress"]
+    argv += ["--data-dir", str(SHARED)]
+    assert main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["iterations"] == 3
     assert (out / "best.safetensors").is_file()
-    assert (
-        main(
-            [
-                "fewshot",
-                "pretrain",
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                "--no-progress",
-                "--data-dir",
-                str(SHARED),
-            ]
-        )
-        != 0
-    )
+    before = (out / "best.safetensors").read_bytes()
+    assert main(argv) != 0
     assert "already holds a training run" in capsys.readouterr().err
+    assert (out / "best.safetensors").read_bytes() == before
