@@ -588,6 +588,25 @@ def disk_full(files, mp):
     assert snapshot(run) == before  # the last good checkpoint is intact and no temp file is left
 
 
+@case("readout scale of zero (CLI)", r"argument --readout-scale: expected a finite number > 0, got '0'")
+def readout_scale_zero(files, mp):
+    yield ["fewshot", "eval", "--readout-scale", "0", "--tasks", "2"]
+
+
+@case("export --set of a field the config does not have", r"unknown few-shot config fields: \['readout_scal'\]")
+def export_set_unknown_field(files, mp):
+    destination = files.root / "exported.safetensors"
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "readout_scal=0.35"]
+    assert not destination.exists()
+
+
+@case("export --set of an impossible value", r"readout_scale must be a finite number > 0, got -1")
+def export_set_bad_value(files, mp):
+    destination = files.root / "exported.safetensors"
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "readout_scale=-1"]
+    assert not destination.exists()
+
+
 @case("export to a path below a regular file", r"cannot write to folder .*afile: Not a directory")
 def export_below_file(files, mp):
     (files.root / "afile").write_text("x")

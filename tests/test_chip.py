@@ -392,6 +392,28 @@ def test_weights_beyond_w_max_without_scaling_are_clipped_and_counted(key):
         chip.program("fc", jnp.zeros((3, 2)), key, scaling="global")
 
 
+def test_a_numeric_scaling_sets_a_zero_layers_range_and_updates_past_it_are_counted(key):
+    """A layer programmed at zero with scaling 0.25 has the range ±0.25 and an update grid of 0.25/16;
+    an update that would carry a weight past ±0.25 is stored at the bound and counted."""
+    from l2l_pcm.chip import deploy
+
+    chip = Chip(NOISELESS)
+    deploy({"fc": jnp.zeros((3, 2)), "other": jnp.ones((2, 2))}, chip, key, scaling={"fc": 0.25})
+    np.testing.assert_allclose(chip.scales["fc"], [0.25, 0.25])
+    np.testing.assert_allclose(chip.scales["other"], [1.0, 1.0])  # a layer not named: "none"
+    update = jnp.array([[0.1, 0.0], [0.0, -0.3], [0.0, 0.0]])
+    report = chip.reprogram("fc", update, key, rounding="nearest")
+    # 0.1 is 6.4 steps of 1/64: 6 steps; -0.3 is past the range: clipped to -0.25
+    np.testing.assert_allclose(chip.read_weights("fc"), [[6 / 64, 0.0], [0.0, -0.25], [0.0, 0.0]], atol=1e-6)
+    assert report.weights_clipped == 1 and chip.counters["fc"]["weights_clipped"] == 1
+    report = chip.reprogram("fc", jnp.zeros((3, 2)).at[0, 0].set(0.05), key, rounding="nearest")
+    assert report.weights_clipped == 0  # 6/64 + 3/64 stays inside
+    with pytest.raises(ConfigError, match="not in params"):
+        deploy({"fc": jnp.zeros((3, 2))}, Chip(NOISELESS), key, scaling={"fc2": 0.5})
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        chip.program("fc", jnp.zeros((3, 2)), key, scaling=-1.0)
+
+
 def test_calibrated_periphery_recovers_what_fixed_ranges_clip(key, tmp_path):
     """ReLU-like inputs up to ~9 through an 8-bit DAC/ADC: the config's ±1 DAC range clips them (counted);
     calibration from sample inputs sets an unsigned DAC and a per-layer ADC range and the error drops."""

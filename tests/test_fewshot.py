@@ -146,6 +146,37 @@ def test_chip_with_noise_off_matches_software(key, budget):
             assert chip_result.devices_reprogrammed <= 2 * budget * config.inner_steps
 
 
+@pytest.mark.parametrize("readout_scale", [1.0, 0.25])
+def test_chip_and_software_pcm_model_store_the_readout_at_its_scale(key, readout_scale):
+    """Noiseless devices, the real 1/16 grid, nearest rounding: the chip's inner loop and the software PCM
+    model write the same readout, on the grid of readout_scale/16, at every readout scale."""
+    from l2l_pcm.fewshot.maml import adapt_task
+
+    config = dataclasses.replace(
+        TINY, channels=16, variant="pcm", update_rounding="nearest", readout_scale=readout_scale, inner_lr=0.4
+    )
+    config = config.with_hardware(device=PCMDevice().noiseless())
+    params = init_params(key, config.cnn)
+    params["readout"] = readout_scale / 16 * jnp.round(4 * jax.random.normal(key, params["readout"].shape))
+    learner = ChipFewShotLearner(params, config, key, time_since_programming_s=3600.0)
+    sx, sy, qx, qy = random_task(jax.random.fold_in(key, 3))
+    chip_result = learner.adapt(sx, sy, qx, qy, key)
+    chip_readout = learner.chip.read_weights("readout")
+    f_s, f_q = learner.features(sx, qx, key)
+    _, software = adapt_task(config, config.device, params["readout"], f_s, sy, f_q, qy, key)
+    np.testing.assert_allclose(chip_result.accuracy_per_step, software, atol=1e-6)
+    steps = np.asarray(chip_readout) / (readout_scale * config.update_step)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert np.abs(steps).max() >= 1
+    assert float(jnp.max(jnp.abs(chip_readout))) <= readout_scale + 1e-6  # updates past it clipped, as in software
+    from l2l_pcm.fewshot.maml import inner_update
+
+    written = inner_update(config, config.device, jnp.zeros((16, 5)), jax.random.normal(key, (16, 5)), key)
+    grid = np.asarray(written) / (readout_scale * config.update_step)
+    np.testing.assert_allclose(grid, np.round(grid), atol=1e-4)
+    assert float(jnp.max(jnp.abs(written))) <= readout_scale and np.abs(grid).max() >= 2
+
+
 @pytest.mark.parametrize("variant", ["fp32", "4bit", "pcm"])
 def test_update_budget_limits_changed_readout_weights(key, variant):
     from l2l_pcm.fewshot.maml import inner_update
@@ -177,6 +208,13 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path, key):
     save_checkpoint(tmp_path / "other.safetensors", "fewshot-maml", {"params": bigger}, {"config": TINY.to_json()})
     with pytest.raises(CheckpointError, match="shape"):
         load_fewshot_checkpoint(tmp_path / "other.safetensors")
+    # a deployment setting chosen after training, set on export and recorded as such
+    exported = tmp_path / "exported.safetensors"
+    assert main(["export", str(path), str(exported), "--set", "readout_scale=0.35", "--set", "update_budget=8"]) == 0
+    loaded, config, meta = load_fewshot_checkpoint(exported)
+    assert config == dataclasses.replace(TINY, readout_scale=0.35, update_budget=8)
+    assert meta["export_changes"] == {"readout_scale": 0.35, "update_budget": 8} and meta["note"] == 1
+    np.testing.assert_array_equal(loaded["readout"], params["readout"])
     save_checkpoint(tmp_path / "robot.safetensors", "robot-l2l", {"params": bigger}, {})
     with pytest.raises(CheckpointError, match="expected 'fewshot-maml'"):
         load_fewshot_checkpoint(tmp_path / "robot.safetensors")
@@ -269,6 +307,14 @@ def test_cli_eval_json_on_both_backends(tmp_path, capsys):
         assert keys <= set(result) and result["backend"] == backend and result["tasks"] == 3
         assert len(result["accuracy_per_step"]) == 5
     assert outputs["chip"]["devices_reprogrammed_fraction"] > 0
+    assert outputs["chip"]["readout_scale"] == 1.0 and outputs["chip"]["warnings"] == []
+    # a readout range far too small for the updates: the clipped updates are counted and warned about
+    args = ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2", "--queries", "2", "--json"]
+    assert main([*args, "--data-dir", str(SHARED), "--readout-scale", "0.001"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["readout_scale"] == 0.001 and result["readout_updates_clipped_mean"] > 0
+    assert "readout updates were clipped" in err
 
 
 def test_cli_eval_bad_checkpoint_is_one_line(tmp_path, capsys):

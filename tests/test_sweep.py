@@ -49,3 +49,9 @@ def test_fewshot_sweep_writes_json_csv_plot_with_paired_points(tmp_path, capsys)
     assert len(rows) == 8 and "accuracy_mean" in rows[0]
     assert (tmp_path / "fewshot_sweep.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "fewshot_sweep.json").read_text())["points"] == points
+    # readout scales at one time: plotted against the scale; a range far too small clips updates
+    argv = argv[: argv.index("--times")] + ["--times", "1h", "--readout-scales", "1,0.001", "--out", str(tmp_path)]
+    assert main([*argv, "--json"]) == 0
+    by_scale = {p["readout_scale"]: p for p in json.loads(capsys.readouterr().out)["points"]}
+    assert by_scale[0.001]["readout_updates_clipped_mean"] > by_scale[1.0]["readout_updates_clipped_mean"]
+    assert (tmp_path / "fewshot_sweep.png").stat().st_size > 10_000

@@ -225,6 +225,7 @@ def _load_fewshot(args: argparse.Namespace):
     params, config, metadata = load_fewshot_checkpoint(path)
     overrides = {
         "update_budget": args.update_budget,
+        "readout_scale": args.readout_scale,
         "normalisation": args.normalisation,
         "shots": args.shots,
         "ways": args.ways,
@@ -288,6 +289,7 @@ FEWSHOT_SWEEP_METRICS = (
     "devices_reprogrammed_fraction",
     "devices_reprogrammed_max",
     "energy_estimate_pJ_per_adaptation",
+    "readout_updates_clipped_mean",
 )
 ROBOT_SWEEP_METRICS = (
     "mse_before",
@@ -300,14 +302,17 @@ ROBOT_SWEEP_METRICS = (
 )
 
 
-def _sweep_axes(args: argparse.Namespace, hardware, budgets: bool) -> dict:
-    """The grid a ``sweep`` command runs: times, then compensation, budgets, converter bits, devices."""
+def _sweep_axes(args: argparse.Namespace, hardware, readout_axes: bool) -> dict:
+    """The grid a ``sweep`` command runs: times, then compensation, budgets, readout scales, converter bits,
+    devices."""
     from l2l_pcm.sweep import DEFAULT_TIMES_S
 
     axes = {"time_since_programming_s": args.times or list(DEFAULT_TIMES_S)}
     axes["drift_compensation"] = args.compensation or [hardware.drift_compensation]
-    if budgets and args.budgets:
+    if readout_axes and args.budgets:
         axes["update_budget"] = args.budgets
+    if readout_axes and args.readout_scales:
+        axes["readout_scale"] = args.readout_scales
     for name in ("dac_bits", "adc_bits"):
         if getattr(args, name):
             axes[name] = getattr(args, name)
@@ -354,12 +359,11 @@ def _fewshot_sweep(args: argparse.Namespace) -> None:
     from l2l_pcm.fewshot.evaluate import evaluate_chip
 
     params, config, _, images = _load_fewshot(args)
-    points = sweep.grid(_sweep_axes(args, config.hardware, budgets=True))
+    points = sweep.grid(_sweep_axes(args, config.hardware, readout_axes=True))
 
     def evaluate_point(point: dict) -> dict:
         changes = {"hardware": _point_hardware(config.hardware, point)}
-        if "update_budget" in point:
-            changes["update_budget"] = point["update_budget"]
+        changes.update({name: point[name] for name in ("update_budget", "readout_scale") if name in point})
         point_config = dataclasses.replace(config, **changes)
         time_s = point["time_since_programming_s"]
         return evaluate_chip(params, point_config, images, args.tasks, args.queries, args.seed, None, time_s)
@@ -377,7 +381,7 @@ def _robot_sweep(args: argparse.Namespace) -> None:
 
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
     model = _robot_overrides(args, config.model)
-    points = sweep.grid(_sweep_axes(args, model.hardware, budgets=False))
+    points = sweep.grid(_sweep_axes(args, model.hardware, readout_axes=False))
 
     def evaluate_point(point: dict) -> dict:
         hardware = _point_hardware(model.hardware, point)
@@ -539,9 +543,41 @@ def _robot_demo(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from l2l_pcm.checkpoint import checkpoint_kind
     from l2l_pcm.training import export_checkpoint
 
-    print(export_checkpoint(args.source, args.destination))
+    changes = dict(args.set or [])
+    config_from_json = None
+    if changes:
+        config_from_json = _config_classes().get(checkpoint_kind(args.source))
+        if config_from_json is None:
+            raise L2LPCMError(f"--set: {args.source} is not a checkpoint of a kind whose config l2l-pcm knows")
+    print(export_checkpoint(args.source, args.destination, changes, config_from_json))
+
+
+def _config_classes() -> dict:
+    """Checkpoint kind -> the config parser that validates its config."""
+    from l2l_pcm.fewshot import pretrain as fewshot_pretrain
+    from l2l_pcm.fewshot import train as fewshot_train
+    from l2l_pcm.fewshot.maml import MAMLConfig
+    from l2l_pcm.robot import train as robot_train
+
+    return {
+        fewshot_train.CHECKPOINT_KIND: MAMLConfig.from_json,
+        fewshot_pretrain.CHECKPOINT_KIND: fewshot_pretrain.PretrainConfig.from_json,
+        robot_train.CHECKPOINT_KIND: robot_train.RobotTrainConfig.from_json,
+    }
+
+
+def _config_assignment(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` of ``export --set``; VALUE is JSON (0.35, true, null, "text") or else a plain string."""
+    field, equals, value = text.partition("=")
+    if not (equals and field.strip()):
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return field.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return field.strip(), value
 
 
 def _read_json(path: str) -> dict:
@@ -653,7 +689,7 @@ def add_backend_arguments(sub: argparse.ArgumentParser, precision_default: str) 
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def add_sweep_arguments(sub: argparse.ArgumentParser, budgets: bool) -> None:
+def add_sweep_arguments(sub: argparse.ArgumentParser, readout_axes: bool) -> None:
     """A sweep's axes: comma-separated lists; the grid is their product, every point on the same tasks."""
     sub.add_argument(
         "--times",
@@ -665,11 +701,16 @@ def add_sweep_arguments(sub: argparse.ArgumentParser, budgets: bool) -> None:
         type=_list_of(_choice(("none", "global", "array", "column"))),
         help="drift compensations to compare, e.g. none,array (default: the hardware's)",
     )
-    if budgets:
+    if readout_axes:  # the few-shot readout: update budgets and readout scales
         sub.add_argument(
             "--budgets",
             type=_list_of(_non_negative_int),
             help="update budgets (readout weights changed per step; 0 = all), e.g. 4,8,16,24,0",
+        )
+        sub.add_argument(
+            "--readout-scales",
+            type=_list_of(_positive_float),
+            help="readout weights per device weight unit, e.g. 1,0.5,0.25",
         )
     for name in ("dac", "adc"):
         sub.add_argument(
@@ -798,6 +839,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="readout weights changed per inner step, largest updates first (default: the checkpoint's; 0 = all)",
         )
         sub.add_argument(
+            "--readout-scale",
+            type=_positive_float,
+            metavar="S",
+            help="readout weight per device weight unit: range ±S·w_max, update step S/16 (default: the "
+            "checkpoint's; 1 = the authors' mapping)",
+        )
+        sub.add_argument(
             "--normalisation",
             choices=("support", "per_set"),
             help="support statistics (no leak between queries) or the authors' per-set rule "
@@ -813,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="chip accuracy over time since programming, compensation, budgets, bits, devices"
     )
     add_eval_arguments(sweep_fs)
-    add_sweep_arguments(sweep_fs, budgets=True)
+    add_sweep_arguments(sweep_fs, readout_axes=True)
     sweep_fs.set_defaults(run=_fewshot_sweep, tasks=200)
     demo_fs = fewshot.add_parser("demo", help="software 32-bit / 4-bit / chip on the same tasks, with plots")
     add_eval_arguments(demo_fs)
@@ -851,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="chip MSE before/after over time since programming, compensation, bits, devices"
     )
     add_robot_eval_arguments(robot_sweep)
-    add_sweep_arguments(robot_sweep, budgets=False)
+    add_sweep_arguments(robot_sweep, readout_axes=False)
     robot_sweep.set_defaults(run=_robot_sweep)
     robot_demo = robot.add_parser("demo", help="software vs chip, trajectory/spike figures and an arm GIF")
     add_robot_eval_arguments(robot_demo)
@@ -869,6 +917,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="copy a training checkpoint without optimiser state")
     export.add_argument("source", help="training checkpoint (last.safetensors or best.safetensors)")
     export.add_argument("destination", help="checkpoint to write, parameters and config only")
+    export.add_argument(
+        "--set",
+        action="append",
+        type=_config_assignment,
+        metavar="FIELD=VALUE",
+        help="change a config field of the copy (a deployment setting, e.g. readout_scale=0.35); checked by "
+        "the checkpoint's config class and recorded as export_changes; repeatable",
+    )
     export.set_defaults(run=_export)
     _remember_subcommands(parser)
     return parser
@@ -901,6 +957,7 @@ def _bounded(convert, minimum: float, description: str):
 _positive_int = _bounded(int, 1, "a positive integer")
 _non_negative_int = _bounded(int, 0, "an integer >= 0")
 _non_negative_float = _bounded(float, 0, "a finite number >= 0")
+_positive_float = _bounded(float, math.nextafter(0.0, 1.0), "a finite number > 0")  # the smallest float > 0
 
 TIME_UNITS_S = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "y": 365 * 86400.0}
 

@@ -314,9 +314,17 @@ class PCMDevice:
     ) -> jax.Array:
         """Target conductances [2, ...] of pairs after adding a weight ``update`` (``reprogram_from``), or
         to ``base_weights`` if given (a chip that compensates drift writes relative to its estimate)."""
-        if base_weights is None:
-            base_weights = self.conductances_to_weights(g_target_uS if self.reprogram_from == "target" else g_now_uS)
-        return self.to_cells(self.weights_to_conductances(base_weights + update))
+        base = self.reprogram_base(g_target_uS, g_now_uS, base_weights)
+        return self.to_cells(self.weights_to_conductances(base + update))
+
+    def reprogram_base(
+        self, g_target_uS: jax.Array, g_now_uS: jax.Array, base_weights: jax.Array | None = None
+    ) -> jax.Array:
+        """The weights [fan_in, fan_out] an update is added to: ``base_weights`` if given, else the pairs'
+        targets or their drifted reads (``reprogram_from``)."""
+        if base_weights is not None:
+            return base_weights
+        return self.conductances_to_weights(g_target_uS if self.reprogram_from == "target" else g_now_uS)
 
     # ----------------------------------------------------------------------------------- drift
     def effective_age_s(self, time_since_programming_s: jax.Array) -> jax.Array:

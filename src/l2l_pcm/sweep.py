@@ -1,5 +1,5 @@
 """Sweeps: one chip evaluation per point of a grid (time since programming × drift compensation × update
-budget × converter bits × device profile), JSON + CSV + plot.
+budget × readout scale × converter bits × device profile), JSON + CSV + plot.
 
 Every point evaluates the same tasks (same seed: paired comparisons) in one process, so the jitted
 functions compile once for the first point and are reused by the others (the shapes do not change). The
@@ -23,7 +23,7 @@ from l2l_pcm.plotting import human_time_axis, pyplot, save_figure
 DEFAULT_TIMES_S = (1.0, 60.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0)
 """1 s, 1 min, 1 h, 1 day, 1 week, 1 month, 1 year: about log-spaced over the life of a deployed chip."""
 TIME_AXIS = "time_since_programming_s"
-SWEEP_AXES = (TIME_AXIS, "drift_compensation", "update_budget", "dac_bits", "adc_bits", "device")
+SWEEP_AXES = (TIME_AXIS, "drift_compensation", "update_budget", "readout_scale", "dac_bits", "adc_bits", "device")
 """The axes a sweep may have, in grid order."""
 
 
@@ -71,14 +71,15 @@ def plot(
     rows: list[dict], metric: str, ci: str | None, path: Path, ylabel: str, title: str, log_y=False, y_scale=1.0
 ) -> Path:
     """``metric`` (× ``y_scale``) against time since programming, one line (± ``ci``) per combination of
-    the other axes; or, with one time and several update budgets, against the fraction of devices
-    re-programmed."""
+    the other axes; with one time and several update budgets, against the fraction of devices
+    re-programmed; with one time and several readout scales, against the readout scale."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
     times = sorted({row[TIME_AXIS] for row in rows})
     against_devices = len(times) == 1 and len({row.get("update_budget") for row in rows}) > 1
-    x_key = "devices_reprogrammed_fraction" if against_devices else TIME_AXIS
-    x_axes = (TIME_AXIS, "update_budget") if against_devices else (TIME_AXIS,)
+    against_scale = len(times) == 1 and not against_devices and len({row.get("readout_scale") for row in rows}) > 1
+    x_key = "devices_reprogrammed_fraction" if against_devices else "readout_scale" if against_scale else TIME_AXIS
+    x_axes = (TIME_AXIS, "update_budget") if against_devices else (TIME_AXIS, x_key)
     others = [n for n in rows[0] if n in SWEEP_AXES and n not in x_axes and len({row[n] for row in rows}) > 1]
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -94,6 +95,9 @@ def plot(
             ax.fill_between(xs, low, high, alpha=0.15)
     if against_devices:
         ax.set_xlabel("readout devices re-programmed per task (%)")
+    elif against_scale:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("readout scale (readout weight per device weight unit; update step = scale / 16)")
     else:
         human_time_axis(ax, times)
         ax.set_xlabel("time since programming")

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from l2l_pcm import _io, distributed
 from l2l_pcm.checkpoint import check_format, load_checkpoint, save_checkpoint
-from l2l_pcm.errors import CheckpointError, L2LPCMError
+from l2l_pcm.errors import CheckpointError, ConfigError, L2LPCMError
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -271,8 +271,15 @@ def run(
     }
 
 
-def export_checkpoint(source, destination) -> Path:
-    """Copy a training checkpoint without its optimiser state (what a user needs to deploy it)."""
+def export_checkpoint(
+    source, destination, config_changes: Mapping[str, Any] | None = None, config_from_json: Callable | None = None
+) -> Path:
+    """Copy a training checkpoint without its optimiser state (what a user needs to deploy it).
+
+    ``config_changes`` set deployment fields the training did not choose (a readout scale, an update
+    budget); the changed config must pass ``config_from_json`` (the kind's own validation), and the
+    changes are recorded in the metadata as ``export_changes``, so the file says how it differs from its run.
+    """
     tensors, metadata = _io.load_tensors(source)
     if "kind" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{source} is not a training checkpoint (no kind/config)")
@@ -280,4 +287,11 @@ def export_checkpoint(source, destination) -> Path:
     if not params:
         raise CheckpointError(f"{source} holds no parameters")
     metadata = {**metadata, "exported_from": str(Path(source).name)}
+    if config_changes:
+        config = {**metadata["config"], **config_changes}
+        if config_from_json is None:
+            raise ConfigError("changing a checkpoint's config on export needs its config class to check it")
+        config_from_json(config)
+        earlier = metadata.get("export_changes", {})
+        metadata = {**metadata, "config": config, "export_changes": {**earlier, **config_changes}}
     return _io.save_tensors(destination, params, metadata)

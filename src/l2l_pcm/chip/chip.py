@@ -184,7 +184,8 @@ class ReprogramReport:
     touched: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     """Boolean mask of the devices re-programmed, shaped like the layer's state (None for a full program)."""
     weights_clipped: int = 0
-    """Weights beyond the devices' range (after scaling) that were stored at ±w_max instead."""
+    """Weights beyond the devices' range (after scaling) that were stored at ±w_max instead: by a full
+    program, or by an update that would have taken its weight past ±w_max."""
 
     @property
     def fraction_touched(self) -> float:
@@ -227,7 +228,10 @@ def _reprogram(device, key, state, update, now_s, base_weights=None):
     per_weight = jnp.any(touched.reshape(-1, *update.shape), axis=0)
     rows_touched = jnp.sum(jnp.any(per_weight, axis=1))
     pairs_touched = jnp.sum(per_weight)
-    return new_state, touched, pairs_touched, rows_touched
+    g_now = device.drift(state.g_prog_uS, state.nu, now_s - state.programmed_at_s)
+    asked = device.reprogram_base(state.g_target_uS, g_now, base_weights) + update
+    clipped = jnp.sum((update != 0) & (jnp.abs(asked) > device.w_max * (1 + 1e-6)))  # float slack of a full pair
+    return new_state, touched, pairs_touched, rows_touched, clipped
 
 
 _analog_mvm = jax.jit(analog_mvm, static_argnames=("spec",))
@@ -328,15 +332,23 @@ class Chip:
         return weights
 
     def program(
-        self, name: str, weights, key: jax.Array, scaling: str = "none", bias=None, reference_age_s: float = 0.0
+        self,
+        name: str,
+        weights,
+        key: jax.Array,
+        scaling: str | float = "none",
+        bias=None,
+        reference_age_s: float = 0.0,
     ) -> ReprogramReport:
         """Program all devices of a layer to hold ``weights``, with programming noise.
 
         ``scaling``: "none" stores weights as they are (the range is ±w_max; beyond it they are clipped
         and counted in ``weights_clipped``); "layer" maps the layer's max |W| to w_max and "column" each
         output column's, and the outputs are multiplied back digitally, so weights of any size use the
-        full conductance range. Reads, MVMs and updates stay in the caller's weight units (an update is
-        quantized to ``update_step`` of the *devices*, i.e. ``update_step × scale`` in weight units).
+        full conductance range; a number is the factor itself (weights are stored as W / factor: a layer
+        written from zero by updates sets its range so). Reads, MVMs and updates stay in the caller's
+        weight units (an update is quantized to ``update_step`` of the *devices*, i.e. ``update_step ×
+        scale`` in weight units).
         ``bias`` ([fan_out]) is added digitally to every MVM output of the layer. ``reference_age_s``: what
         calibrated drift compensation restores, the weights as they read on average at this age
         (:meth:`PCMDevice.expected_conductance`; 0: right after programming): a model meta-trained with its
@@ -401,7 +413,7 @@ class Chip:
             if relative_to == "intended":
                 base = self.intended[name] / units
         quantized = quantize(update / units, self.config.update_step, key_round if rounding == "stochastic" else None)
-        new_state, touched, pairs, rows = _reprogram(device, key_prog, state, quantized, self.now_s, base)
+        new_state, touched, pairs, rows, clipped = _reprogram(device, key_prog, state, quantized, self.now_s, base)
         rewritten = jnp.any(touched.reshape(-1, *placement.shape), axis=0)
         written = device.conductances_to_weights(new_state.g_target_uS) * units
         self.intended[name] = jnp.where(rewritten, written, self.intended[name])
@@ -409,7 +421,8 @@ class Chip:
         self._stats_cache.pop(name, None)
         touched = np.asarray(touched)
         report = self._count_programming(placement, int(touched.sum()), int(pairs), int(rows))
-        return dataclasses.replace(report, touched=touched)
+        self.counters[name]["weights_clipped"] += int(clipped)
+        return dataclasses.replace(report, touched=touched, weights_clipped=int(clipped))
 
     def _count_programming(self, placement: LayerPlacement, devices: int, pairs: int, rows: int) -> ReprogramReport:
         counters = self.counters[placement.name]

@@ -18,6 +18,7 @@ also book the MVMs and converter saturation in the chip's counters; inside jitte
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -77,11 +78,17 @@ def analog_conv(
 WEIGHT_SCALINGS = ("none", "layer", "column")
 
 
-def weight_scale(matrix: jax.Array, scaling: str, w_max: float) -> jax.Array:
+def weight_scale(matrix: jax.Array, scaling: str | float, w_max: float) -> jax.Array:
     """The weight each output column's w_max stands for ([fan_out]): 1 ("none"), the layer's max |W| / w_max
-    ("layer") or each column's ("column"); an all-zero layer or column keeps 1."""
+    ("layer") or each column's ("column"), an all-zero layer or column keeping 1; or a positive number, the
+    factor itself for every column (weights are stored as W / factor): a layer that starts at zero and is
+    written by updates has no max |W| to go by, so its range is a choice (``MAMLConfig.readout_scale``)."""
+    if isinstance(scaling, (int, float)) and not isinstance(scaling, bool):
+        if not (math.isfinite(scaling) and scaling > 0):
+            raise ConfigError(f"a numeric scaling must be a finite number > 0, got {scaling!r}")
+        return jnp.full(matrix.shape[-1], scaling, matrix.dtype)
     if scaling not in WEIGHT_SCALINGS:
-        raise ConfigError(f"scaling must be one of {WEIGHT_SCALINGS}, got {scaling!r}")
+        raise ConfigError(f"scaling must be one of {WEIGHT_SCALINGS} or a number > 0, got {scaling!r}")
     if scaling == "none":
         return jnp.ones(matrix.shape[-1], matrix.dtype)
     largest = jnp.max(jnp.abs(matrix), axis=0 if scaling == "column" else None)
@@ -93,14 +100,15 @@ def deploy(
     params: Mapping[str, jax.Array],
     chip: Chip,
     key: jax.Array,
-    scaling: str = "layer",
+    scaling: str | float | Mapping[str, str | float] = "layer",
     biases: Mapping[str, jax.Array] | None = None,
     reference_age_s: float = 0.0,
 ) -> dict[str, ReprogramReport]:
     """Place (if not yet placed), scale and program every weight array of ``params`` on ``chip``.
 
     2-D arrays are dense layers (fan_in, fan_out), 4-D arrays conv kernels (HWIO); ``scaling`` is
-    :meth:`Chip.program`'s ("layer": each layer's max |W| maps to g_max, so no weight is clipped);
+    :meth:`Chip.program`'s ("layer": each layer's max |W| maps to g_max, so no weight is clipped), for
+    every layer, or a mapping of layer names to it (a layer not named gets "none");
     ``biases`` maps layer names to digital biases; ``reference_age_s`` is :meth:`Chip.program`'s (the age
     calibrated drift compensation holds the weights at). When the network does not fit, the
     :class:`~l2l_pcm.errors.ChipCapacityError` says how many arrays it needs. Returns each layer's report.
@@ -119,9 +127,16 @@ def deploy(
             chip.place_conv(name, shape)
         else:
             raise ConfigError(f"layer '{name}': weights must be 2-D (dense) or 4-D HWIO (conv), got shape {shape}")
+    if isinstance(scaling, Mapping):
+        unknown = set(scaling) - set(params)
+        if unknown:
+            raise ConfigError(f"scaling given for layers that are not in params: {sorted(unknown)}")
+        per_layer = {name: scaling.get(name, "none") for name in params}
+    else:
+        per_layer = dict.fromkeys(params, scaling)
     keys = jax.random.split(key, len(params))
     return {
-        name: chip.program(name, weights, layer_key, scaling, biases.get(name), reference_age_s)
+        name: chip.program(name, weights, layer_key, per_layer[name], biases.get(name), reference_age_s)
         for (name, weights), layer_key in zip(params.items(), keys, strict=True)
     }
 

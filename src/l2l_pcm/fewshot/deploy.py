@@ -1,7 +1,8 @@
 """The meta-trained CNN on the emulated chip, with the inner loop running on the chip.
 
 Deployment: the four conv layers (im2col matrices; conv2–4 split 252 + 252 rows over the two arrays, as
-in the paper's Fig. 2e) and the readout are programmed once; then ``time_since_programming_s`` passes.
+in the paper's Fig. 2e) and the readout are programmed once, the kernels as they are and the readout at
+``MAMLConfig.readout_scale`` weight units per device unit; then ``time_since_programming_s`` passes.
 
 Per task, starting from that deployed state (a snapshot: as if each task had its own identically
 programmed chip):
@@ -45,6 +46,8 @@ class ChipTaskResult:
     """Query predictions after the last update."""
     energy_pJ: float
     """Estimated energy of the adaptation: readout MVMs + programming (see :mod:`l2l_pcm.chip.energy`)."""
+    updates_clipped: int = 0
+    """Readout updates that would have taken a weight past the devices' range (±readout_scale·w_max)."""
 
 
 class ChipFewShotLearner:
@@ -65,7 +68,8 @@ class ChipFewShotLearner:
         # as meta-trained: weights in device units (the update step is 1/16 of w_max); calibrated drift
         # compensation holds them as they read at the age the model was meta-trained with
         layers = {name: params[name] for name in (*CONV_NAMES, READOUT)}
-        deploy(layers, self.chip, key, scaling="none", reference_age_s=config.time_since_programming_s)
+        scaling = {READOUT: config.readout_scale}  # the conv kernels as they are ("none")
+        deploy(layers, self.chip, key, scaling=scaling, reference_age_s=config.time_since_programming_s)
         if time_since_programming_s is None:
             time_since_programming_s = config.time_since_programming_s
         self.chip.advance(time_since_programming_s)
@@ -86,7 +90,7 @@ class ChipFewShotLearner:
         key_features, key_steps = jax.random.split(key)
         f_support, f_query = self.features(support_x, query_x, key_features)
         touched = np.zeros(self.chip.placements[READOUT].state_shape, dtype=bool)
-        accuracies, devices, energy_pJ = [], 0, 0.0
+        accuracies, devices, clipped, energy_pJ = [], 0, 0, 0.0
         macs_before = self.chip.counters[READOUT]["macs"]
         for step, step_key in enumerate(jax.random.split(key_steps, self.config.inner_steps + 1)):
             key_query, key_support, key_update = jax.random.split(step_key, 3)
@@ -100,9 +104,10 @@ class ChipFewShotLearner:
             report = self.chip.reprogram(READOUT, update, key_update, rounding=self.config.update_rounding)
             touched |= report.touched
             devices += report.devices_touched
+            clipped += report.weights_clipped
             energy_pJ += report.energy_pJ
             self.chip.advance(self.seconds_between_updates)
         macs = self.chip.counters[READOUT]["macs"] - macs_before
         energy_pJ += self.chip.config.energy.mvm_energy_pJ(macs)
         predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
-        return ChipTaskResult(np.asarray(accuracies), devices, int(touched.sum()), predictions, energy_pJ)
+        return ChipTaskResult(np.asarray(accuracies), devices, int(touched.sum()), predictions, energy_pJ, clipped)

@@ -115,7 +115,7 @@ def evaluate_chip(
     learner = ChipFewShotLearner(
         params, config, jax.random.PRNGKey(10_000 + seed), chip_config, time_since_programming_s
     )
-    per_step, devices, unique, energy = [], [], [], []
+    per_step, devices, unique, energy, clipped = [], [], [], [], []
     with tqdm(total=tasks, desc="chip tasks", unit="task", disable=not progress) as bar:
         for start, (sx, sy, qx, qy) in batches:
             for i in range(sx.shape[0]):
@@ -124,6 +124,7 @@ def evaluate_chip(
                 devices.append(result.devices_reprogrammed)
                 unique.append(result.unique_devices_reprogrammed)
                 energy.append(result.energy_pJ)
+                clipped.append(result.updates_clipped)
                 bar.update()
     devices = np.asarray(devices)
     total = learner.readout_devices
@@ -141,9 +142,23 @@ def evaluate_chip(
         devices_reprogrammed_fraction=float(devices.mean() / total),
         unique_devices_reprogrammed_fraction=float(np.mean(unique) / total),
         energy_estimate_pJ_per_adaptation=float(np.mean(energy)),
+        readout_scale=config.readout_scale,
+        readout_updates_clipped_mean=float(np.mean(clipped)),
         converter_saturation=saturation if chip.config.dac_bits or chip.config.adc_bits else None,
-        warnings=chip.saturation_warnings(),
+        warnings=chip.saturation_warnings() + _clipping_warnings(np.asarray(clipped), config),
     )
+
+
+def _clipping_warnings(clipped: np.ndarray, config: MAMLConfig, threshold: float = 0.01) -> list[str]:
+    """A readout whose updates often hit the devices' range learns less than its scale promises (above
+    ``threshold`` of tasks, as for converter saturation; the count is in the result either way)."""
+    tasks_clipped = float(np.mean(clipped > 0))
+    if tasks_clipped <= threshold:
+        return []
+    return [
+        f"readout updates were clipped at ±{config.readout_scale:g}·w_max in {100 * tasks_clipped:.1f} % of tasks "
+        f"({int(clipped.sum())} updates): readout_scale {config.readout_scale:g} is small for these updates"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- plots

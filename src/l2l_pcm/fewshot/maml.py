@@ -15,7 +15,8 @@ Variants (``MAMLConfig.variant``):
   (programming noise, drift at ``time_since_programming_s``, read noise; straight-through), inner
   updates quantized to ``update_step`` (1/16) with stochastic rounding, as the chip will apply them.
 
-All weights are kept in the PCM range [−w_max, w_max] after every outer step.
+All weights are kept in the PCM range [−w_max, w_max] after every outer step (the readout in
+±``readout_scale``·w_max, the range its devices map to).
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ class MAMLConfig:
     without a budget can lean on all inner updates to undo it (the budget then cannot); at zero, the
     first inner step writes each class's support mean (a prototype), which a budget keeps the largest
     entries of."""
+    readout_scale: float = 1.0
+    """Readout weight per device weight unit: the readout is stored as W / readout_scale, so its range is
+    ±readout_scale·w_max and its update step ``update_step``·readout_scale (pcm and 4-bit variants, and the
+    chip). 1 is the authors' mapping (w = g/g_max). The readout starts at zero and is written only by a
+    few small updates, so a smaller scale spends the devices' range on them: finer steps, and less
+    programming and read noise relative to them; too small, and updates clip (the chip counts them)."""
     time_since_programming_s: float = 3600.0
     iterations: int = 3000
     validate_every: int = 250
@@ -126,7 +133,7 @@ class MAMLConfig:
             raise ConfigError(
                 f"shots + queries = {self.shots + self.queries} exceeds the 20 drawings per Omniglot class"
             )
-        for name in ("inner_lr", "outer_lr"):
+        for name in ("inner_lr", "outer_lr", "readout_scale"):
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
@@ -184,23 +191,28 @@ class MAMLConfig:
         return cls(**data)
 
 
-def read_weights(config: MAMLConfig, device: PCMDevice, weights: jax.Array, key: jax.Array) -> jax.Array:
-    """The weights the forward pass sees under the variant (straight-through gradients)."""
+def read_weights(
+    config: MAMLConfig, device: PCMDevice, weights: jax.Array, key: jax.Array, scale: float = 1.0
+) -> jax.Array:
+    """The weights the forward pass sees under the variant (straight-through gradients); ``scale`` is the
+    layer's weight per device unit (``readout_scale`` for the readout, 1 for the conv kernels)."""
     if config.variant == "4bit":
-        return quantize_weights(weights, config.weight_bits, device.w_max, key)
+        return scale * quantize_weights(weights / scale, config.weight_bits, device.w_max, key)
     if config.variant == "pcm":
-        return device.noisy_weights(key, weights, config.time_since_programming_s)
+        return scale * device.noisy_weights(key, weights / scale, config.time_since_programming_s)
     return weights
 
 
 def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) -> jax.Array:
     """One inner SGD step on the readout, written as the variant's hardware would store it."""
     step = keep_largest(-config.inner_lr * gradient, config.update_budget)
+    scale = config.readout_scale
     if config.variant == "pcm":
-        step = quantize(step, config.update_step, key if config.update_rounding == "stochastic" else None)
-        return jnp.clip(readout + step, -device.w_max, device.w_max)
+        rounding_key = key if config.update_rounding == "stochastic" else None
+        step = scale * quantize(step / scale, config.update_step, rounding_key)
+        return jnp.clip(readout + step, -scale * device.w_max, scale * device.w_max)
     if config.variant == "4bit":
-        return quantize_weights(readout + step, config.weight_bits, device.w_max, key)
+        return scale * quantize_weights((readout + step) / scale, config.weight_bits, device.w_max, key)
     return readout + step
 
 
@@ -210,7 +222,7 @@ def adapt_task(config: MAMLConfig, device: PCMDevice, readout0, f_support, y_sup
     accuracies = []
     for step, step_key in enumerate(jax.random.split(key, config.inner_steps + 1)):
         key_read, key_update = jax.random.split(step_key)
-        w = read_weights(config, device, readout, key_read)
+        w = read_weights(config, device, readout, key_read, config.readout_scale)
         accuracies.append(accuracy(f_query @ w, y_query))
         if step == config.inner_steps:
             loss = cross_entropy(f_query @ w, y_query)
@@ -303,11 +315,14 @@ def make_optimizer(config: MAMLConfig) -> optax.GradientTransformation:
 
 @functools.partial(jax.jit, static_argnames=("config", "device"))
 def train_step(params, opt_state, batch, key, config: MAMLConfig, device: PCMDevice):
-    """One outer iteration: meta-gradient through the inner loop, Adam, projection onto [−w_max, w_max]."""
+    """One outer iteration: meta-gradient through the inner loop, Adam, projection onto the weight range
+    (±w_max; the readout ±readout_scale·w_max)."""
     (loss, accuracies), grads = meta_gradient(params, batch, key, config, device)
     updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    params = jax.tree_util.tree_map(lambda w: jnp.clip(w, -device.w_max, device.w_max), params)
+    params = {name: jnp.clip(w, -device.w_max, device.w_max) for name, w in params.items()}
+    bound = config.readout_scale * device.w_max
+    params["readout"] = jnp.clip(params["readout"], -bound, bound)
     return params, opt_state, loss, accuracies
 
 
