@@ -268,7 +268,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 
 @needs_shared
-def test_cli_eval_json_on_both_backends(tmp_path, capsys):
+def test_cli_eval_json_on_both_backends(tmp_path, capsys, monkeypatch):
     params = init_params(jax.random.PRNGKey(0), TINY.cnn)
     path = save_fewshot_checkpoint(tmp_path / "tiny.safetensors", params, TINY)
     outputs = {}
@@ -315,6 +315,28 @@ def test_cli_eval_json_on_both_backends(tmp_path, capsys):
     result = json.loads(out)
     assert result["readout_scale"] == 0.001 and result["readout_updates_clipped_mean"] > 0
     assert "readout updates were clipped" in err
+    # tasks from the held-out validation alphabets instead, where deployment settings are chosen
+    from l2l_pcm.fewshot import data
+
+    drawn_from = []
+    monkeypatch.setattr(data.TaskSampler, "__init__", _recording(data.TaskSampler.__init__, drawn_from))
+    assert main([*args, "--data-dir", str(SHARED), "--alphabets", "validation"]) == 0
+    assert json.loads(capsys.readouterr().out)["provenance"]["alphabets"] == "validation"
+    assert set(drawn_from[-1]) == {
+        "Burmese_(Myanmar)",
+        "Futurama",
+        "Inuktitut_(Canadian_Aboriginal_Syllabics)",
+        "Ojibwe_(Canadian_Aboriginal_Syllabics)",
+        "Syriac_(Estrangelo)",
+    }
+
+
+def _recording(init, calls: list):
+    def record(self, images, *rest, **kw):
+        calls.append(images.alphabets)
+        init(self, images, *rest, **kw)
+
+    return record
 
 
 def test_cli_eval_bad_checkpoint_is_one_line(tmp_path, capsys):

@@ -148,6 +148,8 @@ def _provenance(args: argparse.Namespace, hardware, **settings) -> dict:
         "time_since_programming_s_asked": getattr(args, "time_since_programming", None),
         "drift_compensation": getattr(args, "drift_compensation", None),
     }
+    if getattr(args, "alphabets", None):
+        asked["alphabets"] = args.alphabets
     return provenance(checkpoint, hardware, **asked, **settings)
 
 
@@ -218,7 +220,7 @@ def _fewshot_pretrain(args: argparse.Namespace) -> None:
 
 
 def _load_fewshot(args: argparse.Namespace):
-    from l2l_pcm.fewshot.data import load_omniglot
+    from l2l_pcm.fewshot.data import load_omniglot, split_background
     from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT, load_fewshot_checkpoint
 
     path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
@@ -237,7 +239,10 @@ def _load_fewshot(args: argparse.Namespace):
         )
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     config = dataclasses.replace(config, hardware=_hardware(args, config.hardware))
-    images = load_omniglot("evaluation", args.data_dir)
+    if args.alphabets == "validation":  # the meta-training run's held-out background alphabets
+        images = split_background(load_omniglot("background", args.data_dir))[1]
+    else:
+        images = load_omniglot("evaluation", args.data_dir)
     return params, config, metadata, images
 
 
@@ -832,6 +837,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--seed", type=_seed, default=0, help="task seed: same seed, same tasks on every backend")
         sub.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+        sub.add_argument(
+            "--alphabets",
+            choices=("evaluation", "validation"),
+            default="evaluation",
+            help="tasks from the evaluation alphabets (the test set; default) or from the background alphabets "
+            "meta-training held out for validation, where deployment settings are chosen",
+        )
         sub.add_argument(
             "--update-budget",
             type=_non_negative_int,

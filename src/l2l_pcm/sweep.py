@@ -89,6 +89,17 @@ def plot(
         xs = [r[x_key] * (100 if against_devices else 1) for r in group]
         ys = [r[metric] * y_scale for r in group]
         ax.plot(xs, ys, marker="o", label=label)
+        if against_scale:  # where the devices' range bounds the weights, say how often
+            for x, y, r in zip(xs, ys, group, strict=True):
+                if (r.get("readout_updates_clipped_mean") or 0) >= 0.01:
+                    ax.annotate(
+                        f"{r['readout_updates_clipped_mean']:.2g} clipped/task",
+                        (x, y),
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(4, -12),
+                        color="tab:red",
+                    )
         if ci is not None and all(r.get(ci) is not None for r in group):
             low = [y - r[ci] * y_scale for y, r in zip(ys, group, strict=True)]
             high = [y + r[ci] * y_scale for y, r in zip(ys, group, strict=True)]
@@ -97,6 +108,9 @@ def plot(
         ax.set_xlabel("readout devices re-programmed per task (%)")
     elif against_scale:
         ax.set_xscale("log", base=2)
+        scales = sorted({row["readout_scale"] for row in rows})
+        ax.set_xticks(scales, [f"{x:g}" for x in scales])
+        ax.minorticks_off()
         ax.set_xlabel("readout scale (readout weight per device weight unit; update step = scale / 16)")
     else:
         human_time_axis(ax, times)
