@@ -300,7 +300,8 @@ def test_per_task_weight_gradient_matches_autodiff(x64, key):
 
 
 # ------------------------------------------------------------------------------------------ meta-loss
-@pytest.mark.parametrize("hardware_aware", [False, True])
+# the software model's meta-gradient also runs in test_train_step_and_inner_loop_shapes; slow-marked for time
+@pytest.mark.parametrize("hardware_aware", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_meta_loss_gradients_finite_and_nonzero(x64, key, hardware_aware):
     config = tiny_robot(hardware_aware=hardware_aware, eta=0.05)
     params = init_params(key, config)
