@@ -311,6 +311,7 @@ def test_cli_chip_stats_json(capsys):
     assert len(data["rows"]) >= 10 and keys <= set(data["rows"][0])
 
 
+@pytest.mark.slow  # end-to-end chip demo with its plot (9 s)
 def test_cli_chip_demo_writes_plot(tmp_path, capsys):
     assert main(["chip", "demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

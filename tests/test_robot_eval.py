@@ -119,6 +119,7 @@ def test_cli_eval_json_both_backends(tiny_checkpoint, capsys):
     assert 0 <= results["chip"]["devices_reprogrammed_fraction"] <= 1
 
 
+@pytest.mark.slow  # end-to-end figure and GIF rendering (10 s)
 def test_figures_and_gif(tiny_checkpoint, tmp_path):
     path, config = tiny_checkpoint
     params, config, _ = load_robot_checkpoint(path)
