@@ -224,13 +224,14 @@ _calibration_gains = jax.jit(calibration_gains, static_argnames=("tiles", "per_c
 
 @functools.partial(jax.jit, static_argnames=("device",))
 def _reprogram(device, key, state, update, now_s, base_weights=None):
-    new_state, touched = reprogram_layer(device, key, state, update, now_s, base_weights)
+    # the weights the update is added to, found once: the new targets and the clipping count share them
+    g_now = device.drift(state.g_prog_uS, state.nu, now_s - state.programmed_at_s)
+    base = device.reprogram_base(state.g_target_uS, g_now, base_weights)
+    new_state, touched = reprogram_layer(device, key, state, update, now_s, base)
     per_weight = jnp.any(touched.reshape(-1, *update.shape), axis=0)
     rows_touched = jnp.sum(jnp.any(per_weight, axis=1))
     pairs_touched = jnp.sum(per_weight)
-    g_now = device.drift(state.g_prog_uS, state.nu, now_s - state.programmed_at_s)
-    asked = device.reprogram_base(state.g_target_uS, g_now, base_weights) + update
-    clipped = jnp.sum((update != 0) & (jnp.abs(asked) > device.w_max * (1 + 1e-6)))  # float slack of a full pair
+    clipped = jnp.sum((update != 0) & (jnp.abs(base + update) > device.w_max * (1 + 1e-6)))  # float slack
     return new_state, touched, pairs_touched, rows_touched, clipped
 
 

@@ -320,9 +320,8 @@ def train_step(params, opt_state, batch, key, config: MAMLConfig, device: PCMDev
     (loss, accuracies), grads = meta_gradient(params, batch, key, config, device)
     updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    params = {name: jnp.clip(w, -device.w_max, device.w_max) for name, w in params.items()}
-    bound = config.readout_scale * device.w_max
-    params["readout"] = jnp.clip(params["readout"], -bound, bound)
+    bounds = {name: device.w_max * (config.readout_scale if name == "readout" else 1.0) for name in params}
+    params = {name: jnp.clip(w, -bounds[name], bounds[name]) for name, w in params.items()}
     return params, opt_state, loss, accuracies
 
 
