@@ -4,8 +4,9 @@ Exact per-read noise needs a second matmul for the output variance (x² @ σ²) 
 output, so its floor is about 2x; "per_batch" noise (one device-noise draw per call) needs one matmul.
 Both run jitted on the same inputs in one process, interleaved, best of several repeats each, so the
 ratio is robust to a shared machine's noise. Also timed: the layer API, ``analog_dense(chip.layer(...))``
-jitted (no Python per call, no counters), and the chip with the counter-based noise generator
-(``ChipConfig(read_noise_rng="counter")``), against the same plain matmul.
+jitted (no Python per call; its reads are booked on the chip by a callback), and the chip with the
+threefry noise generator (``ChipConfig(read_noise_rng="threefry")``, the default before the counter-based
+one), against the same plain matmul.
 Usage: ``python benchmarks/chip_mvm.py [--repeats N]``.
 """
 
@@ -59,13 +60,13 @@ def main() -> None:
     variants = {
         "per_read": lambda chip, x: lambda k: chip.mvm("layer", x, k),
         "per_batch": lambda chip, x: lambda k: chip.mvm("layer", x, k),
-        "counter rng": lambda chip, x: lambda k: chip.mvm("layer", x, k),
+        "threefry": lambda chip, x: lambda k: chip.mvm("layer", x, k),
         "layer API": lambda chip, x: (lambda layer: lambda k: dense(layer, x, k))(chip.layer("layer")),
     }
     configs = {
         "per_read": ChipConfig(),
         "per_batch": ChipConfig(read_noise_mode="per_batch"),
-        "counter rng": ChipConfig(read_noise_rng="counter"),
+        "threefry": ChipConfig(read_noise_rng="threefry"),
         "layer API": ChipConfig(),
     }
     ratios = {name: [] for name in variants}
@@ -86,8 +87,8 @@ def main() -> None:
             )
     print(f"ratio_chip_to_matmul_per_batch_noise: {max(ratios['per_batch']):.2f}")
     print(f"ratio_layer_api_to_matmul (jitted analog_dense, exact noise, worst shape): {max(ratios['layer API']):.2f}")
-    print(f"ratio_chip_to_matmul_counter_rng (read_noise_rng='counter', worst shape): {max(ratios['counter rng']):.2f}")
-    print("(default: exact per-read noise, threefry, worst shape:)")
+    print(f"ratio_chip_to_matmul_threefry (read_noise_rng='threefry', worst shape): {max(ratios['threefry']):.2f}")
+    print("(default: exact per-read noise, counter-based generator, worst shape:)")
     worst = max(range(len(SHAPES)), key=lambda i: ratios["per_read"][i])
     print(f"chip_ms_per_mvm: {chip_ms['per_read'][worst]:.3f}")
     print(f"ratio_chip_to_matmul: {ratios['per_read'][worst]:.2f}")

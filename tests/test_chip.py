@@ -451,7 +451,7 @@ def test_hardware_config_from_partial_json_and_a_profile_name():
     expected = ChipConfig(device=device_profile("authors"), update_step=1 / 32)
     assert hardware_from_fields(legacy, "update_step") == expected
     assert legacy == {"ways": 5}
-    with pytest.raises(ConfigError, match="unknown hardware"):
+    with pytest.raises(ConfigError, match="unknown ChipConfig fields"):
         ChipConfig.from_json({"n_array": 4})
 
 

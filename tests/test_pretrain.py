@@ -130,7 +130,7 @@ def test_meta_training_starts_from_the_pretrained_body_and_keeps_its_record(tmp_
 
 def test_pretrain_config_round_trips_and_refuses_bad_fields():
     assert PretrainConfig.from_json(json.loads(json.dumps(TINY.to_json()))) == TINY
-    with pytest.raises(ConfigError, match="unknown pretraining config fields"):
+    with pytest.raises(ConfigError, match="unknown PretrainConfig fields"):
         PretrainConfig.from_json({"iteratons": 3})
     with pytest.raises(ConfigError, match="learning_rate"):
         PretrainConfig(learning_rate=float("nan"))

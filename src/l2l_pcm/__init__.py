@@ -3,7 +3,7 @@
 Layers: :mod:`l2l_pcm.pcm` (device physics) → :mod:`l2l_pcm.chip` (crossbar arrays, placement, clock)
 → the scenarios :mod:`l2l_pcm.fewshot` and :mod:`l2l_pcm.robot`. Your own network on the chip:
 :func:`deploy`, :meth:`Chip.layer`, :func:`analog_dense`, :func:`analog_conv` and, for hardware-aware
-training, :func:`hardware_aware` (see :mod:`l2l_pcm.chip.layers`).
+training, :func:`hardware_aware` and :func:`hardware_aware_layers` (see :mod:`l2l_pcm.chip.layers`).
 """
 
 from l2l_pcm.chip import (
@@ -16,6 +16,7 @@ from l2l_pcm.chip import (
     analog_dense,
     deploy,
     hardware_aware,
+    hardware_aware_layers,
 )
 from l2l_pcm.errors import CheckpointError, ChipCapacityError, ConfigError, DataError, L2LPCMError
 from l2l_pcm.pcm import PCMDevice, quantize, quantize_weights
@@ -28,6 +29,7 @@ __all__ = [
     "analog_dense",
     "deploy",
     "hardware_aware",
+    "hardware_aware_layers",
     "CheckpointError",
     "Chip",
     "ChipCapacityError",

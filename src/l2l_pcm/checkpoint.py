@@ -7,6 +7,7 @@ another model size fails with a message naming the first mismatching tensor inst
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,16 +58,52 @@ def unflatten(prefix: str, tensors: Mapping[str, np.ndarray], template, source: 
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version of the checkpoint format. 1 (no ``format_version`` field): files before the authors' Scorbot
 kinematics and LSB-first target code; 2: since; 3: the model config holds one ``hardware`` tree
-(:class:`l2l_pcm.chip.ChipConfig`) instead of separate ``device`` and update-step fields (format-2 configs
-are migrated on load: their device and step become the hardware's). Loaders refuse newer files and say
-what an older one means."""
+(:class:`l2l_pcm.chip.ChipConfig`) instead of separate ``device`` and update-step fields; 4: the chip's
+default read-noise generator is the counter-based one (a format-3 hardware tree without
+``read_noise_rng`` was measured with threefry, and keeps it). Loaders refuse newer files, and
+:func:`migrated_config` says what an older one means."""
 
 
 def format_version(metadata: Mapping) -> int:
-    return int(metadata.get("format_version", 1))
+    version = metadata.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"checkpoint format_version must be an integer >= 1, got {version!r}")
+    return version
+
+
+def _config_levels(config: dict):
+    """The config and every nested config object in it (a robot run's ``model``, a pretraining's ``fewshot``)."""
+    yield config
+    for value in config.values():
+        if isinstance(value, dict) and value is not config.get("hardware"):
+            yield from _config_levels(value)
+
+
+def migrated_config(metadata: Mapping) -> dict:
+    """A checkpoint's config in the current format: the one place that says what older formats meant.
+
+    Format ≤ 2: ``device`` and the update step (``update_step``, or the robot's ``quantize_step``) beside
+    the other fields become the ``hardware`` tree. Format ≤ 3: a hardware tree without ``read_noise_rng``
+    keeps the generator it was measured with, threefry (the default until format 4)."""
+    config = metadata.get("config")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"checkpoint config must be a JSON object, got {config!r}")
+    config = copy.deepcopy(dict(config))
+    version = format_version(metadata)
+    for level in list(_config_levels(config)):
+        if version < 3 and "hardware" not in level and "device" in level:
+            hardware = {"device": level.pop("device")}
+            for step in ("update_step", "quantize_step"):
+                if level.get(step) is not None:
+                    hardware["update_step"] = level.pop(step)
+            level.pop("update_step", None)  # null: the default step (a robot's null quantize_step stays)
+            level["hardware"] = hardware
+        if version < 4 and isinstance(level.get("hardware"), dict):
+            level["hardware"].setdefault("read_noise_rng", "threefry")
+    return config
 
 
 def check_format(path, metadata: Mapping) -> int:

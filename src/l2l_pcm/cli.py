@@ -92,14 +92,6 @@ def _hardware(args: argparse.Namespace, current):
     return hardware
 
 
-def _refuse_fixed_age(device, time_since_programming) -> None:
-    if time_since_programming is not None and device.fixed_age_s is not None:
-        raise L2LPCMError(
-            f"--time-since-programming: this device reads every device at a fixed age of {device.fixed_age_s:g} s "
-            "(the authors' convention), so a time since programming cannot apply"
-        )
-
-
 def _refuse_chip_only_flags(args: argparse.Namespace, hardware, software_mvms: bool = True) -> None:
     """Flags and hardware settings that change only the chip are errors with the software backend (they
     could not take effect): the software models have no converters and no drift compensation, and the
@@ -250,7 +242,7 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
 
     params, config, _, images = _load_fewshot(args)
-    _refuse_fixed_age(config.device, args.time_since_programming)
+    config.device.refuse_fixed_age(args.time_since_programming)
     _refuse_chip_only_flags(args, config.hardware, software_mvms=False)
     precision = _precision(args, "fp32")
     if args.backend == "chip":
@@ -480,7 +472,7 @@ def _robot_eval(args: argparse.Namespace) -> None:
 
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
     model = _robot_overrides(args, config.model)
-    _refuse_fixed_age(model.device, args.time_since_programming)
+    model.device.refuse_fixed_age(args.time_since_programming)
     _refuse_chip_only_flags(args, model.hardware)
     precision = _precision(args, "trained")
     result = evaluate(params, model, args.backend, args.tasks, args.seed, precision, None, args.time_since_programming)

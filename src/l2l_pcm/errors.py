@@ -53,3 +53,7 @@ def check_seed(name: str, value: object) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX):
         raise ConfigError(f"{name} must be an integer in 0..{SEED_MAX}, got {value!r}")
     return value
+
+
+class FixedAgeWarning(UserWarning):
+    """Time was let pass on a chip whose device model reads every device at a fixed age (it changes nothing)."""

@@ -30,6 +30,9 @@ from l2l_pcm.chip import ChipConfig
 from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.pcm import device_profile
 
+AUTHORS_HARDWARE = ChipConfig(device=device_profile("authors"), read_noise_rng="threefry")
+"""The hardware the authors' imported models deploy on: their device profile, and the generator every
+published figure of them was measured with."""
 ATTRIBUTION = (
     "Weights by Ortner et al. (Nat. Commun. 2025), from IGITUGraz/RapidLearningInMemoryComputing commit "
     "cc689bdf89833e6c765a35fa0f31b9b153b59f9c, Apache License 2.0; converted by l2l-pcm import-authors."
@@ -58,7 +61,7 @@ def fewshot_config(channels: int, ways: int):
         normalisation="per_set",
         norm_epsilon=1e-3,
         ink="zero",
-        hardware=ChipConfig(device=device_profile("authors")),
+        hardware=AUTHORS_HARDWARE,
         time_since_programming_s=32.0,
     )
 
@@ -71,7 +74,7 @@ def robot_config():
     model = RobotConfig(
         batch=90,
         hardware_aware=True,
-        hardware=ChipConfig(device=device_profile("authors")),
+        hardware=AUTHORS_HARDWARE,
         xyz_code="authors",
         clip_predicted_angles=False,
         w_out_on_pcm=True,

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from l2l_pcm.errors import ConfigError, check_number
+from l2l_pcm.validation import parse
 
 _G_REL_FLOOR = 1e-7  # keeps ln(ĝ) finite for devices at zero conductance, as aihwkit does
 AUTHORS_INITIAL_JITTER = 0.01
@@ -327,6 +328,16 @@ class PCMDevice:
         return self.conductances_to_weights(g_target_uS if self.reprogram_from == "target" else g_now_uS)
 
     # ----------------------------------------------------------------------------------- drift
+    def refuse_fixed_age(self, time_since_programming_s: float | None) -> None:
+        """Refuse an asked-for time since programming on a device that reads every device at a fixed age
+        (``fixed_age_s``, the authors' convention): the time could not take effect."""
+        if time_since_programming_s is not None and self.fixed_age_s is not None:
+            raise ConfigError(
+                f"time since programming {time_since_programming_s!r} s: this device reads every device at a "
+                f"fixed age of {self.fixed_age_s:g} s (the authors' convention), so a time since programming "
+                "cannot apply"
+            )
+
     def effective_age_s(self, time_since_programming_s: jax.Array) -> jax.Array:
         """The age the drift and read-noise laws see: ``fixed_age_s`` if set, else the real one."""
         return (
@@ -497,19 +508,19 @@ def device_profile(name: str) -> PCMDevice:
     return DEVICE_PROFILES[name]
 
 
-def device_from_json(data: object) -> PCMDevice:
-    """A device from a config: a profile name, or a dict of :class:`PCMDevice` fields (lists become tuples)."""
-    if isinstance(data, PCMDevice):
-        return data
+def device_from_json(data: object, path: str = "device") -> PCMDevice:
+    """A device from a config: a profile name, or a JSON object of :class:`PCMDevice` fields, type-checked
+    field by field (:func:`l2l_pcm.validation.parse`; lists become tuples)."""
     if isinstance(data, str):
         return device_profile(data)
+    if isinstance(data, PCMDevice):
+        return data
     if not isinstance(data, dict):
-        raise ConfigError(f"device must be a profile name or an object of PCMDevice fields, got {data!r}")
-    known = {f.name for f in dataclasses.fields(PCMDevice)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"unknown PCMDevice fields: {sorted(unknown)}")
-    return PCMDevice(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        raise ConfigError(
+            f"{path}: expected a profile name {sorted(DEVICE_PROFILES)} or a JSON object of PCMDevice fields, "
+            f"got {data!r}"
+        )
+    return parse(PCMDevice, data, path)
 
 
 def profile_name(device: PCMDevice) -> str:

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from l2l_pcm import _io, distributed
-from l2l_pcm.checkpoint import check_format, load_checkpoint, save_checkpoint
+from l2l_pcm.checkpoint import FORMAT_VERSION, check_format, load_checkpoint, migrated_config, save_checkpoint
 from l2l_pcm.errors import CheckpointError, ConfigError, L2LPCMError
 
 LAST = "last.safetensors"
@@ -95,7 +95,7 @@ def checkpoint_config(path, kind: str, config_from_json: Callable[[dict], Any]):
     _, metadata = _io.load_tensors(path, kind=kind)
     check_format(path, metadata)
     try:
-        return config_from_json(metadata["config"]), metadata
+        return config_from_json(migrated_config(metadata)), metadata
     except (KeyError, TypeError, L2LPCMError) as exc:
         raise CheckpointError(f"{path}: unusable {kind} config ({exc})") from None
 
@@ -181,7 +181,7 @@ def run(
     resumed_from = None
     if resume and (out_dir / LAST).exists():
         trees, meta = load_checkpoint(out_dir / LAST, trainer.kind, {"params": params, "opt": opt_state})
-        saved = dataclasses.replace(type(config).from_json(meta["config"]), iterations=config.iterations)
+        saved = dataclasses.replace(type(config).from_json(migrated_config(meta)), iterations=config.iterations)
         if saved != config:
             raise CheckpointError(
                 f"{out_dir / LAST} was trained with another config (only --iterations may change on resume); "
@@ -288,10 +288,15 @@ def export_checkpoint(
         raise CheckpointError(f"{source} holds no parameters")
     metadata = {**metadata, "exported_from": str(Path(source).name)}
     if config_changes:
-        config = {**metadata["config"], **config_changes}
+        config = {**migrated_config(metadata), **config_changes}
         if config_from_json is None:
             raise ConfigError("changing a checkpoint's config on export needs its config class to check it")
         config_from_json(config)
         earlier = metadata.get("export_changes", {})
-        metadata = {**metadata, "config": config, "export_changes": {**earlier, **config_changes}}
+        metadata = {
+            **metadata,
+            "config": config,
+            "format_version": FORMAT_VERSION,
+            "export_changes": {**earlier, **config_changes},
+        }
     return _io.save_tensors(destination, params, metadata)

@@ -1,20 +1,27 @@
 """Emulated PCM in-memory-computing chip: crossbar arrays, placement, programmed state, clock, counters.
 
 Scenarios use :class:`Chip` and the layer API (:func:`deploy`, :meth:`Chip.layer`, :func:`analog_dense`,
-:func:`analog_conv`, :func:`hardware_aware`; and, for vmapped per-task work, the pure functions
-re-exported here); they never touch its private attributes.
+:func:`analog_conv`, :func:`hardware_aware`, :func:`hardware_aware_layers`; and, for vmapped per-task
+work, the pure functions re-exported here); they never touch its private attributes.
+
+Modules, each importing only those before it: :mod:`.crossbar` (pure functions over one layer's devices),
+:mod:`.energy`, :mod:`.layout` (tiling), :mod:`.config` (:class:`ChipConfig`), :mod:`.layers` (the layer
+API's pure functions), :mod:`.chip` (the stateful :class:`Chip` and :func:`deploy`).
 """
 
 from l2l_pcm.chip.chip import (
     Chip,
-    ChipConfig,
-    ReprogramReport,
+    ChipLayer,
+    ChipSnapshot,
+    MVMLedger,
     chip_for_model,
-    hardware_from_fields,
+    deploy,
 )
+from l2l_pcm.chip.config import ChipConfig, Periphery, ReprogramReport, hardware_from_fields
 from l2l_pcm.chip.crossbar import (
     IDEAL_MVM,
     LayerState,
+    MVMCounts,
     MVMSpec,
     WeightStatistics,
     analog_matmul,
@@ -23,6 +30,7 @@ from l2l_pcm.chip.crossbar import (
     read_statistics,
     reprogram_layer,
     uniform_quantize,
+    weight_sample,
 )
 from l2l_pcm.chip.energy import EnergyModel
 from l2l_pcm.chip.layers import (
@@ -30,8 +38,8 @@ from l2l_pcm.chip.layers import (
     analog_conv,
     analog_dense,
     conv_kernel_to_matrix,
-    deploy,
     hardware_aware,
+    hardware_aware_layers,
     image_patches,
 )
 from l2l_pcm.chip.layout import LayerPlacement, Tile
@@ -39,27 +47,34 @@ from l2l_pcm.chip.layout import LayerPlacement, Tile
 __all__ = [
     "IDEAL_MVM",
     "AnalogLayer",
-    "MVMSpec",
-    "analog_conv",
-    "analog_dense",
-    "analog_mvm",
-    "chip_for_model",
-    "deploy",
-    "hardware_aware",
     "Chip",
     "ChipConfig",
+    "ChipLayer",
+    "ChipSnapshot",
     "EnergyModel",
     "LayerPlacement",
     "LayerState",
+    "MVMCounts",
+    "MVMLedger",
+    "MVMSpec",
+    "Periphery",
     "ReprogramReport",
     "Tile",
     "WeightStatistics",
+    "analog_conv",
+    "analog_dense",
     "analog_matmul",
+    "analog_mvm",
+    "chip_for_model",
     "conv_kernel_to_matrix",
+    "deploy",
+    "hardware_aware",
+    "hardware_aware_layers",
     "hardware_from_fields",
     "image_patches",
     "program_layer",
     "read_statistics",
     "reprogram_layer",
     "uniform_quantize",
+    "weight_sample",
 ]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
+import warnings
+import weakref
 import zlib
 from collections.abc import Mapping
 
@@ -14,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm import _io
+from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig, Periphery, ReprogramReport
 from l2l_pcm.chip.crossbar import (
-    READ_NOISE_MODES,
-    READ_NOISE_RNGS,
     LayerState,
+    MVMCounts,
     MVMSpec,
     WeightStatistics,
     analog_mvm,
@@ -26,11 +29,10 @@ from l2l_pcm.chip.crossbar import (
     read_statistics,
     reprogram_layer,
 )
-from l2l_pcm.chip.energy import EnergyModel
 from l2l_pcm.chip.layers import AnalogLayer, conv_kernel_to_matrix, image_patches, weight_scale
 from l2l_pcm.chip.layout import ArraySpace, LayerPlacement, place_layer
-from l2l_pcm.errors import CheckpointError, ConfigError, check_int, check_number
-from l2l_pcm.pcm import PCMDevice, device_from_json, quantize
+from l2l_pcm.errors import CheckpointError, ConfigError, FixedAgeWarning
+from l2l_pcm.pcm import PCMDevice, quantize
 
 STATE_KIND = "chip-state"
 STATE_VERSION = 1
@@ -48,165 +50,39 @@ COUNTER_NAMES = (
     "adc_saturated",
     "calibration_vectors",
 )
-DRIFT_COMPENSATIONS = ("none", "global", "array", "column")
-CALIBRATION_VECTORS = 32
-"""Known binary patterns a compensating chip reads (each with its complement) through every layer to
-measure its drift; every read is counted."""
 
 
 @dataclasses.dataclass(frozen=True)
-class ChipConfig:
-    """The hardware configuration: device model, update grid, arrays, converters, drift compensation,
-    read-noise mode, energy model. Defaults: two 256×256 arrays of differential cells (paper.md §2).
+class ChipLayer:
+    """Everything the chip holds for one layer, in one immutable record: where it sits, its devices' state,
+    the scale its weights are stored at, its digital bias, its converter ranges, the weights its digital
+    record says it holds, and the last measured drift-compensation gains. :meth:`Chip.snapshot`,
+    :meth:`Chip.restore` and :meth:`Chip.save` work on these records, so they keep everything by
+    construction."""
 
-    One tree for everything hardware (after aihwkit's ``rpu_config``): each model config holds one
-    (``MAMLConfig.hardware``, ``RobotConfig.hardware``), hardware-aware training and the software PCM
-    model read their device and update step from it, every checkpoint stores it, and the chip a model
-    is deployed on is built from it (``--hardware FILE.json`` / ``--device`` override it on the CLI).
-    """
-
-    n_arrays: int = 2
-    array_rows: int = 256
-    array_cols: int = 256
-    device: PCMDevice = PCMDevice()
-    update_step: float = 1.0 / 16
-    """Granularity of on-chip weight updates, in weight units (1/16 of w_max)."""
-    dac_bits: int | None = None
-    """Input precision; None = ideal analog inputs."""
-    dac_range: float = 1.0
-    """Inputs are clipped to ±dac_range when ``dac_bits`` is set."""
-    adc_bits: int | None = None
-    """Output precision per tile; None = ideal."""
-    adc_range: float = 32.0
-    """Per-tile outputs are clipped to ±adc_range (weight×input units) when ``adc_bits`` is set."""
-    drift_compensation: str = "none"
-    """"none"; "global": the oracle factor of :func:`read_statistics` (noise-free total conductance, one per
-    layer; ``true`` in older configs); "array" / "column": measured, as a chip can, by a noisy read of
-    ``CALIBRATION_VECTORS`` known inputs whenever the layer is read after its state or the clock changed
-    (counted in ``calibration_vectors`` and the MVM counters), one gain per array tile or per column;
-    updates are then written relative to the compensated weights (:meth:`Chip.reprogram`)."""
-    read_noise_mode: str = "per_read"
-    """"per_read": fresh device noise for every input vector (exact). "per_batch": one draw per MVM call
-    shared by its vectors (aihwkit-style, about 2x faster). See :func:`analog_matmul`."""
-    read_noise_rng: str = "threefry"
-    """Generator of the read noise: "threefry" (``jax.random``, the default every published number was
-    measured with) or "counter" (:func:`~l2l_pcm.chip.crossbar.counter_normal`: the same distribution,
-    another stream, an MVM with exact per-read noise about 1.3x faster on CPU)."""
-    energy: EnergyModel = EnergyModel()
-
-    def __post_init__(self) -> None:
-        if isinstance(self.drift_compensation, bool):  # configs and checkpoints before "global" had a name
-            object.__setattr__(self, "drift_compensation", "global" if self.drift_compensation else "none")
-        if self.drift_compensation not in DRIFT_COMPENSATIONS:
-            raise ConfigError(
-                f"ChipConfig.drift_compensation must be one of {DRIFT_COMPENSATIONS}, got {self.drift_compensation!r}"
-            )
-        for name in ("n_arrays", "array_rows", "array_cols"):
-            check_int(f"ChipConfig.{name}", getattr(self, name))
-        if not (math.isfinite(self.update_step) and 0 < self.update_step <= self.device.w_max):
-            raise ConfigError(f"ChipConfig.update_step must be in (0, w_max], got {self.update_step!r}")
-        for name in ("dac_bits", "adc_bits"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 2 <= value <= 32):
-                raise ConfigError(f"ChipConfig.{name} must be None or an integer in [2, 32], got {value!r}")
-        if self.read_noise_rng not in READ_NOISE_RNGS:
-            raise ConfigError(
-                f"ChipConfig.read_noise_rng must be one of {READ_NOISE_RNGS}, got {self.read_noise_rng!r}"
-            )
-        if self.read_noise_mode not in READ_NOISE_MODES:
-            raise ConfigError(
-                f"ChipConfig.read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}"
-            )
-        for name in ("dac_range", "adc_range"):
-            check_number(f"ChipConfig.{name}", getattr(self, name))
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def software_mvm_spec(self) -> MVMSpec:
-        """The crossbar a software model of this hardware reads through: one ideal tile, this hardware's
-        read-noise mode and generator (converters are the chip's alone)."""
-        return MVMSpec(read_noise_mode=self.read_noise_mode, read_noise_rng=self.read_noise_rng)
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> ChipConfig:
-        """From a JSON object of fields; missing ones keep their defaults, ``device`` may be a profile name."""
-        if isinstance(data, ChipConfig):
-            return data
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a hardware configuration must be a JSON object of ChipConfig fields, got {data!r}")
-        data = dict(data)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown hardware (ChipConfig) fields: {sorted(unknown)}")
-        if "device" in data:
-            data["device"] = device_from_json(data["device"])
-        if "energy" in data:
-            energy = data["energy"]
-            if isinstance(energy, Mapping):
-                unknown = set(energy) - {f.name for f in dataclasses.fields(EnergyModel)}
-                if unknown:
-                    raise ConfigError(f"unknown EnergyModel fields: {sorted(unknown)}")
-                data["energy"] = EnergyModel(**energy)
-        return cls(**data)
-
-
-def hardware_from_fields(data: dict, step_field: str) -> ChipConfig:
-    """Pop a model config's hardware from its JSON ``data``: ``"hardware"``, or (checkpoints of format 2
-    and older configs) the separate ``"device"`` and ``step_field`` it replaces; both at once is refused,
-    since the two could disagree."""
-    legacy = {name: data.pop(name) for name in ("device", step_field) if name in data}
-    if "hardware" in data:
-        if legacy:
-            raise ConfigError(
-                f'give the device and update step inside "hardware", not also as {sorted(legacy)}: '
-                "one setting, one place"
-            )
-        return ChipConfig.from_json(data.pop("hardware"))
-    fields = {}
-    if "device" in legacy:
-        fields["device"] = legacy["device"]
-    if legacy.get(step_field) is not None:
-        fields["update_step"] = legacy[step_field]
-    return ChipConfig.from_json(fields)
-
-
-@dataclasses.dataclass(frozen=True)
-class ReprogramReport:
-    """What one on-chip update did."""
-
-    devices_touched: int
-    pairs_touched: int
-    rows_touched: int
-    devices_in_layer: int
-    energy_pJ: float
-    latency_ns: float
-    touched: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
-    """Boolean mask of the devices re-programmed, shaped like the layer's state (None for a full program)."""
-    weights_clipped: int = 0
-    """Weights beyond the devices' range (after scaling) that were stored at ±w_max instead: by a full
-    program, or by an update that would have taken its weight past ±w_max."""
-
-    @property
-    def fraction_touched(self) -> float:
-        return self.devices_touched / self.devices_in_layer
-
-
-@dataclasses.dataclass(frozen=True)
-class Periphery:
-    """One layer's converter ranges (defaults: the ChipConfig's; set or calibrated per layer)."""
-
-    dac_range: float
-    adc_range: float
-    dac_unsigned: bool = False
+    placement: LayerPlacement
+    state: LayerState | None = None
+    """None until programmed."""
+    scale: jax.Array | None = None
+    """The weight each output column's w_max stands for ([fan_out]; 1 = no scaling)."""
+    bias: jax.Array | None = None
+    """Digital bias added to every MVM output."""
+    periphery: Periphery | None = None
+    """DAC/ADC ranges set or calibrated for this layer; None: the config's."""
+    intended: jax.Array | None = None
+    """The weights the chip's digital record says the layer holds (:meth:`Chip.intended_weights`)."""
+    gains: jax.Array | None = None
+    """Drift-compensation gains [fan_in, fan_out] measured by calibrated compensation, at ``gains_at_s``."""
+    gains_at_s: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ChipSnapshot:
+    """A chip's clock and layer records (:meth:`Chip.snapshot`)."""
+
     now_s: float
-    states: dict
-    scales: dict = dataclasses.field(default_factory=dict)
-    intended: dict = dataclasses.field(default_factory=dict)
+    layers: Mapping[str, ChipLayer]
+    calibrations: int
 
 
 @functools.partial(jax.jit, static_argnames=("device", "drift_compensation"))
@@ -237,6 +113,30 @@ def _reprogram(device, key, state, update, now_s, base_weights=None):
 
 _analog_mvm = jax.jit(analog_mvm, static_argnames=("spec",))
 
+_CHIPS: weakref.WeakValueDictionary[int, Chip] = weakref.WeakValueDictionary()
+"""Live chips by a number of their own, so that reads inside compiled code can book on them (see
+:class:`MVMLedger`) without the compiled code holding the chip."""
+_CHIP_IDS = itertools.count()
+
+
+@dataclasses.dataclass(frozen=True)
+class MVMLedger:
+    """Where reads of a layer through the layer API are booked: a chip (by its number) and a layer name.
+
+    A static field of :class:`~l2l_pcm.chip.AnalogLayer`: :func:`~l2l_pcm.chip.analog_dense` hands its
+    :class:`MVMCounts` to it through ``jax.debug.callback``, so reads inside ``jit``, ``vmap`` and ``lax.scan``
+    are booked when they run, once per execution (under ``vmap`` once per element). Hashable and small,
+    so a jitted function compiles once per layer, not once per read. (Under ``jax.checkpoint`` a
+    re-computed forward pass books its reads again.)"""
+
+    chip_id: int
+    name: str
+
+    def __call__(self, counts: MVMCounts, spec: MVMSpec) -> None:
+        chip = _CHIPS.get(self.chip_id)
+        if chip is not None and self.name in chip.layers:
+            chip.book_mvms(self.name, counts, spec)
+
 
 class Chip:
     """A PCM in-memory-computing chip with a clock.
@@ -251,72 +151,100 @@ class Chip:
         report = chip.reprogram("readout", dw, key)  # quantized, only changed devices
 
     Every device's programming time is stored, so drift and read noise follow the time elapsed since
-    *that* device was last programmed.
+    *that* device was last programmed. The chip is a thin stateful shell over the pure functions of
+    :mod:`l2l_pcm.chip.crossbar`: a clock, one :class:`ChipLayer` record per layer and the counters.
     """
 
     def __init__(self, config: ChipConfig | None = None) -> None:
         self.config = config or ChipConfig()
+        if not isinstance(self.config, ChipConfig):
+            raise ConfigError(f"Chip needs a ChipConfig, got {type(self.config).__name__}")
         self.now_s = 0.0
-        self.placements: dict[str, LayerPlacement] = {}
-        self.states: dict[str, LayerState] = {}
+        self.layers: dict[str, ChipLayer] = {}
+        """One record per placed layer (:class:`ChipLayer`)."""
         self.counters: dict[str, dict[str, int]] = {}
         self._space = ArraySpace(self.config.n_arrays, self.config.array_rows, self.config.array_cols)
         self._stats_cache: dict[str, WeightStatistics] = {}
-        self.scales: dict[str, jax.Array] = {}
-        """Per layer, the weight each output column's w_max stands for ([fan_out]; 1 = no scaling)."""
-        self.biases: dict[str, jax.Array] = {}
-        """Digital biases added to a layer's MVM outputs (layers programmed with a bias)."""
-        self.periphery: dict[str, Periphery] = {}
-        """Per layer, the DAC/ADC ranges (:meth:`set_periphery`, :meth:`calibrate`; else the config's)."""
-        self.intended: dict[str, jax.Array] = {}
-        """Per layer, the weights the chip's digital record says it holds (:meth:`intended_weights`)."""
-        self._gains: dict[str, jax.Array] = {}
         self._patterns: dict[str, jax.Array] = {}
         self._calibrations = 0
+        self._id = next(_CHIP_IDS)
+        _CHIPS[self._id] = self
+        self._fixed_age_warned = False
+
+    # ------------------------------------------------------------------ per-layer views of the records
+    @property
+    def placements(self) -> dict[str, LayerPlacement]:
+        """Where each layer sits (a fresh dict: change the chip through its methods)."""
+        return {name: layer.placement for name, layer in self.layers.items()}
+
+    @property
+    def states(self) -> dict[str, LayerState]:
+        """Programmed layers' device states."""
+        return {name: layer.state for name, layer in self.layers.items() if layer.state is not None}
+
+    @property
+    def scales(self) -> dict[str, jax.Array]:
+        """Per programmed layer, the weight each output column's w_max stands for ([fan_out])."""
+        return {name: layer.scale for name, layer in self.layers.items() if layer.state is not None}
+
+    @property
+    def biases(self) -> dict[str, jax.Array]:
+        """Digital biases of the layers programmed with one."""
+        return {name: layer.bias for name, layer in self.layers.items() if layer.bias is not None}
+
+    @property
+    def periphery(self) -> dict[str, Periphery]:
+        """Converter ranges set or calibrated per layer (others use the config's)."""
+        return {name: layer.periphery for name, layer in self.layers.items() if layer.periphery is not None}
+
+    def _set(self, name: str, **changes) -> ChipLayer:
+        self.layers[name] = dataclasses.replace(self.layers[name], **changes)
+        self._stats_cache.pop(name, None)
+        return self.layers[name]
 
     # --------------------------------------------------------------------------------- placement
     def place_dense(self, name: str, shape: tuple[int, int]) -> LayerPlacement:
         """Reserve room for a dense layer with a (fan_in, fan_out) weight matrix."""
-        if len(shape) != 2 or any(int(s) < 1 for s in shape):
-            hint = " (a conv kernel? use place_conv)" if len(shape) == 4 else ""
-            raise ConfigError(f"dense layer '{name}' needs a (fan_in, fan_out) shape, got {tuple(shape)}{hint}")
-        return self._place(name, "dense", tuple(int(s) for s in shape), None)
+        shape = _shape(name, shape, 2, "dense layer '{name}' needs a (fan_in, fan_out) shape")
+        return self._place(name, "dense", shape, None)
 
     def place_conv(self, name: str, kernel_shape: tuple[int, int, int, int]) -> LayerPlacement:
         """Reserve room for a conv layer with an HWIO kernel, stored as its im2col matrix."""
-        if len(kernel_shape) != 4:
-            raise ConfigError(
-                f"conv layer '{name}' needs an HWIO kernel shape (kh, kw, c_in, c_out), got {kernel_shape}"
-            )
-        kh, kw, c_in, c_out = (int(s) for s in kernel_shape)
+        kh, kw, c_in, c_out = _shape(
+            name, kernel_shape, 4, "conv layer '{name}' needs an HWIO kernel shape (kh, kw, c_in, c_out)"
+        )
         return self._place(name, "conv", (kh * kw * c_in, c_out), (kh, kw, c_in, c_out))
 
     def _place(self, name, kind, shape, kernel_shape) -> LayerPlacement:
-        if name in self.placements:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(f"a layer name must be a non-empty string without '/', got {name!r}")
+        if name in self.layers:
             raise ConfigError(f"a layer named '{name}' is already placed on the chip")
-        placed = {layer: p.shape for layer, p in self.placements.items()}
+        placed = {layer: record.placement.shape for layer, record in self.layers.items()}
         self._space, tiles = place_layer(self._space, placed, name, shape)
         for layer, layer_tiles in tiles.items():
             if layer != name:  # a re-pack moved it: where it sits changes, not what it holds
-                self.placements[layer] = dataclasses.replace(self.placements[layer], tiles=layer_tiles)
+                moved = dataclasses.replace(self.layers[layer].placement, tiles=layer_tiles)
+                self.layers[layer] = dataclasses.replace(self.layers[layer], placement=moved)
         placement = LayerPlacement(
             name, kind, shape, kernel_shape, tiles[name], self.config.device.devices_per_polarity
         )
-        self.placements[name] = placement
+        self.layers[name] = ChipLayer(placement)
         self._stats_cache.clear()
         self.counters[name] = dict.fromkeys(COUNTER_NAMES, 0)
         return placement
 
     def _placement(self, name: str) -> LayerPlacement:
-        if name not in self.placements:
-            raise ConfigError(f"no layer named '{name}' on the chip (placed: {sorted(self.placements)})")
-        return self.placements[name]
+        if name not in self.layers:
+            raise ConfigError(f"no layer named {name!r} on the chip (placed: {sorted(self.layers)})")
+        return self.layers[name].placement
 
     def _state(self, name: str) -> LayerState:
         self._placement(name)
-        if name not in self.states:
+        state = self.layers[name].state
+        if state is None:
             raise ConfigError(f"layer '{name}' is placed but has not been programmed yet")
-        return self.states[name]
+        return state
 
     # ------------------------------------------------------------------------------ programming
     def _as_matrix(self, placement: LayerPlacement, weights, what: str) -> jax.Array:
@@ -359,24 +287,18 @@ class Chip:
         matrix = self._as_matrix(placement, weights, "weights")
         if not (isinstance(reference_age_s, (int, float)) and math.isfinite(reference_age_s) and reference_age_s >= 0):
             raise ConfigError(f"reference_age_s must be a finite number of seconds >= 0, got {reference_age_s!r}")
-        w_max = self.config.device.w_max
-        scale = weight_scale(matrix, scaling, w_max)
+        device = self.config.device
+        scale = weight_scale(matrix, scaling, device.w_max)
         device_weights = matrix / scale
-        clipped = int(jnp.sum(jnp.abs(device_weights) > w_max))
+        clipped = int(jnp.sum(jnp.abs(device_weights) > device.w_max))
         if bias is not None:
             bias = jnp.asarray(bias, dtype=jnp.float32)
             if bias.shape != (placement.shape[1],) or not bool(jnp.all(jnp.isfinite(bias))):
                 raise ConfigError(f"bias for layer '{name}' must be {placement.shape[1]} finite numbers")
-            self.biases[name] = bias
-        else:
-            self.biases.pop(name, None)
-        self.states[name] = _program(self.config.device, key, device_weights, self.now_s)
-        self.scales[name] = scale
-        device = self.config.device
-        targets = self.states[name].g_target_uS
-        expected = device.expected_conductance(targets, reference_age_s)
-        self.intended[name] = device.conductances_to_weights(expected) * scale
-        self._stats_cache.pop(name, None)
+        state = _program(device, key, device_weights, self.now_s)
+        expected = device.expected_conductance(state.g_target_uS, reference_age_s)
+        intended = device.conductances_to_weights(expected) * scale
+        self._set(name, state=state, scale=scale, bias=bias, intended=intended, gains=None, gains_at_s=None)
         self.counters[name]["weights_clipped"] += clipped
         weights = placement.shape[0] * placement.shape[1]
         report = self._count_programming(placement, placement.devices, weights, placement.shape[0])
@@ -403,23 +325,23 @@ class Chip:
         if relative_to not in ("intended", "programmed"):
             raise ConfigError(f"relative_to must be 'intended' or 'programmed', got {relative_to!r}")
         device = self.config.device
-        gain = base = None
-        units = self.scales[name]  # weight units per device unit of the outputs
+        record = self.layers[name]
+        base = None
+        units = record.scale  # weight units per device unit of the outputs
         if self.config.drift_compensation in ("array", "column"):
             # outputs are multiplied by the measured gain: write the update, and the device's new target,
             # relative to the weights as compensated now, so a fresh device reads what the record says
             self.read_statistics(name)
-            gain = self._gains[name]
-            units = units * gain
+            units = units * self.layers[name].gains
             if relative_to == "intended":
-                base = self.intended[name] / units
+                base = record.intended / units
         quantized = quantize(update / units, self.config.update_step, key_round if rounding == "stochastic" else None)
         new_state, touched, pairs, rows, clipped = _reprogram(device, key_prog, state, quantized, self.now_s, base)
         rewritten = jnp.any(touched.reshape(-1, *placement.shape), axis=0)
         written = device.conductances_to_weights(new_state.g_target_uS) * units
-        self.intended[name] = jnp.where(rewritten, written, self.intended[name])
-        self.states[name] = new_state
-        self._stats_cache.pop(name, None)
+        self._set(
+            name, state=new_state, intended=jnp.where(rewritten, written, record.intended), gains=None, gains_at_s=None
+        )
         touched = np.asarray(touched)
         report = self._count_programming(placement, int(touched.sum()), int(pairs), int(rows))
         self.counters[name]["weights_clipped"] += int(clipped)
@@ -441,53 +363,69 @@ class Chip:
         )
 
     # ------------------------------------------------------------------------------------ clock
-    def advance(self, seconds: float) -> None:
-        """Let ``seconds`` pass on the chip clock (drift and read noise grow with device age)."""
-        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+    def advance(self, seconds: float, warn_fixed_age: bool = True) -> None:
+        """Let ``seconds`` pass on the chip clock (drift and read noise grow with device age).
+
+        A device model with a fixed age (``PCMDevice.fixed_age_s``, the authors' convention) reads every
+        device at that age whatever the clock says: the first advance on such a chip warns once
+        (:class:`~l2l_pcm.errors.FixedAgeWarning`), unless the caller says it knows (``warn_fixed_age=False``,
+        e.g. a scenario's fixed seconds between updates)."""
+        if isinstance(seconds, bool) or not (
+            isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0
+        ):
             raise ConfigError(f"time to advance must be a finite number of seconds >= 0, got {seconds!r}")
         if seconds:
+            fixed = self.config.device.fixed_age_s
+            if fixed is not None and warn_fixed_age and not self._fixed_age_warned:
+                self._fixed_age_warned = True
+                warnings.warn(
+                    f"this chip's device model reads every device at a fixed age of {fixed:g} s; advancing the "
+                    "clock changes no read (drift and read noise do not grow)",
+                    FixedAgeWarning,
+                    stacklevel=2,
+                )
             self.now_s += float(seconds)
             self._stats_cache.clear()
 
     # ------------------------------------------------------------------------------------ reads
     def read_statistics(self, name: str) -> WeightStatistics:
-        """Per-weight mean and read-noise variance of a layer now (cached until the state changes)."""
+        """Per-weight mean and read-noise variance of a layer now (cached until the state or clock changes)."""
         if name not in self._stats_cache:
             state = self._state(name)
             mode = self.config.drift_compensation
             stats = _read_statistics(self.config.device, state, jnp.float32(self.now_s), mode == "global")
-            scale = self.scales[name]
+            scale = self.layers[name].scale
             stats = WeightStatistics(stats.mean * scale, stats.variance * scale**2)
             if mode in ("array", "column"):
-                gain = self._measure_drift(name, stats)
+                record = self.layers[name]
+                if record.gains is None or record.gains_at_s != self.now_s:
+                    record = self._set(name, gains=self._measure_drift(name, stats), gains_at_s=self.now_s)
+                gain = record.gains
                 stats = WeightStatistics(stats.mean * gain, stats.variance * gain**2)
             self._stats_cache[name] = stats
         return self._stats_cache[name]
 
     def _measure_drift(self, name: str, stats: WeightStatistics) -> jax.Array:
         """Compensation gains from a noisy read of the layer's calibration inputs (see ChipConfig)."""
-        placement = self.placements[name]
+        placement = self.layers[name].placement
         if name not in self._patterns:  # fixed per layer: the chip's known calibration inputs
             shape = (CALIBRATION_VECTORS, placement.shape[0])
             patterns = jax.random.bernoulli(jax.random.PRNGKey(zlib.crc32(name.encode())), 0.5, shape)
             self._patterns[name] = patterns.astype(jnp.float32)
-        patterns = self._patterns[name]
-        intended = self.intended_weights(name)
         key = jax.random.fold_in(jax.random.PRNGKey(0xCA1), self._calibrations)
         self._calibrations += 1
-        tiles = placement.blocks
         gain = _calibration_gains(
-            patterns,
-            intended,
+            self._patterns[name],
+            self.layers[name].intended,
             stats,
             key,
-            tiles,
+            placement.blocks,
             self.config.drift_compensation == "column",
             self.config.read_noise_rng,
         )
-        self.counters[name]["calibration_vectors"] += 2 * CALIBRATION_VECTORS  # each pattern and its complement
-        self.record_mvms(name, 2 * CALIBRATION_VECTORS)
-        self._gains[name] = gain
+        vectors = 2 * CALIBRATION_VECTORS  # each pattern and its complement, read without converters
+        self.counters[name]["calibration_vectors"] += vectors
+        self.book_mvms(name, MVMCounts(vectors, 0, 0), MVMSpec(tiles=placement.blocks))
         return gain
 
     def intended_weights(self, name: str) -> jax.Array:
@@ -495,7 +433,7 @@ class Chip:
         (aged to the layer's ``reference_age_s``), re-programmed weights as written (under calibrated
         compensation: in compensated units). Calibrated drift compensation holds the reads at these."""
         self._state(name)
-        return self.intended[name]
+        return self.layers[name].intended
 
     def read_weights(self, name: str) -> jax.Array:
         """The weights a noise-free read would return now (programming noise and drift included)."""
@@ -516,10 +454,12 @@ class Chip:
 
     def layer(self, name: str) -> AnalogLayer:
         """A programmed layer as read now, for :func:`~l2l_pcm.chip.analog_dense` / :func:`~l2l_pcm.chip.analog_conv`
-        inside jit, grad or vmap (MVMs run there are booked with :meth:`record_mvms`)."""
-        placement = self._placement(name)
+        inside jit, grad or vmap. The layer carries this chip's :class:`MVMLedger`, so every read through it
+        is booked here (MVMs, conversions, saturation, energy) when it runs."""
+        record = self.layers.get(name)
+        stats = self.read_statistics(name)
         return AnalogLayer(
-            self.read_statistics(name), self.biases.get(name), self.mvm_spec(name), placement.kernel_shape
+            stats, record.bias, self.mvm_spec(name), record.placement.kernel_shape, MVMLedger(self._id, name)
         )
 
     def mvm(self, name: str, inputs, key: jax.Array | None) -> jax.Array:
@@ -534,26 +474,44 @@ class Chip:
             raise ConfigError(
                 f"inputs for layer '{name}' have shape {tuple(inputs.shape)}, expected [..., {placement.shape[0]}]"
             )
+        if not bool(jnp.all(jnp.isfinite(inputs))):
+            raise ConfigError(f"inputs for layer '{name}' contain NaN or inf")
         layer = self.layer(name)
-        outputs, dac_clipped, adc_clipped = _analog_mvm(inputs, layer.stats, key, layer.spec)
-        if layer.bias is not None:
-            outputs = outputs + layer.bias
-        vectors = math.prod(inputs.shape[:-1])
-        self.record_mvms(name, vectors)
+        outputs, counts = _analog_mvm(inputs, layer.stats, key, layer.spec)
+        self.book_mvms(name, counts, layer.spec)
+        return outputs if layer.bias is None else outputs + layer.bias
+
+    def book_mvms(self, name: str, counts: MVMCounts, spec: MVMSpec | None = None) -> None:
+        """Book what analog reads of a layer did (:class:`MVMCounts`, from :func:`analog_mvm`): vectors, array
+        MVMs, MACs, and, for each converter ``spec`` has (default: the layer's now), its conversions and
+        clips. Every read path books here: :meth:`mvm`, calibration reads and the layer API (by its ledger)."""
+        placement = self._placement(name)
+        spec = self.mvm_spec(name) if spec is None else spec
+        vectors = int(counts.vectors)
         counters = self.counters[name]
-        if layer.spec.dac is not None:
+        counters["mvm_vectors"] += vectors
+        counters["array_mvms"] += vectors * len(placement.tiles)
+        counters["macs"] += vectors * placement.shape[0] * placement.shape[1]
+        if spec.dac is not None:
             counters["dac_conversions"] += vectors * placement.shape[0]
-            counters["dac_saturated"] += int(dac_clipped)
-        if layer.spec.adc is not None:
+            counters["dac_saturated"] += int(counts.dac_saturated)
+        if spec.adc is not None:
             counters["adc_conversions"] += vectors * sum(tile.cols for tile in placement.tiles)
-            counters["adc_saturated"] += int(adc_clipped)
-        return outputs
+            counters["adc_saturated"] += int(counts.adc_saturated)
+
+    def record_mvms(self, name: str, vectors: int) -> None:
+        """Book ``vectors`` MVMs of a layer whose counts were not kept (no converter conversions or clips).
+
+        Prefer reads through :meth:`layer` (booked by themselves) or :meth:`book_mvms` with the
+        :class:`MVMCounts` of :func:`analog_mvm`."""
+        spec = dataclasses.replace(self.mvm_spec(name), dac=None, adc=None)
+        self.book_mvms(name, MVMCounts(vectors, 0, 0), spec)
 
     # ------------------------------------------------------------------------------ periphery
     def layer_periphery(self, name: str) -> Periphery:
         """The DAC/ADC ranges a layer's MVMs use now."""
         self._placement(name)
-        return self.periphery.get(name, Periphery(self.config.dac_range, self.config.adc_range))
+        return self.layers[name].periphery or Periphery(self.config.dac_range, self.config.adc_range)
 
     def set_periphery(
         self, name: str, dac_range: float | None = None, adc_range: float | None = None, dac_unsigned=None
@@ -567,10 +525,13 @@ class Chip:
             if v is not None
         }
         for field in ("dac_range", "adc_range"):
-            if field in changes and not (math.isfinite(changes[field]) and changes[field] > 0):
+            if field in changes and not (
+                isinstance(changes[field], (int, float)) and math.isfinite(changes[field]) and changes[field] > 0
+            ):
                 raise ConfigError(f"{field} of layer '{name}' must be a finite number > 0, got {changes[field]!r}")
-        self.periphery[name] = dataclasses.replace(current, **changes)
-        return self.periphery[name]
+        if "dac_unsigned" in changes and not isinstance(changes["dac_unsigned"], bool):
+            raise ConfigError(f"dac_unsigned of layer '{name}' must be true or false, got {changes['dac_unsigned']!r}")
+        return self._set(name, periphery=dataclasses.replace(current, **changes)).periphery
 
     def calibrate(self, name: str, inputs, headroom: float = 1.0) -> Periphery:
         """Set a layer's converter ranges from sample inputs: the DAC to their largest magnitude (unsigned
@@ -583,6 +544,8 @@ class Chip:
                 f"calibration inputs for layer '{name}' have shape {tuple(inputs.shape)}, "
                 f"expected [..., {placement.shape[0]}]"
             )
+        if not bool(jnp.all(jnp.isfinite(inputs))):
+            raise ConfigError(f"calibration inputs for layer '{name}' contain NaN or inf")
         if not (math.isfinite(headroom) and headroom >= 1.0):
             raise ConfigError(f"headroom must be a finite number >= 1, got {headroom!r}")
         unsigned = bool(jnp.all(inputs >= 0))
@@ -608,7 +571,7 @@ class Chip:
     def saturation_warnings(self, threshold: float = 0.01) -> list[str]:
         """One line per layer whose DAC or ADC clipped more than ``threshold`` of its conversions."""
         lines = []
-        for name in self.placements:
+        for name in self.layers:
             ranges = self.layer_periphery(name)
             for kind, fraction in self.saturation(name).items():
                 if fraction is not None and fraction > threshold:
@@ -618,15 +581,6 @@ class Chip:
                         f"{full_scale:g}); calibrate the layer (Chip.calibrate) or widen {kind}_range"
                     )
         return lines
-
-    def record_mvms(self, name: str, vectors: int) -> None:
-        """Book ``vectors`` MVMs of a layer that ran outside :meth:`mvm`, through :func:`analog_dense` on its
-        :meth:`layer` (e.g. inside a jitted ``lax.scan`` over time), so counters and energy stay true."""
-        placement = self._placement(name)
-        counters = self.counters[name]
-        counters["mvm_vectors"] += vectors
-        counters["array_mvms"] += vectors * len(placement.tiles)
-        counters["macs"] += vectors * placement.shape[0] * placement.shape[1]
 
     def conv2d(self, name: str, images, key: jax.Array | None, stride: int = 2, padding: int = 1) -> jax.Array:
         """Convolution of NHWC ``images`` with a conv layer on the chip, as im2col patches through :meth:`mvm`."""
@@ -642,21 +596,19 @@ class Chip:
 
     # ------------------------------------------------------------------------------ what-if runs
     def snapshot(self) -> ChipSnapshot:
-        """The programmed state and clock, to return to with :meth:`restore` (counters are not rewound).
+        """The clock and every layer's record, to return to with :meth:`restore` (counters are not rewound).
 
         For emulation studies: e.g. start every few-shot task from the same deployed chip, as a fleet of
         identically programmed chips would.
         """
-        return ChipSnapshot(self.now_s, dict(self.states), dict(self.scales), dict(self.intended))
+        return ChipSnapshot(self.now_s, dict(self.layers), self._calibrations)
 
     def restore(self, snapshot: ChipSnapshot) -> None:
         """Return to a :meth:`snapshot` of this chip (same placement)."""
-        if set(snapshot.states) - set(self.placements):
-            raise ConfigError("snapshot holds layers that are not placed on this chip")
+        if {name: layer.placement for name, layer in snapshot.layers.items()} != self.placements:
+            raise ConfigError("the snapshot's layers are not placed as on this chip")
         self.now_s = snapshot.now_s
-        self.states = dict(snapshot.states)
-        self.scales = {**self.scales, **snapshot.scales}
-        self.intended = {**self.intended, **snapshot.intended}
+        self.layers = dict(snapshot.layers)
         self._stats_cache.clear()
 
     # ---------------------------------------------------------------------------------- reports
@@ -669,11 +621,22 @@ class Chip:
                 "mvm_energy_pJ": energy.mvm_energy_pJ(counters["macs"]),
                 "mvm_latency_ns": counters["array_mvms"]
                 * energy.mvm_latency_ns
-                / max(len(self.placements[name].tiles), 1),
+                / max(len(self.layers[name].placement.tiles), 1),
                 "programming_energy_pJ": energy.programming_energy_pJ(counters["devices_programmed"]),
                 "programming_latency_ns": energy.programming_latency_ns(counters["rows_programmed"]),
             }
         return report
+
+    def energy_pJ(self, *names: str) -> float:
+        """Total estimated energy (MVMs and programming) of the named layers, or of all, so far."""
+        report = self.energy_report()
+        for name in names:
+            self._placement(name)
+        return sum(
+            layer["mvm_energy_pJ"] + layer["programming_energy_pJ"]
+            for name, layer in report.items()
+            if not names or name in names
+        )
 
     def summary(self) -> dict:
         """Placement, clock and counters as plain JSON-ready data."""
@@ -682,18 +645,18 @@ class Chip:
             "used_cells_per_array": self._space.used_cells(),
             "layers": {
                 name: {
-                    "shape": list(p.shape),
-                    "devices": p.devices,
-                    "tiles": [dataclasses.asdict(t) for t in p.tiles],
+                    "shape": list(layer.placement.shape),
+                    "devices": layer.placement.devices,
+                    "tiles": [dataclasses.asdict(t) for t in layer.placement.tiles],
                     **self.counters[name],
                 }
-                for name, p in self.placements.items()
+                for name, layer in self.layers.items()
             },
         }
 
     # -------------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike) -> None:
-        """Write the full chip state (conductances, programming times, counters) to one safetensors file.
+        """Write the full chip state (every layer's record, clock, counters) to one safetensors file.
 
         Only :class:`PCMDevice` itself is stored (by its fields); a subclass would come back as a plain
         PCMDevice and behave differently, so it is refused here, before anything is written.
@@ -703,23 +666,30 @@ class Chip:
                 f"cannot save a chip with device class {type(self.config.device).__name__}: only PCMDevice "
                 "(any fields or profile) round-trips through a chip file"
             )
-        tensors = {}
-        for name, state in self.states.items():
-            for field, value in state._asdict().items():
+        tensors, gains_at = {}, {}
+        for name, layer in self.layers.items():
+            if layer.state is None:
+                continue
+            for field, value in layer.state._asdict().items():
                 tensors[f"{name}/{field}"] = np.asarray(value)
-            tensors[f"{name}/scale"] = np.asarray(self.scales[name])
-            tensors[f"{name}/intended"] = np.asarray(self.intended[name])
-            if name in self.biases:
-                tensors[f"{name}/bias"] = np.asarray(self.biases[name])
+            tensors[f"{name}/scale"] = np.asarray(layer.scale)
+            tensors[f"{name}/intended"] = np.asarray(layer.intended)
+            if layer.bias is not None:
+                tensors[f"{name}/bias"] = np.asarray(layer.bias)
+            if layer.gains is not None:
+                tensors[f"{name}/gains"] = np.asarray(layer.gains)
+                gains_at[name] = layer.gains_at_s
         metadata = {
             "kind": STATE_KIND,
             "version": STATE_VERSION,
             "config": self.config.to_json(),
             "now_s": self.now_s,
-            "placements": [p.to_json() for p in self.placements.values()],
+            "placements": [layer.placement.to_json() for layer in self.layers.values()],
             "programmed": sorted(self.states),
             "counters": self.counters,
             "periphery": {name: dataclasses.asdict(p) for name, p in self.periphery.items()},
+            "gains_at_s": gains_at,
+            "calibrations": self._calibrations,
         }
         _io.save_tensors(path, tensors, metadata)
 
@@ -735,10 +705,11 @@ class Chip:
             for placement in saved:
                 chip._place(placement.name, placement.kind, placement.shape, placement.kernel_shape)
             for placement in saved:  # after all: a later layer may have re-packed earlier ones
-                if chip.placements[placement.name].tiles != placement.tiles:
+                if chip.layers[placement.name].placement.tiles != placement.tiles:
                     raise CheckpointError(f"{path}: placement of layer '{placement.name}' does not match its tiles")
+            device = chip.config.device
             for name in meta["programmed"]:
-                shape = chip.placements[name].state_shape
+                shape = chip.layers[name].placement.state_shape
                 fields = {}
                 for field in LayerState._fields:
                     array = tensors[f"{name}/{field}"]
@@ -748,23 +719,108 @@ class Chip:
                             f"or non-finite values, expected finite {shape}"
                         )
                     fields[field] = jnp.asarray(array)
-                chip.states[name] = LayerState(**fields)
+                state = LayerState(**fields)
+                _check_conductances(path, name, state, device)
                 fan_out = shape[-1]
-                chip.scales[name] = _optional_vector(tensors, f"{name}/scale", fan_out, path, default=1.0)
-                default = chip.config.device.conductances_to_weights(chip.states[name].g_target_uS) * chip.scales[name]
-                chip.intended[name] = _optional_matrix(tensors, f"{name}/intended", default, path)
-                if f"{name}/bias" in tensors:
-                    chip.biases[name] = _optional_vector(tensors, f"{name}/bias", fan_out, path)
-            chip.now_s = float(meta["now_s"])
+                scale = _optional_vector(tensors, f"{name}/scale", fan_out, path, default=1.0)
+                default = device.conductances_to_weights(state.g_target_uS) * scale
+                gains_at = meta.get("gains_at_s", {}).get(name)
+                chip.layers[name] = dataclasses.replace(
+                    chip.layers[name],
+                    state=state,
+                    scale=scale,
+                    intended=_optional_matrix(tensors, f"{name}/intended", default, path),
+                    bias=_optional_vector(tensors, f"{name}/bias", fan_out, path)
+                    if f"{name}/bias" in tensors
+                    else None,
+                    gains=None if gains_at is None else _optional_matrix(tensors, f"{name}/gains", default, path),
+                    gains_at_s=None if gains_at is None else float(gains_at),
+                )
+            now_s = meta["now_s"]
+            if isinstance(now_s, bool) or not isinstance(now_s, (int, float)) or not math.isfinite(now_s) or now_s < 0:
+                raise CheckpointError(f"{path}: the chip clock must be a finite number of seconds >= 0, got {now_s!r}")
+            chip.now_s = float(now_s)
             for name, ranges in meta.get("periphery", {}).items():
                 chip.set_periphery(name, **ranges)
             for name, counters in meta["counters"].items():
                 chip.counters[name] = {key: int(counters.get(key, 0)) for key in COUNTER_NAMES}
-        except CheckpointError:
+            chip._calibrations = int(meta.get("calibrations", 0))
+        except (CheckpointError, ConfigError):
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{path}: inconsistent chip state ({type(exc).__name__}: {exc})") from None
         return chip
+
+
+def deploy(
+    params: Mapping[str, jax.Array],
+    chip: Chip,
+    key: jax.Array,
+    scaling: str | float | Mapping[str, str | float] = "layer",
+    biases: Mapping[str, jax.Array] | None = None,
+    reference_age_s: float = 0.0,
+) -> dict[str, ReprogramReport]:
+    """Place (if not yet placed), scale and program every weight array of ``params`` on ``chip``.
+
+    2-D arrays are dense layers (fan_in, fan_out), 4-D arrays conv kernels (HWIO); ``scaling`` is
+    :meth:`Chip.program`'s ("layer": each layer's max |W| maps to g_max, so no weight is clipped), for
+    every layer, or a mapping of layer names to it (a layer not named gets "none");
+    ``biases`` maps layer names to digital biases; ``reference_age_s`` is :meth:`Chip.program`'s (the age
+    calibrated drift compensation holds the weights at). When the network does not fit, the
+    :class:`~l2l_pcm.errors.ChipCapacityError` says how many arrays it needs. Returns each layer's report.
+    """
+    biases = dict(biases or {})
+    unknown = set(biases) - set(params)
+    if unknown:
+        raise ConfigError(f"biases given for layers that are not in params: {sorted(unknown)}")
+    for name, weights in params.items():
+        if name in chip.placements:
+            continue
+        shape = tuple(jnp.shape(weights))
+        if len(shape) == 2:
+            chip.place_dense(name, shape)
+        elif len(shape) == 4:
+            chip.place_conv(name, shape)
+        else:
+            raise ConfigError(f"layer '{name}': weights must be 2-D (dense) or 4-D HWIO (conv), got shape {shape}")
+    if isinstance(scaling, Mapping):
+        unknown = set(scaling) - set(params)
+        if unknown:
+            raise ConfigError(f"scaling given for layers that are not in params: {sorted(unknown)}")
+        per_layer = {name: scaling.get(name, "none") for name in params}
+    else:
+        per_layer = dict.fromkeys(params, scaling)
+    keys = jax.random.split(key, len(params))
+    return {
+        name: chip.program(name, weights, layer_key, per_layer[name], biases.get(name), reference_age_s)
+        for (name, weights), layer_key in zip(params.items(), keys, strict=True)
+    }
+
+
+def _shape(name: str, shape, ndim: int, message: str) -> tuple[int, ...]:
+    """A layer shape of ``ndim`` positive integers (a float such as 2.7 is refused, not truncated)."""
+    try:
+        values = tuple(shape)
+    except TypeError:
+        values = ()
+    valid = len(values) == ndim and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and int(s) >= 1 for s in values
+    )
+    if not valid:
+        hint = " (a conv kernel? use place_conv)" if ndim == 2 and len(values) == 4 else ""
+        raise ConfigError(f"{message.format(name=name)} of positive integers, got {shape!r}{hint}")
+    return tuple(int(s) for s in values)
+
+
+def _check_conductances(path, name: str, state: LayerState, device: PCMDevice) -> None:
+    """Refuse a chip file whose programmed targets do not fit its own device's conductance range (e.g. a
+    config edited to another g_max: every read would be silently rescaled)."""
+    largest = float(jnp.max(state.g_target_uS))
+    if float(jnp.min(state.g_target_uS)) < 0 or largest > device.g_max_uS * (1 + 1e-5):
+        raise CheckpointError(
+            f"{path}: layer '{name}' has target conductances up to {largest:g} µS, outside the device's "
+            f"[0, {device.g_max_uS:g}] µS (g_max_uS): the file's config and conductances disagree"
+        )
 
 
 def _optional_vector(tensors, name: str, size: int, path, default: float | None = None) -> jax.Array:
@@ -791,16 +847,17 @@ def _optional_matrix(tensors, name: str, default: jax.Array, path) -> jax.Array:
     return jnp.asarray(array)
 
 
-def chip_for_model(chip_config: ChipConfig | None, hardware: ChipConfig) -> Chip:
+def chip_for_model(chip_config: ChipConfig | None, hardware: ChipConfig, deployment_age_s: float | None = None) -> Chip:
     """A chip to deploy a model on: built from the model's ``hardware``, or ``chip_config`` if given (an
     experiment's other chip, e.g. noiseless), which must keep the model's update step: a chip with
     another step would write other updates than the model was meta-trained with, so it is refused.
+    ``deployment_age_s``, the age asked for (None: the model's own), is refused on a fixed-age device.
     """
-    if chip_config is None:
-        return Chip(hardware)
-    if chip_config.update_step != hardware.update_step:
+    chip = Chip(hardware if chip_config is None else chip_config)
+    if chip.config.update_step != hardware.update_step:
         raise ConfigError(
-            f"the chip's update step {chip_config.update_step:g} differs from the model's "
+            f"the chip's update step {chip.config.update_step:g} differs from the model's "
             f"{hardware.update_step:g} (hardware.update_step); set it once, in the model's hardware config"
         )
-    return Chip(chip_config)
+    chip.config.device.refuse_fixed_age(deployment_age_s)
+    return chip

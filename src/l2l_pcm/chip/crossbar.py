@@ -42,6 +42,24 @@ class WeightStatistics(NamedTuple):
     variance: jax.Array
 
 
+class MVMCounts(NamedTuple):
+    """What one call of :func:`analog_mvm` did, for the chip's counters (:meth:`l2l_pcm.chip.Chip.book_mvms`):
+    input vectors read and the DAC inputs and ADC tile outputs that clipped. int32 arrays, so the counts
+    leave jitted, vmapped and scanned code like any other output; conversions, array MVMs and MACs follow
+    from ``vectors`` and the layer's placement and converters, and the chip derives them when booking."""
+
+    vectors: jax.Array
+    dac_saturated: jax.Array
+    adc_saturated: jax.Array
+
+    @classmethod
+    def zero(cls) -> MVMCounts:
+        return cls(jnp.int32(0), jnp.int32(0), jnp.int32(0))
+
+    def plus(self, other: MVMCounts) -> MVMCounts:
+        return MVMCounts(*(a + b for a, b in zip(self, other, strict=True)))
+
+
 def program_layer(device: PCMDevice, key: jax.Array, weights: jax.Array, now_s: float) -> LayerState:
     """Program every device of a layer to hold ``weights`` [fan_in, fan_out]."""
     g_target, g_prog, nu = device.program_weights(key, weights)
@@ -128,6 +146,13 @@ def counter_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) ->
     return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * uniform - 1.0)).astype(dtype)
 
 
+def weight_sample(stats: WeightStatistics, key: jax.Array, rng: str = "threefry") -> jax.Array:
+    """One read of every weight: ``mean + std · ξ`` with normals from generator ``rng`` ("threefry" or
+    "counter"). A ``per_batch`` MVM reads through one such sample; hardware-aware training trains on one."""
+    normal = jax.random.normal if rng == "threefry" else counter_normal
+    return stats.mean + jnp.sqrt(stats.variance) * normal(key, stats.mean.shape, dtype=stats.mean.dtype)
+
+
 def analog_matmul(
     inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, mode: str = "per_read", rng: str = "threefry"
 ) -> jax.Array:
@@ -141,10 +166,9 @@ def analog_matmul(
     """
     if key is None:
         return inputs @ stats.mean
-    normal = jax.random.normal if rng == "threefry" else counter_normal
     if mode == "per_batch":
-        noise = normal(key, stats.mean.shape, dtype=stats.mean.dtype)
-        return inputs @ (stats.mean + jnp.sqrt(stats.variance) * noise)
+        return inputs @ weight_sample(stats, key, rng)
+    normal = jax.random.normal if rng == "threefry" else counter_normal
     outputs = inputs @ stats.mean
     # the floor keeps the gradient finite where no input is active (sqrt'(0) = inf)
     std = jnp.sqrt(jnp.maximum((inputs * inputs) @ stats.variance, 1e-30))
@@ -208,20 +232,26 @@ def _tile(stats: WeightStatistics, block: tuple[int, int, int, int]) -> WeightSt
 
 def analog_mvm(
     inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, spec: MVMSpec = IDEAL_MVM
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, MVMCounts]:
     """``inputs [..., fan_in]`` through a layer as ``spec`` runs it: DAC, per-tile analog MVM with read noise
     (:func:`analog_matmul`), per-tile ADC, digital sum of the row tiles. Pure: jit, vmap and grad go through
-    it. Returns (outputs, input values the DAC clipped, tile outputs the ADCs clipped)."""
+    it. Returns the outputs and the :class:`MVMCounts` of the call; every analog read of the library (the
+    chip's, the layer API's, the scenarios') is this function, so what it counts is what the chip books."""
+    vectors = jnp.int32(math.prod(inputs.shape[:-1]))
     dac_clipped = adc_clipped = jnp.int32(0)
     if spec.dac is not None:
-        dac_clipped = saturated(inputs, *spec.dac[1:])
+        dac_clipped = saturated(inputs, *spec.dac[1:]).astype(jnp.int32)
         inputs = uniform_quantize(inputs, *spec.dac)
+
+    def counts(adc_clipped):
+        return MVMCounts(vectors, dac_clipped, jnp.asarray(adc_clipped, jnp.int32))
+
     if spec.adc is None or not spec.tiles:  # partial sums of ideal tiles add up exactly: one matmul
         outputs = analog_matmul(inputs, stats, key, spec.read_noise_mode, spec.read_noise_rng)
         if spec.adc is not None:
             adc_clipped = saturated(outputs, spec.adc[1])
             outputs = uniform_quantize(outputs, *spec.adc)
-        return outputs, dac_clipped, adc_clipped
+        return outputs, counts(adc_clipped)
     keys = [None] * len(spec.tiles) if key is None else list(jax.random.split(key, len(spec.tiles)))
     outputs = jnp.zeros((*inputs.shape[:-1], stats.mean.shape[-1]), inputs.dtype)
     for block, tile_key in zip(spec.tiles, keys, strict=True):
@@ -232,7 +262,7 @@ def analog_mvm(
         )
         adc_clipped = adc_clipped + saturated(analog, spec.adc[1])
         outputs = outputs.at[..., out : out + cols].add(uniform_quantize(analog, *spec.adc))
-    return outputs, dac_clipped, adc_clipped
+    return outputs, counts(adc_clipped)
 
 
 def calibration_gains(

@@ -5,44 +5,54 @@ Three steps, each usable on its own::
     chip = Chip(ChipConfig(n_arrays=8))
     deploy(params, chip, key)                      # place, scale and program a dict of weights
     layer = chip.layer("fc1")                      # the layer as read now (a pytree)
-    y = analog_dense(layer, x, key)                # pure: works inside jit, grad and vmap
+    y = analog_dense(layer, x, key)                # pure: works inside jit, grad, vmap and scan
 
-and, for hardware-aware training of any params pytree with the same device model as the chip,
-``hardware_aware(params, device, key, time_since_programming_s)``.
-
-:meth:`Chip.mvm` and :meth:`Chip.conv2d` run the same :func:`~l2l_pcm.chip.crossbar.analog_mvm` and
-also book the MVMs and converter saturation in the chip's counters; inside jitted code book them with
-:meth:`Chip.record_mvms`.
+A layer read from a chip carries the chip's ledger: every read through it is booked on the chip
+(MVMs, converter conversions and clips, energy) when it runs, as :meth:`Chip.mvm` books its own; both
+run the same :func:`~l2l_pcm.chip.crossbar.analog_mvm`. For hardware-aware training of any params pytree
+against the same physics, :func:`hardware_aware` (weights, one read per call) and
+:func:`hardware_aware_layers` (layers for :func:`analog_dense`: converters and per-read noise too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.chip.crossbar import IDEAL_MVM, MVMSpec, WeightStatistics, analog_mvm
+from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig
+from l2l_pcm.chip.crossbar import (
+    IDEAL_MVM,
+    MVMCounts,
+    MVMSpec,
+    WeightStatistics,
+    analog_mvm,
+    calibration_gains,
+    program_layer,
+    read_statistics,
+    weight_sample,
+)
+from l2l_pcm.chip.layout import ArraySpace, place_layer
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
-
-if TYPE_CHECKING:
-    from l2l_pcm.chip.chip import Chip, ChipConfig, ReprogramReport
 
 
 @dataclasses.dataclass(frozen=True)
 class AnalogLayer:
     """One layer as a chip reads it now: per-weight read statistics (weight units, scaling applied), the
-    digital bias, and the static :class:`MVMSpec` (tiles, converters, read-noise mode). A pytree whose
-    arrays are leaves, so it can be an argument of jitted, differentiated or vmapped functions."""
+    digital bias, the static :class:`MVMSpec` (tiles, converters, read-noise mode) and, for a layer read
+    from a chip, the ``ledger`` its reads are booked on (:class:`~l2l_pcm.chip.chip.MVMLedger`). A pytree
+    whose arrays are leaves, so it can be an argument of jitted, differentiated or vmapped functions."""
 
     stats: WeightStatistics
     bias: jax.Array | None
     spec: MVMSpec = dataclasses.field(default=IDEAL_MVM, metadata={"static": True})
     kernel_shape: tuple[int, int, int, int] | None = dataclasses.field(default=None, metadata={"static": True})
+    ledger: Callable[[MVMCounts, MVMSpec], None] | None = dataclasses.field(default=None, metadata={"static": True})
 
     @classmethod
     def exact(cls, weights: jax.Array, bias: jax.Array | None = None) -> AnalogLayer:
@@ -51,14 +61,19 @@ class AnalogLayer:
         return cls(WeightStatistics(weights, jnp.zeros_like(weights)), bias)
 
 
-jax.tree_util.register_dataclass(AnalogLayer, data_fields=["stats", "bias"], meta_fields=["spec", "kernel_shape"])
+jax.tree_util.register_dataclass(
+    AnalogLayer, data_fields=["stats", "bias"], meta_fields=["spec", "kernel_shape", "ledger"]
+)
 
 
 def analog_dense(layer: AnalogLayer, inputs: jax.Array, key: jax.Array | None) -> jax.Array:
     """``inputs [..., fan_in]`` through the layer: DAC, analog MVM with per-read noise (``key=None``: its
     expectation), ADC per tile, digital sum of the tiles and bias. Gradients flow to ``inputs`` and to
-    ``layer.stats.mean`` (converters straight-through)."""
-    outputs = analog_mvm(inputs, layer.stats, key, layer.spec)[0]
+    ``layer.stats.mean`` (converters straight-through). A layer from :meth:`Chip.layer` books the read on
+    its chip when it runs (``jax.debug.callback``; inside ``vmap`` once per element)."""
+    outputs, counts = analog_mvm(inputs, layer.stats, key, layer.spec)
+    if layer.ledger is not None:
+        jax.debug.callback(functools.partial(layer.ledger, spec=layer.spec), counts)
     return outputs if layer.bias is None else outputs + layer.bias
 
 
@@ -96,49 +111,70 @@ def weight_scale(matrix: jax.Array, scaling: str | float, w_max: float) -> jax.A
     return jnp.where(scale > 0, scale, 1.0)
 
 
-def deploy(
-    params: Mapping[str, jax.Array],
-    chip: Chip,
-    key: jax.Array,
-    scaling: str | float | Mapping[str, str | float] = "layer",
-    biases: Mapping[str, jax.Array] | None = None,
-    reference_age_s: float = 0.0,
-) -> dict[str, ReprogramReport]:
-    """Place (if not yet placed), scale and program every weight array of ``params`` on ``chip``.
+def _tiles_alone(hardware: ChipConfig, shape: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...]:
+    """The blocks a (fan_in, fan_out) matrix is tiled into on this hardware's arrays when placed alone."""
+    space = ArraySpace(hardware.n_arrays, hardware.array_rows, hardware.array_cols)
+    _, tiles = place_layer(space, {}, "layer", shape)
+    return tuple((t.row_start, t.rows, t.out_start, t.cols) for t in tiles["layer"])
 
-    2-D arrays are dense layers (fan_in, fan_out), 4-D arrays conv kernels (HWIO); ``scaling`` is
-    :meth:`Chip.program`'s ("layer": each layer's max |W| maps to g_max, so no weight is clipped), for
-    every layer, or a mapping of layer names to it (a layer not named gets "none");
-    ``biases`` maps layer names to digital biases; ``reference_age_s`` is :meth:`Chip.program`'s (the age
-    calibrated drift compensation holds the weights at). When the network does not fit, the
-    :class:`~l2l_pcm.errors.ChipCapacityError` says how many arrays it needs. Returns each layer's report.
-    """
-    biases = dict(biases or {})
-    unknown = set(biases) - set(params)
-    if unknown:
-        raise ConfigError(f"biases given for layers that are not in params: {sorted(unknown)}")
-    for name, weights in params.items():
-        if name in chip.placements:
-            continue
-        shape = tuple(jnp.shape(weights))
-        if len(shape) == 2:
-            chip.place_dense(name, shape)
-        elif len(shape) == 4:
-            chip.place_conv(name, shape)
-        else:
-            raise ConfigError(f"layer '{name}': weights must be 2-D (dense) or 4-D HWIO (conv), got shape {shape}")
-    if isinstance(scaling, Mapping):
-        unknown = set(scaling) - set(params)
-        if unknown:
-            raise ConfigError(f"scaling given for layers that are not in params: {sorted(unknown)}")
-        per_layer = {name: scaling.get(name, "none") for name in params}
-    else:
-        per_layer = dict.fromkeys(params, scaling)
-    keys = jax.random.split(key, len(params))
-    return {
-        name: chip.program(name, weights, layer_key, per_layer[name], biases.get(name), reference_age_s)
-        for (name, weights), layer_key in zip(params.items(), keys, strict=True)
-    }
+
+def _programmed_and_read(
+    matrix: jax.Array, hardware: ChipConfig, key: jax.Array, age_s: float, scaling, reference_age_s: float
+) -> tuple[WeightStatistics, MVMSpec]:
+    """One matrix as a chip with ``hardware`` holds it ``age_s`` after programming: the same pure functions
+    as :class:`~l2l_pcm.chip.Chip` (programming noise, drift, the oracle or calibrated compensation), read
+    statistics with a straight-through mean (gradient 1 w.r.t. ``matrix`` inside the devices' range), and
+    the MVM spec its reads run with (tiles of the layer placed alone, converters at the config's ranges)."""
+    device = hardware.device
+    key_program, key_calibrate, key_patterns = jax.random.split(key, 3)
+    scale = jax.lax.stop_gradient(weight_scale(matrix, scaling, device.w_max))
+    device_weights = jax.lax.stop_gradient(matrix) / scale
+    state = program_layer(device, key_program, device_weights, 0.0)
+    mode = hardware.drift_compensation
+    stats = read_statistics(device, state, jnp.float32(age_s), mode == "global")
+    mean, variance = stats.mean * scale, stats.variance * scale**2
+    # tiles matter to per-tile converters and calibrated compensation only (ideal tiles sum exactly)
+    tiled = hardware.adc_bits is not None or mode in ("array", "column")
+    tiles = _tiles_alone(hardware, matrix.shape) if tiled else ()
+    if mode in ("array", "column"):
+        expected = device.expected_conductance(state.g_target_uS, reference_age_s)
+        intended = device.conductances_to_weights(expected) * scale
+        patterns = jax.random.bernoulli(key_patterns, 0.5, (CALIBRATION_VECTORS, matrix.shape[0]))
+        gain = calibration_gains(
+            patterns.astype(mean.dtype),
+            intended,
+            WeightStatistics(mean, variance),
+            key_calibrate,
+            tiles,
+            mode == "column",
+            hardware.read_noise_rng,
+        )
+        mean, variance = mean * gain, variance * gain**2
+    limit = device.w_max * scale
+    clipped = jnp.clip(matrix, -limit, limit)
+    mean = clipped + jax.lax.stop_gradient(mean - clipped)
+    spec = MVMSpec(
+        tiles=tiles,
+        dac=None if hardware.dac_bits is None else (hardware.dac_bits, hardware.dac_range, False),
+        adc=None if hardware.adc_bits is None else (hardware.adc_bits, hardware.adc_range),
+        read_noise_mode=hardware.read_noise_mode,
+        read_noise_rng=hardware.read_noise_rng,
+    )
+    return WeightStatistics(mean, jax.lax.stop_gradient(variance)), spec
+
+
+def _weight_leaves(params, key: jax.Array):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return leaves, treedef, keys
+
+
+def _check_age(time_since_programming_s, reference_age_s) -> None:
+    for label, value in (("time_since_programming_s", time_since_programming_s), ("reference_age_s", reference_age_s)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(
+                f"hardware-aware training: {label} must be a finite number of seconds >= 0, got {value!r}"
+            )
 
 
 def hardware_aware(
@@ -146,24 +182,87 @@ def hardware_aware(
     hardware: PCMDevice | ChipConfig,
     key: jax.Array,
     time_since_programming_s: float,
-    scaling: str = "layer",
+    scaling: str | float = "layer",
+    reference_age_s: float = 0.0,
 ):
-    """Every weight array (ndim ≥ 2) of a params pytree as the chip would return it after programming,
-    ``time_since_programming_s`` of drift and one read (:meth:`PCMDevice.noisy_weights`: straight-through
-    gradient); 1-D arrays (biases, digital on the chip) pass unchanged. ``scaling`` is :func:`deploy`'s, so
-    training sees the noise the deployed network will see. One key per array."""
-    device = hardware if isinstance(hardware, PCMDevice) else hardware.device
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
+    """Every weight array (ndim ≥ 2) of a params pytree as a chip would return it after programming,
+    ``time_since_programming_s`` of drift and one read; 1-D arrays (biases, digital on the chip) pass
+    unchanged. Straight-through gradient. ``scaling`` and ``reference_age_s`` are :func:`deploy`'s, so
+    training sees the noise the deployed network will see. One key per array.
+
+    With a :class:`ChipConfig`, the whole hardware tree takes effect: the device, drift compensation
+    (oracle "global", or "array"/"column" measured by the chip's calibration reads on tiles of the layer
+    placed alone), and the read-noise generator. One weight sample serves every input of the call, which
+    is ``read_noise_mode="per_batch"``; converters act on a layer's inputs and outputs, not its weights.
+    So a config with ``read_noise_mode="per_read"`` (the default) or converters is refused here: use
+    :func:`hardware_aware_layers` with :func:`analog_dense`, which runs both exactly, or set
+    ``read_noise_mode="per_batch"``. (Update settings apply to writes; no write happens here.) A bare
+    :class:`PCMDevice` is the device alone: ideal converters, no compensation, one read per call.
+    """
+    if isinstance(hardware, PCMDevice):
+        hardware = ChipConfig(device=hardware, read_noise_mode="per_batch")
+    elif not isinstance(hardware, ChipConfig):
+        raise ConfigError(f"hardware must be a PCMDevice or a ChipConfig, got {type(hardware).__name__}")
+    refused = [
+        f"{name}={getattr(hardware, name)!r}"
+        for name, value in (
+            ("dac_bits", hardware.dac_bits is not None),
+            ("adc_bits", hardware.adc_bits is not None),
+            ("read_noise_mode", hardware.read_noise_mode != "per_batch"),
+        )
+        if value
+    ]
+    if refused:
+        raise ConfigError(
+            f"hardware_aware returns one weight sample per call and cannot apply {', '.join(refused)}: "
+            "read the layers through analog_dense on hardware_aware_layers(...) (converters and per-read noise "
+            "exactly), or set read_noise_mode='per_batch' and no converters in the hardware config"
+        )
+    _check_age(time_since_programming_s, reference_age_s)
+    leaves, treedef, keys = _weight_leaves(params, key)
 
     def noisy(weights: jax.Array, leaf_key: jax.Array) -> jax.Array:
         if jnp.ndim(weights) < 2:
             return weights
         matrix = weights.reshape(-1, weights.shape[-1])  # a conv kernel's im2col rows
-        scale = jax.lax.stop_gradient(weight_scale(matrix, scaling, device.w_max))
-        return scale * device.noisy_weights(leaf_key, weights / scale, time_since_programming_s)
+        key_chip, key_read = jax.random.split(leaf_key)
+        stats, _ = _programmed_and_read(matrix, hardware, key_chip, time_since_programming_s, scaling, reference_age_s)
+        return weight_sample(stats, key_read, hardware.read_noise_rng).reshape(weights.shape)
 
     return jax.tree_util.tree_unflatten(treedef, [noisy(w, k) for w, k in zip(leaves, keys, strict=True)])
+
+
+def hardware_aware_layers(
+    params,
+    hardware: ChipConfig,
+    key: jax.Array,
+    time_since_programming_s: float,
+    scaling: str | float = "layer",
+    reference_age_s: float = 0.0,
+):
+    """Every weight array (ndim ≥ 2) of a params pytree as an :class:`AnalogLayer` of a chip with ``hardware``
+    ``time_since_programming_s`` after programming (4-D arrays as HWIO conv layers for :func:`analog_conv`);
+    1-D arrays pass unchanged. Read them with :func:`analog_dense`: the whole hardware tree takes effect,
+    converters (at the config's ranges) and the read-noise mode included, through the same MVM as the chip.
+    Gradients reach the weights straight-through via ``layer.stats.mean``. No ledger: nothing is booked."""
+    if not isinstance(hardware, ChipConfig):
+        raise ConfigError(f"hardware must be a ChipConfig, got {type(hardware).__name__}")
+    _check_age(time_since_programming_s, reference_age_s)
+    leaves, treedef, keys = _weight_leaves(params, key)
+
+    def layer(weights: jax.Array, leaf_key: jax.Array):
+        if jnp.ndim(weights) < 2:
+            return weights
+        if jnp.ndim(weights) not in (2, 4):
+            raise ConfigError(f"weights must be 2-D (dense) or 4-D HWIO (conv), got shape {jnp.shape(weights)}")
+        matrix = weights.reshape(-1, weights.shape[-1])
+        stats, spec = _programmed_and_read(
+            matrix, hardware, leaf_key, time_since_programming_s, scaling, reference_age_s
+        )
+        kernel = tuple(weights.shape) if jnp.ndim(weights) == 4 else None
+        return AnalogLayer(stats, None, spec, kernel)
+
+    return jax.tree_util.tree_unflatten(treedef, [layer(w, k) for w, k in zip(leaves, keys, strict=True)])
 
 
 def conv_kernel_to_matrix(kernel: jax.Array) -> jax.Array:

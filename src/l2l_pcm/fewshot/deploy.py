@@ -63,7 +63,7 @@ class ChipFewShotLearner:
         seconds_between_updates: float = 1.0,
     ) -> None:
         self.config = config
-        self.chip = chip_for_model(chip_config, config.hardware)
+        self.chip = chip_for_model(chip_config, config.hardware, time_since_programming_s)
         self.seconds_between_updates = seconds_between_updates
         # as meta-trained: weights in device units (the update step is 1/16 of w_max); calibrated drift
         # compensation holds them as they read at the age the model was meta-trained with
@@ -72,7 +72,7 @@ class ChipFewShotLearner:
         deploy(layers, self.chip, key, scaling=scaling, reference_age_s=config.time_since_programming_s)
         if time_since_programming_s is None:
             time_since_programming_s = config.time_since_programming_s
-        self.chip.advance(time_since_programming_s)
+        self.chip.advance(time_since_programming_s, warn_fixed_age=False)
         self._deployed = self.chip.snapshot()
 
     @property
@@ -90,8 +90,8 @@ class ChipFewShotLearner:
         key_features, key_steps = jax.random.split(key)
         f_support, f_query = self.features(support_x, query_x, key_features)
         touched = np.zeros(self.chip.placements[READOUT].state_shape, dtype=bool)
-        accuracies, devices, clipped, energy_pJ = [], 0, 0, 0.0
-        macs_before = self.chip.counters[READOUT]["macs"]
+        accuracies, devices, clipped = [], 0, 0
+        energy_before = self.chip.energy_pJ(READOUT)
         for step, step_key in enumerate(jax.random.split(key_steps, self.config.inner_steps + 1)):
             key_query, key_support, key_update = jax.random.split(step_key, 3)
             query_logits = self.chip.mvm(READOUT, f_query, key_query)
@@ -105,9 +105,7 @@ class ChipFewShotLearner:
             touched |= report.touched
             devices += report.devices_touched
             clipped += report.weights_clipped
-            energy_pJ += report.energy_pJ
-            self.chip.advance(self.seconds_between_updates)
-        macs = self.chip.counters[READOUT]["macs"] - macs_before
-        energy_pJ += self.chip.config.energy.mvm_energy_pJ(macs)
+            self.chip.advance(self.seconds_between_updates, warn_fixed_age=False)
+        energy_pJ = self.chip.energy_pJ(READOUT) - energy_before
         predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
         return ChipTaskResult(np.asarray(accuracies), devices, int(touched.sum()), predictions, energy_pJ, clipped)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ from l2l_pcm.fewshot.model import (
     software_conv,
 )
 from l2l_pcm.pcm import PCMDevice, keep_largest, quantize, quantize_weights
+from l2l_pcm.validation import parse
 
 VARIANTS = ("fp32", "4bit", "pcm")
 
@@ -181,14 +183,15 @@ class MAMLConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> MAMLConfig:
-        known = {f.name for f in dataclasses.fields(cls)} | {"device", "update_step"}  # format 2's fields
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown few-shot config fields: {sorted(unknown)}")
+    def from_json(cls, data: dict, path: str = "few-shot config") -> MAMLConfig:
+        """From a JSON object (format 2's ``device``/``update_step`` migrated), type-checked field by field."""
+        if isinstance(data, MAMLConfig):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a JSON object of MAMLConfig fields, got {data!r}")
         data = dict(data)
-        data["hardware"] = hardware_from_fields(data, "update_step")
-        return cls(**data)
+        data["hardware"] = hardware_from_fields(data, "update_step", f"{path}.hardware")
+        return parse(cls, data, path)
 
 
 def read_weights(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -32,6 +33,7 @@ from l2l_pcm.errors import CheckpointError, ConfigError, check_seed
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
 from l2l_pcm.fewshot.maml import MAMLConfig, _is_int, _is_number
 from l2l_pcm.fewshot.model import CONV_NAMES, conv3x3_stride2, cross_entropy, embed, init_params
+from l2l_pcm.validation import parse
 
 CHECKPOINT_KIND = "fewshot-pretrain"
 
@@ -71,13 +73,10 @@ class PretrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> PretrainConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown pretraining config fields: {sorted(unknown)}")
-        data = dict(data)
-        if "fewshot" in data:
-            data["fewshot"] = MAMLConfig.from_json(data["fewshot"])
-        return cls(**data)
+        """From a JSON object, type-checked field by field (the few-shot model's config nested)."""
+        if isinstance(data, Mapping) and isinstance(data.get("fewshot"), Mapping):
+            data = {**data, "fewshot": MAMLConfig.from_json(data["fewshot"], "pretraining config.fewshot")}
+        return parse(cls, data, "pretraining config")
 
 
 def class_count(train_classes: int, fewshot: MAMLConfig) -> int:

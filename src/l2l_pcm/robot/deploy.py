@@ -41,7 +41,6 @@ class ChipUpdateRecord:
     """What the on-chip updates of the last batch of tasks did, per task."""
 
     devices_reprogrammed: list[int] = dataclasses.field(default_factory=list)
-    energy_pJ: list[float] = dataclasses.field(default_factory=list)
 
 
 class ChipTrainee:
@@ -61,7 +60,7 @@ class ChipTrainee:
                 "a model meta-trained without update quantization (quantize_update false) cannot be "
                 "deployed on a chip, which writes updates on its 1/16 grid"
             )
-        self.chip = chip_for_model(chip_config, config.hardware)
+        self.chip = chip_for_model(chip_config, config.hardware, time_since_programming_s)
         w_stack = stack_weights(params["trainee_w_in"], params["trainee_w_rec"])
         self.mask = recurrent_mask(config.trainee, w_stack.dtype)
         layers = {TRAINEE: w_stack * self.mask}
@@ -71,7 +70,8 @@ class ChipTrainee:
         # compensation holds them as they read at the age the model was meta-trained with
         deploy(layers, self.chip, key, scaling="none", reference_age_s=config.time_since_programming_s)
         self.chip.advance(
-            config.time_since_programming_s if time_since_programming_s is None else time_since_programming_s
+            config.time_since_programming_s if time_since_programming_s is None else time_since_programming_s,
+            warn_fixed_age=False,
         )
         self._deployed = self.chip.snapshot()
         self.record = ChipUpdateRecord()
@@ -105,12 +105,11 @@ class ChipTrainee:
                 report = self.chip.reprogram(
                     TRAINEE, applied[task], task_key, rounding="nearest", relative_to="programmed"
                 )
-                self.chip.advance(self.config.seconds_after_update)
+                self.chip.advance(self.config.seconds_after_update, warn_fixed_age=False)
                 stats = self._masked(self.chip.read_statistics(TRAINEE))
                 means.append(stats.mean)
                 variances.append(stats.variance)
                 self.record.devices_reprogrammed.append(report.devices_touched)
-                self.record.energy_pJ.append(report.energy_pJ)
             self.chip.restore(self._deployed)
             return WeightStatistics(jnp.stack(means), jnp.stack(variances))
 

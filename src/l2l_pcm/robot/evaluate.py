@@ -90,13 +90,12 @@ def evaluate(
             read_key = None if precision == "fp32" else jax.random.fold_in(key, 1)
             result = inner_loop(params, targets, key, config, memory=memory, read_key=read_key)
         else:
+            energy_before = chip.chip.energy_pJ()
             result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.fold_in(key, 1))
             chip.count_mvms(targets.xyz.shape[0])
             devices.extend(chip.record.devices_reprogrammed)
-            mvm_pJ = chip.chip.config.energy.mvm_energy_pJ(
-                2 * config.n_steps * np.prod(chip.chip.placements["trainee"].shape)
-            )
-            energy.extend(e + mvm_pJ for e in chip.record.energy_pJ)
+            # the chip's own report: programming, both passes' MVMs (trainee, and W_out on PCM), calibration reads
+            energy.append(chip.chip.energy_pJ() - energy_before)
         before.append(_per_task_mse(result.before, targets))
         after.append(_per_task_mse(result.after, targets))
         distance.append(_per_task_distance_cm(result.after, targets))
@@ -128,7 +127,7 @@ def evaluate(
         "nonzero_updates_fraction": float(np.mean(np.concatenate(fraction_nonzero)) / plastic),
         "devices_reprogrammed_mean": float(np.mean(devices)) if devices else None,
         "devices_reprogrammed_fraction": float(np.mean(devices) / chip.devices) if devices else None,
-        "energy_estimate_pJ_per_update": float(np.mean(energy)) if energy else None,
+        "energy_estimate_pJ_per_update": float(np.sum(energy) / tasks) if energy else None,
     }
     if keep_examples:
         return summary, examples

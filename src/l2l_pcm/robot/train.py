@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -17,9 +18,9 @@ from l2l_pcm.checkpoint import format_version, load_checkpoint
 from l2l_pcm.chip import hardware_from_fields
 from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.robot.model import RobotConfig, init_params, make_optimizer, meta_loss, train_step
-from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
 from l2l_pcm.robot.tasks import sample_trajectories
 from l2l_pcm.training import MetaTrainer
+from l2l_pcm.validation import parse
 
 CHECKPOINT_KIND = "robot-l2l"
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "robot_scorbot.safetensors"
@@ -47,20 +48,19 @@ class RobotTrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> RobotTrainConfig:
+        """From a JSON object (older formats' hardware fields migrated), type-checked field by field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"robot config: expected a JSON object of RobotTrainConfig fields, got {data!r}")
         data = dict(data)
-        try:
-            model = dict(data.pop("model", {}))
+        model = data.get("model", {})
+        if isinstance(model, Mapping):
+            model = dict(model)
             if "quantize_step" in model and model["quantize_step"] is None:  # format 2: null = exact updates
                 model.pop("quantize_step")
                 model["quantize_update"] = False
-            nested = {
-                "trainee": TraineeConfig(**model.pop("trainee", {})),
-                "lsg": LSGConfig(**model.pop("lsg", {})),
-                "hardware": hardware_from_fields(model, "quantize_step"),
-            }
-            return cls(model=RobotConfig(**model, **nested), **data)
-        except TypeError as exc:
-            raise ConfigError(f"unknown or missing robot config fields ({exc})") from None
+            model["hardware"] = hardware_from_fields(model, "quantize_step", "robot config.model.hardware")
+            data["model"] = model
+        return parse(cls, data, "robot config")
 
 
 def trajectories(config: RobotConfig, key: jax.Array, batch: int):

@@ -1,0 +1,197 @@
+"""The chip core: one MVM path with its bookkeeping, complete per-layer records, hardware-aware training
+that honours the whole hardware tree, and library-level rules (issue "One chip core under everything")."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2l_pcm.chip import (
+    Chip,
+    ChipConfig,
+    analog_conv,
+    analog_dense,
+    deploy,
+    hardware_aware,
+    hardware_aware_layers,
+)
+from l2l_pcm.errors import CheckpointError, ConfigError, FixedAgeWarning
+from l2l_pcm.pcm import PCMDevice, device_profile
+
+NOISELESS = PCMDevice().noiseless()
+
+
+def _user_network(key):
+    k1, k2 = jax.random.split(key)
+    return {"fc1": jax.random.normal(k1, (64, 32)) / 8, "fc2": jax.random.normal(k2, (32, 10)) / 6}
+
+
+def test_reads_through_the_layer_api_are_booked_like_chip_mvm_inside_jit_and_vmap(key):
+    """A user network read through analog_dense at 8-bit DAC/ADC with the default ranges: the chip reports
+    its saturation and MVM energy, and books exactly what chip.mvm books for the same inputs."""
+    config = ChipConfig(dac_bits=8, adc_bits=8, n_arrays=4)
+    inputs = 3 * jax.random.uniform(key, (20, 64))  # beyond the default DAC range of 1
+    api, reference = Chip(config), Chip(config)
+    for chip in (api, reference):
+        deploy(_user_network(key), chip, key)
+
+    @jax.jit
+    def forward(layers, x, k):
+        return analog_dense(layers["fc2"], jax.nn.relu(analog_dense(layers["fc1"], x, k)), None)
+
+    layers = {name: api.layer(name) for name in ("fc1", "fc2")}
+    outputs = forward(layers, inputs, key)
+    assert api.saturation("fc1")["dac"] > 0.5 and api.saturation("fc2")["adc"] is not None
+    assert api.energy_report()["fc1"]["mvm_energy_pJ"] == pytest.approx(20 * 64 * 32 * 0.19)
+    hidden = jax.nn.relu(reference.mvm("fc1", inputs, key))
+    np.testing.assert_allclose(outputs, reference.mvm("fc2", hidden, None), rtol=1e-5, atol=1e-5)
+    for name in ("fc1", "fc2"):
+        assert api.counters[name] == reference.counters[name]
+    assert any("'fc1'" in line and "DAC" in line for line in api.saturation_warnings())
+
+    before = dict(api.counters["fc1"])  # vmap: every element's reads are booked
+    jax.vmap(lambda k: analog_dense(layers["fc1"], inputs, k))(jax.random.split(key, 3))
+    assert api.counters["fc1"]["mvm_vectors"] == before["mvm_vectors"] + 3 * 20
+    assert api.counters["fc1"]["dac_saturated"] == 4 * before["dac_saturated"]  # the same inputs, 3 more times
+
+
+def test_conv_reads_through_the_layer_api_are_booked(key):
+    chip = Chip(ChipConfig(device=NOISELESS))
+    deploy({"conv": 0.3 * jax.random.normal(key, (3, 3, 4, 8))}, chip, key)
+    jax.jit(lambda layer, x: analog_conv(layer, x, None, stride=2, padding=1))(
+        chip.layer("conv"), jnp.ones((2, 9, 9, 4))
+    )
+    assert chip.counters["conv"]["mvm_vectors"] == 2 * 5 * 5
+    assert chip.energy_report()["conv"]["mvm_energy_pJ"] > 0
+
+
+@pytest.mark.parametrize("compensation", ["none", "global", "array", "column"])
+def test_hardware_aware_sees_the_chips_weight_error_under_each_drift_compensation(key, compensation):
+    """The mean weight error a chip shows 1 h after programming (towards zero: signed by the weight) is what
+    hardware-aware training trains against (the issue measured -0.0035 on the chip against -0.1145 seen by
+    training under "array")."""
+    hardware = ChipConfig(drift_compensation=compensation, read_noise_mode="per_batch", n_arrays=4)
+    weights = jnp.clip(0.5 * jax.random.normal(key, (256, 128)), -1, 1)
+    chip_errors, trained_errors = [], []
+    for seed in range(4):
+        chip_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+        chip = Chip(hardware)
+        deploy({"w": weights}, chip, chip_key, scaling="none")
+        chip.advance(3600.0)
+        chip_errors.append(float(jnp.mean(jnp.sign(weights) * (chip.read_weights("w") - weights))))
+        seen = hardware_aware({"w": weights}, hardware, train_key, 3600.0, scaling="none")["w"]
+        trained_errors.append(float(jnp.mean(jnp.sign(weights) * (seen - weights))))
+    chip_error, trained_error = np.mean(chip_errors), np.mean(trained_errors)
+    if compensation == "none":
+        assert chip_error < -0.05  # drift shrinks the weights
+    else:
+        assert abs(chip_error) < 0.02  # compensated
+    assert abs(trained_error - chip_error) < 0.1 * abs(chip_error) + 0.003
+
+
+def test_hardware_aware_refuses_what_one_weight_sample_cannot_model_and_layers_run_it_exactly(key):
+    params = {"fc": jax.random.normal(key, (64, 16)) / 8, "bias": jnp.ones(16)}
+    for fields, named in (
+        ({}, "read_noise_mode='per_read'"),
+        ({"dac_bits": 8, "read_noise_mode": "per_batch"}, "dac_bits=8"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            hardware_aware(params, ChipConfig(**fields), key, 60.0)
+    # converters and exact per-read noise through hardware_aware_layers: on a noiseless device the same
+    # outputs as the chip's own layer, converters included
+    hardware = ChipConfig(device=NOISELESS, dac_bits=6, adc_bits=6, adc_range=2.0, array_rows=32)
+    chip = Chip(hardware)
+    deploy({"fc": params["fc"]}, chip, key)
+    layers = hardware_aware_layers(params, hardware, key, 60.0)
+    assert layers["bias"] is params["bias"] and layers["fc"].spec == chip.layer("fc").spec
+    x = 2 * jax.random.normal(key, (10, 64))
+    np.testing.assert_allclose(analog_dense(layers["fc"], x, None), chip.mvm("fc", x, None), atol=1e-5)
+    grad = jax.grad(lambda p: analog_dense(hardware_aware_layers(p, hardware, key, 60.0)["fc"], x, None).sum())(params)
+    assert float(jnp.abs(grad["fc"]).sum()) > 0  # straight-through to the weights
+    with pytest.raises(ConfigError, match="time_since_programming_s"):
+        hardware_aware_layers(params, hardware, key, float("nan"))
+
+
+def test_snapshot_restore_and_save_load_keep_bias_periphery_and_compensation_gains(key, tmp_path):
+    chip = Chip(ChipConfig(drift_compensation="array", dac_bits=8))
+    deploy({"fc": jax.random.normal(key, (40, 12))}, chip, key, biases={"fc": jnp.arange(12.0)})
+    chip.set_periphery("fc", dac_range=4.0)
+    chip.advance(3600.0)
+    x = jax.random.uniform(key, (5, 40))
+    reference = chip.mvm("fc", x, None)
+    snapshot = chip.snapshot()
+    chip.program("fc", jnp.zeros((40, 12)), key)  # no bias now
+    chip.set_periphery("fc", dac_range=0.5)
+    chip.advance(10.0)
+    chip.restore(snapshot)
+    np.testing.assert_array_equal(chip.mvm("fc", x, None), reference)
+    path = tmp_path / "chip.safetensors"
+    chip.save(path)
+    loaded = Chip.load(path)
+    np.testing.assert_array_equal(loaded.mvm("fc", x, None), reference)  # bit-exact under compensation
+    loaded.advance(60.0)
+    chip.advance(60.0)  # both measure again, with the same calibration read
+    np.testing.assert_array_equal(loaded.mvm("fc", x, None), chip.mvm("fc", x, None))
+
+
+def test_a_chip_file_whose_config_disagrees_with_its_conductances_is_refused(key, tmp_path):
+    chip = Chip()
+    deploy({"fc": jnp.ones((8, 4))}, chip, key, scaling="none")
+    path = tmp_path / "chip.safetensors"
+    chip.save(path)
+    from l2l_pcm import _io
+
+    tensors, meta = _io.load_tensors(path, kind="chip-state")
+    meta["config"]["device"] = {"g_max_uS": 12.5}
+    _io.save_tensors(path, tensors, meta)
+    with pytest.raises(CheckpointError, match="g_max_uS"):
+        Chip.load(path)
+
+
+def test_fixed_age_devices_warn_when_time_is_let_pass(key):
+    chip = Chip(ChipConfig(device=device_profile("authors")))
+    deploy({"fc": jnp.ones((8, 4))}, chip, key)
+    with pytest.warns(FixedAgeWarning, match="fixed age of 32 s"):
+        chip.advance(3.15e7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chip.advance(1.0)  # once per chip
+        Chip(ChipConfig(device=device_profile("authors"))).advance(1.0, warn_fixed_age=False)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda chip: chip.place_dense("x", (2.7, 3)), "positive integers"),
+        (lambda chip: chip.place_dense("x", (0, 3)), "positive integers"),
+        (lambda chip: chip.place_dense("", (2, 3)), "non-empty string"),
+        (lambda chip: chip.advance(True), "finite number of seconds"),
+        (lambda chip: chip.mvm("fc", jnp.full((2, 8), jnp.nan), None), "NaN"),
+        (lambda chip: chip.set_periphery("fc", dac_unsigned="yes"), "true or false"),
+    ],
+)
+def test_bad_calls_are_one_line_config_errors(key, call, message):
+    chip = Chip()
+    deploy({"fc": jnp.ones((8, 4))}, chip, key)
+    with pytest.raises(ConfigError, match=message):
+        call(chip)
+
+
+def test_one_checkpoint_migration_says_what_older_formats_meant():
+    from l2l_pcm.checkpoint import migrated_config
+
+    format3 = {"format_version": 3, "config": {"ways": 5, "hardware": {"dac_bits": 8}}}
+    assert migrated_config(format3)["hardware"] == {"dac_bits": 8, "read_noise_rng": "threefry"}
+    format2 = {"format_version": 2, "config": {"model": {"device": "authors", "quantize_step": 0.0625, "batch": 4}}}
+    model = migrated_config(format2)["model"]
+    assert model == {"batch": 4, "hardware": {"device": "authors", "update_step": 0.0625, "read_noise_rng": "threefry"}}
+    assert format2["config"]["model"]["device"] == "authors"  # the metadata itself is left alone
+    current = {"format_version": 4, "config": {"hardware": {}}}
+    assert migrated_config(current)["hardware"] == {} and ChipConfig.from_json({}).read_noise_rng == "counter"
+    for version in (None, "abc", True, 0):
+        with pytest.raises(CheckpointError, match="format_version"):
+            migrated_config({"format_version": version, "config": {}})
+    with pytest.raises(CheckpointError, match="JSON object"):
+        migrated_config({"format_version": 4, "config": [1, 2]})
