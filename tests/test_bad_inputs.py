@@ -776,7 +776,7 @@ def robot_format_one(files, mp):
     yield ["robot", "eval", "--checkpoint", str(files.root / "old.safetensors"), "--tasks", "2"]
 
 
-@case("checkpoint from a newer l2l-pcm (format 99)", r"has checkpoint format 99, this l2l-pcm reads up to 3")
+@case("checkpoint from a newer l2l-pcm (format 99)", r"has checkpoint format 99, this l2l-pcm reads up to 4")
 def newer_format(files, mp):
     from l2l_pcm import _io
 

@@ -150,6 +150,15 @@ def test_a_chip_file_whose_config_disagrees_with_its_conductances_is_refused(key
         Chip.load(path)
 
 
+def test_nan_inputs_are_counted_and_named_not_passed_silently(key):
+    chip = Chip()
+    deploy({"fc": jnp.ones((8, 4))}, chip, key)
+    outputs = chip.mvm("fc", jnp.ones((3, 8)).at[1, 2].set(jnp.nan), key)
+    assert bool(jnp.all(jnp.isnan(outputs[1]))) and bool(jnp.all(jnp.isfinite(outputs[0])))
+    assert chip.counters["fc"]["nonfinite_inputs"] == 1
+    assert any("'fc': 1 input values were NaN" in line for line in chip.saturation_warnings())
+
+
 def test_fixed_age_devices_warn_when_time_is_let_pass(key):
     chip = Chip(ChipConfig(device=device_profile("authors")))
     deploy({"fc": jnp.ones((8, 4))}, chip, key)
@@ -168,7 +177,6 @@ def test_fixed_age_devices_warn_when_time_is_let_pass(key):
         (lambda chip: chip.place_dense("x", (0, 3)), "positive integers"),
         (lambda chip: chip.place_dense("", (2, 3)), "non-empty string"),
         (lambda chip: chip.advance(True), "finite number of seconds"),
-        (lambda chip: chip.mvm("fc", jnp.full((2, 8), jnp.nan), None), "NaN"),
         (lambda chip: chip.set_periphery("fc", dac_unsigned="yes"), "true or false"),
     ],
 )

@@ -415,17 +415,20 @@ def test_plots_write_images(tmp_path):
 
 @needs_shared
 def test_software_eval_refuses_read_noise_settings_it_cannot_apply(tmp_path, capsys):
-    """The few-shot software model draws weight noise, not MVM read noise: a read-noise generator given
-    with --hardware is refused there, and accepted (taking effect) on the chip."""
+    """The few-shot software PCM model reads its conv body once per meta-batch and its readout per vector,
+    whatever the read-noise mode says: a mode given with --hardware is refused there, and accepted (taking
+    effect) on the chip; the generator applies to both."""
     params = init_params(jax.random.PRNGKey(0), TINY.cnn)
     path = save_fewshot_checkpoint(tmp_path / "tiny.safetensors", params, TINY)
     hardware = tmp_path / "hw.json"
-    hardware.write_text(json.dumps({"read_noise_rng": "counter"}))
+    hardware.write_text(json.dumps({"read_noise_mode": "per_batch"}))
     base = ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2", "--queries", "2", "--data-dir", str(SHARED)]
     assert main([*base, "--backend", "software", "--hardware", str(hardware)]) == 2
-    assert "read_noise_rng applies to the chip only" in capsys.readouterr().err
+    assert "read_noise_mode applies to the chip only" in capsys.readouterr().err
     assert main([*base, "--backend", "chip", "--hardware", str(hardware), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["provenance"]["hardware"]["read_noise_rng"] == "counter"
+    assert json.loads(capsys.readouterr().out)["provenance"]["hardware"]["read_noise_mode"] == "per_batch"
+    hardware.write_text(json.dumps({"read_noise_rng": "threefry"}))
+    assert main([*base, "--backend", "software", "--precision", "pcm", "--hardware", str(hardware)]) == 0
 
 
 def test_an_initial_readout_held_at_zero_stays_zero_while_the_body_learns(tmp_path, key):
@@ -443,3 +446,23 @@ def test_an_initial_readout_held_at_zero_stays_zero_while_the_body_learns(tmp_pa
     assert not np.allclose(np.asarray(after["conv2"]), np.asarray(params["conv2"]))
     with pytest.raises(ConfigError, match="learn_initial_readout must be true or false"):
         MAMLConfig(learn_initial_readout="no")
+
+
+@needs_shared
+def test_software_pcm_model_and_chip_agree_on_the_same_tasks():
+    """The software PCM model is the chip's physics (one programming per deployment, only changed devices
+    re-programmed, per-device ages, fresh noise per readout read): on the same 40 tasks of the shipped model
+    the two agree within their intervals at every inner step, and the paired per-task difference is small."""
+    from l2l_pcm.fewshot.data import load_omniglot
+    from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
+    from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT
+
+    params, config, _ = load_fewshot_checkpoint(SHIPPED_CHECKPOINT)
+    images = load_omniglot("evaluation", SHARED)
+    chip = evaluate_chip(params, config, images, tasks=40, seed=3)
+    software = evaluate_software(params, config, images, tasks=40, precision="pcm", seed=3)
+    for step in range(config.inner_steps + 1):
+        difference = abs(chip["accuracy_per_step"][step] - software["accuracy_per_step"][step])
+        allowed = chip["accuracy_per_step_ci95"][step] + software["accuracy_per_step_ci95"][step]
+        assert difference <= allowed, (step, chip["accuracy_per_step"], software["accuracy_per_step"])
+    assert abs(chip["accuracy_mean"] - software["accuracy_mean"]) < 0.02

@@ -95,14 +95,14 @@ def _hardware(args: argparse.Namespace, current):
 def _refuse_chip_only_flags(args: argparse.Namespace, hardware, software_mvms: bool = True) -> None:
     """Flags and hardware settings that change only the chip are errors with the software backend (they
     could not take effect): the software models have no converters and no drift compensation, and the
-    few-shot one (``software_mvms=False``) draws weight noise, not MVM read noise, so the read-noise mode
-    and generator do not apply to it either. (A checkpoint's own chip settings are its deployment's; only
-    what the user asks for is refused.)"""
+    few-shot one (``software_mvms=False``) reads its conv body once per meta-batch and its readout per
+    vector whatever the read-noise mode says, so the mode does not apply to it either (its generator does).
+    (A checkpoint's own chip settings are its deployment's; only what the user asks for is refused.)"""
     if args.backend == "chip":
         return
     asked = getattr(args, "hardware", None) is not None
     default = type(hardware)()
-    mvm_fields = () if software_mvms else ("read_noise_mode", "read_noise_rng")
+    mvm_fields = () if software_mvms else ("read_noise_mode",)
     for field, value in (
         ("dac_bits", asked and hardware.dac_bits),
         ("adc_bits", asked and hardware.adc_bits),

@@ -49,6 +49,7 @@ COUNTER_NAMES = (
     "adc_conversions",
     "adc_saturated",
     "calibration_vectors",
+    "nonfinite_inputs",
 )
 
 
@@ -74,6 +75,8 @@ class ChipLayer:
     gains: jax.Array | None = None
     """Drift-compensation gains [fan_in, fan_out] measured by calibrated compensation, at ``gains_at_s``."""
     gains_at_s: float | None = None
+    spec: MVMSpec | None = None
+    """How its MVMs run (:meth:`Chip.mvm_spec`), derived from the placement, the config and ``periphery``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +165,8 @@ class Chip:
         self.now_s = 0.0
         self.layers: dict[str, ChipLayer] = {}
         """One record per placed layer (:class:`ChipLayer`)."""
-        self.counters: dict[str, dict[str, int]] = {}
+        self._counters: dict[str, dict[str, int]] = {}
+        self._pending: list[tuple[str, MVMCounts, MVMSpec]] = []
         self._space = ArraySpace(self.config.n_arrays, self.config.array_rows, self.config.array_cols)
         self._stats_cache: dict[str, WeightStatistics] = {}
         self._patterns: dict[str, jax.Array] = {}
@@ -198,6 +202,8 @@ class Chip:
         return {name: layer.periphery for name, layer in self.layers.items() if layer.periphery is not None}
 
     def _set(self, name: str, **changes) -> ChipLayer:
+        if "periphery" in changes or "placement" in changes:
+            changes["spec"] = None
         self.layers[name] = dataclasses.replace(self.layers[name], **changes)
         self._stats_cache.pop(name, None)
         return self.layers[name]
@@ -225,13 +231,13 @@ class Chip:
         for layer, layer_tiles in tiles.items():
             if layer != name:  # a re-pack moved it: where it sits changes, not what it holds
                 moved = dataclasses.replace(self.layers[layer].placement, tiles=layer_tiles)
-                self.layers[layer] = dataclasses.replace(self.layers[layer], placement=moved)
+                self.layers[layer] = dataclasses.replace(self.layers[layer], placement=moved, spec=None)
         placement = LayerPlacement(
             name, kind, shape, kernel_shape, tiles[name], self.config.device.devices_per_polarity
         )
         self.layers[name] = ChipLayer(placement)
         self._stats_cache.clear()
-        self.counters[name] = dict.fromkeys(COUNTER_NAMES, 0)
+        self._counters[name] = dict.fromkeys(COUNTER_NAMES, 0)
         return placement
 
     def _placement(self, name: str) -> LayerPlacement:
@@ -299,7 +305,7 @@ class Chip:
         expected = device.expected_conductance(state.g_target_uS, reference_age_s)
         intended = device.conductances_to_weights(expected) * scale
         self._set(name, state=state, scale=scale, bias=bias, intended=intended, gains=None, gains_at_s=None)
-        self.counters[name]["weights_clipped"] += clipped
+        self._counters[name]["weights_clipped"] += clipped
         weights = placement.shape[0] * placement.shape[1]
         report = self._count_programming(placement, placement.devices, weights, placement.shape[0])
         return dataclasses.replace(report, weights_clipped=clipped)
@@ -344,11 +350,11 @@ class Chip:
         )
         touched = np.asarray(touched)
         report = self._count_programming(placement, int(touched.sum()), int(pairs), int(rows))
-        self.counters[name]["weights_clipped"] += int(clipped)
+        self._counters[name]["weights_clipped"] += int(clipped)
         return dataclasses.replace(report, touched=touched, weights_clipped=int(clipped))
 
     def _count_programming(self, placement: LayerPlacement, devices: int, pairs: int, rows: int) -> ReprogramReport:
-        counters = self.counters[placement.name]
+        counters = self._counters[placement.name]
         counters["devices_programmed"] += devices
         counters["program_events"] += 1
         counters["rows_programmed"] += rows
@@ -424,8 +430,8 @@ class Chip:
             self.config.read_noise_rng,
         )
         vectors = 2 * CALIBRATION_VECTORS  # each pattern and its complement, read without converters
-        self.counters[name]["calibration_vectors"] += vectors
-        self.book_mvms(name, MVMCounts(vectors, 0, 0), MVMSpec(tiles=placement.blocks))
+        self._counters[name]["calibration_vectors"] += vectors
+        self.book_mvms(name, MVMCounts(vectors, 0, 0, 0), MVMSpec(tiles=placement.blocks))
         return gain
 
     def intended_weights(self, name: str) -> jax.Array:
@@ -441,16 +447,21 @@ class Chip:
 
     def mvm_spec(self, name: str) -> MVMSpec:
         """How a layer's MVMs run now: its tiles, the converters with its ranges, the read-noise mode."""
+        record = self.layers.get(name)
+        if record is not None and record.spec is not None:
+            return record.spec
         placement = self._placement(name)
         cfg = self.config
         ranges = self.layer_periphery(name)
-        return MVMSpec(
+        spec = MVMSpec(
             tiles=placement.blocks,
             dac=None if cfg.dac_bits is None else (cfg.dac_bits, ranges.dac_range, ranges.dac_unsigned),
             adc=None if cfg.adc_bits is None else (cfg.adc_bits, ranges.adc_range),
             read_noise_mode=cfg.read_noise_mode,
             read_noise_rng=cfg.read_noise_rng,
         )
+        self.layers[name] = dataclasses.replace(record, spec=spec)  # derived: dropped when placement or ranges change
+        return spec
 
     def layer(self, name: str) -> AnalogLayer:
         """A programmed layer as read now, for :func:`~l2l_pcm.chip.analog_dense` / :func:`~l2l_pcm.chip.analog_conv`
@@ -466,7 +477,8 @@ class Chip:
         """Analog matrix-vector products ``inputs [..., fan_in] @ W``; fresh read noise for every vector.
 
         ``key=None`` returns the expectation (no read noise). DAC and ADC quantization follow the config and
-        the layer's ranges; every MVM and every clipped conversion is counted.
+        the layer's ranges; every MVM, every clipped conversion and every NaN or inf input is counted
+        (:meth:`saturation_warnings` names the layers read with NaN). Nothing here waits for the result.
         """
         placement = self._placement(name)
         inputs = jnp.asarray(inputs, dtype=jnp.float32)
@@ -474,30 +486,40 @@ class Chip:
             raise ConfigError(
                 f"inputs for layer '{name}' have shape {tuple(inputs.shape)}, expected [..., {placement.shape[0]}]"
             )
-        if not bool(jnp.all(jnp.isfinite(inputs))):
-            raise ConfigError(f"inputs for layer '{name}' contain NaN or inf")
-        layer = self.layer(name)
-        outputs, counts = _analog_mvm(inputs, layer.stats, key, layer.spec)
-        self.book_mvms(name, counts, layer.spec)
-        return outputs if layer.bias is None else outputs + layer.bias
+        spec, bias = self.mvm_spec(name), self.layers[name].bias
+        outputs, counts = _analog_mvm(inputs, self.read_statistics(name), key, spec)
+        self.book_mvms(name, counts._replace(vectors=math.prod(inputs.shape[:-1])), spec)
+        return outputs if bias is None else outputs + bias
 
     def book_mvms(self, name: str, counts: MVMCounts, spec: MVMSpec | None = None) -> None:
         """Book what analog reads of a layer did (:class:`MVMCounts`, from :func:`analog_mvm`): vectors, array
-        MVMs, MACs, and, for each converter ``spec`` has (default: the layer's now), its conversions and
-        clips. Every read path books here: :meth:`mvm`, calibration reads and the layer API (by its ledger)."""
-        placement = self._placement(name)
-        spec = self.mvm_spec(name) if spec is None else spec
-        vectors = int(counts.vectors)
-        counters = self.counters[name]
-        counters["mvm_vectors"] += vectors
-        counters["array_mvms"] += vectors * len(placement.tiles)
-        counters["macs"] += vectors * placement.shape[0] * placement.shape[1]
-        if spec.dac is not None:
-            counters["dac_conversions"] += vectors * placement.shape[0]
-            counters["dac_saturated"] += int(counts.dac_saturated)
-        if spec.adc is not None:
-            counters["adc_conversions"] += vectors * sum(tile.cols for tile in placement.tiles)
-            counters["adc_saturated"] += int(counts.adc_saturated)
+        MVMs, MACs, non-finite inputs and, for each converter ``spec`` has (default: the layer's now), its
+        conversions and clips. Every read path books here: :meth:`mvm`, calibration reads and the layer API
+        (by its ledger). Counts still on the device are added when :attr:`counters` is next read, so a
+        read does not wait for its own result."""
+        self._placement(name)
+        self._pending.append((name, counts, self.mvm_spec(name) if spec is None else spec))
+
+    @property
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per layer: devices programmed, programming events and rows, MVM vectors, array MVMs, MACs, weights
+        clipped, converter conversions and clips, calibration vectors, non-finite inputs."""
+        pending, self._pending = self._pending, []
+        for name, counts, spec in pending:
+            placement = self.layers[name].placement
+            vectors = int(counts.vectors)
+            counters = self._counters[name]
+            counters["mvm_vectors"] += vectors
+            counters["array_mvms"] += vectors * len(placement.tiles)
+            counters["macs"] += vectors * placement.shape[0] * placement.shape[1]
+            counters["nonfinite_inputs"] += int(counts.nonfinite_inputs)
+            if spec.dac is not None:
+                counters["dac_conversions"] += vectors * placement.shape[0]
+                counters["dac_saturated"] += int(counts.dac_saturated)
+            if spec.adc is not None:
+                counters["adc_conversions"] += vectors * sum(tile.cols for tile in placement.tiles)
+                counters["adc_saturated"] += int(counts.adc_saturated)
+        return self._counters
 
     def record_mvms(self, name: str, vectors: int) -> None:
         """Book ``vectors`` MVMs of a layer whose counts were not kept (no converter conversions or clips).
@@ -505,7 +527,7 @@ class Chip:
         Prefer reads through :meth:`layer` (booked by themselves) or :meth:`book_mvms` with the
         :class:`MVMCounts` of :func:`analog_mvm`."""
         spec = dataclasses.replace(self.mvm_spec(name), dac=None, adc=None)
-        self.book_mvms(name, MVMCounts(vectors, 0, 0), spec)
+        self.book_mvms(name, MVMCounts(vectors, 0, 0, 0), spec)
 
     # ------------------------------------------------------------------------------ periphery
     def layer_periphery(self, name: str) -> Periphery:
@@ -569,9 +591,13 @@ class Chip:
         }
 
     def saturation_warnings(self, threshold: float = 0.01) -> list[str]:
-        """One line per layer whose DAC or ADC clipped more than ``threshold`` of its conversions."""
+        """One line per layer whose DAC or ADC clipped more than ``threshold`` of its conversions, and one per
+        layer that was read with NaN or inf inputs (its outputs are NaN)."""
         lines = []
         for name in self.layers:
+            nonfinite = self.counters[name]["nonfinite_inputs"]
+            if nonfinite:
+                lines.append(f"layer '{name}': {nonfinite} input values were NaN or inf; those reads returned NaN")
             ranges = self.layer_periphery(name)
             for kind, fraction in self.saturation(name).items():
                 if fraction is not None and fraction > threshold:
@@ -743,7 +769,7 @@ class Chip:
             for name, ranges in meta.get("periphery", {}).items():
                 chip.set_periphery(name, **ranges)
             for name, counters in meta["counters"].items():
-                chip.counters[name] = {key: int(counters.get(key, 0)) for key in COUNTER_NAMES}
+                chip._counters[name] = {key: int(counters.get(key, 0)) for key in COUNTER_NAMES}
             chip._calibrations = int(meta.get("calibrations", 0))
         except (CheckpointError, ConfigError):
             raise

@@ -51,10 +51,12 @@ class MVMCounts(NamedTuple):
     vectors: jax.Array
     dac_saturated: jax.Array
     adc_saturated: jax.Array
+    nonfinite_inputs: jax.Array | int = 0
+    """Input values that were NaN or inf (their outputs are NaN: the chip counts and warns)."""
 
     @classmethod
     def zero(cls) -> MVMCounts:
-        return cls(jnp.int32(0), jnp.int32(0), jnp.int32(0))
+        return cls(jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(0))
 
     def plus(self, other: MVMCounts) -> MVMCounts:
         return MVMCounts(*(a + b for a, b in zip(self, other, strict=True)))
@@ -238,13 +240,14 @@ def analog_mvm(
     it. Returns the outputs and the :class:`MVMCounts` of the call; every analog read of the library (the
     chip's, the layer API's, the scenarios') is this function, so what it counts is what the chip books."""
     vectors = jnp.int32(math.prod(inputs.shape[:-1]))
+    nonfinite = jnp.sum(~jnp.isfinite(inputs)).astype(jnp.int32)
     dac_clipped = adc_clipped = jnp.int32(0)
     if spec.dac is not None:
         dac_clipped = saturated(inputs, *spec.dac[1:]).astype(jnp.int32)
         inputs = uniform_quantize(inputs, *spec.dac)
 
     def counts(adc_clipped):
-        return MVMCounts(vectors, dac_clipped, jnp.asarray(adc_clipped, jnp.int32))
+        return MVMCounts(vectors, dac_clipped, jnp.asarray(adc_clipped, jnp.int32), nonfinite)
 
     if spec.adc is None or not spec.tiles:  # partial sums of ideal tiles add up exactly: one matmul
         outputs = analog_matmul(inputs, stats, key, spec.read_noise_mode, spec.read_noise_rng)

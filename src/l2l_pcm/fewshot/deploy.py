@@ -60,11 +60,9 @@ class ChipFewShotLearner:
         key: jax.Array,
         chip_config: ChipConfig | None = None,
         time_since_programming_s: float | None = None,
-        seconds_between_updates: float = 1.0,
     ) -> None:
         self.config = config
         self.chip = chip_for_model(chip_config, config.hardware, time_since_programming_s)
-        self.seconds_between_updates = seconds_between_updates
         # as meta-trained: weights in device units (the update step is 1/16 of w_max); calibrated drift
         # compensation holds them as they read at the age the model was meta-trained with
         layers = {name: params[name] for name in (*CONV_NAMES, READOUT)}
@@ -105,7 +103,7 @@ class ChipFewShotLearner:
             touched |= report.touched
             devices += report.devices_touched
             clipped += report.weights_clipped
-            self.chip.advance(self.seconds_between_updates, warn_fixed_age=False)
+            self.chip.advance(self.config.seconds_between_updates, warn_fixed_age=False)
         energy_pJ = self.chip.energy_pJ(READOUT) - energy_before
         predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
         return ChipTaskResult(np.asarray(accuracies), devices, int(touched.sum()), predictions, energy_pJ, clipped)

@@ -23,6 +23,18 @@ from l2l_pcm.training import mean_ci95
 TASK_BATCH = 50
 
 
+def validate(params, sampler: TaskSampler, config: MAMLConfig, device: PCMDevice, tasks: int, seed: int):
+    """Final-step query accuracy over ``tasks`` validation tasks (mean, 95 % CI)."""
+    finals = []
+    batch_size = config.meta_batch
+    for start in range(0, tasks, batch_size):
+        n = min(batch_size, tasks - start)
+        batch = sampler.sample(seed * 1_000_003 + start, n)
+        accuracies = evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config, device)
+        finals.extend(np.asarray(accuracies[:, -1]).tolist())
+    return mean_ci95(finals)
+
+
 def _check_request(params, config: MAMLConfig, tasks: int) -> None:
     """Refuse what would give a wrong number: a task shape the readout cannot score, or no interval."""
     readout_ways = int(params["readout"].shape[-1])

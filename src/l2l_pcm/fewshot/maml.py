@@ -11,9 +11,11 @@ Variants (``MAMLConfig.variant``):
 * ``fp32``: plain floating point;
 * ``4bit``: every weight read through a 4-bit stochastic-rounding quantizer (straight-through), and the
   readout re-quantized after each inner step;
-* ``pcm``: hardware-aware: conv kernels and readout read through :meth:`PCMDevice.noisy_weights`
-  (programming noise, drift at ``time_since_programming_s``, read noise; straight-through), inner
-  updates quantized to ``update_step`` (1/16) with stochastic rounding, as the chip will apply them.
+* ``pcm``: hardware-aware, on the chip's own pure functions (:mod:`l2l_pcm.chip.crossbar`): conv kernels
+  and readout programmed once per meta-batch (programming noise), read at ``time_since_programming_s``
+  (drift, read noise; straight-through); the readout read with fresh noise per vector, inner updates
+  quantized to ``update_step`` (1/16) with stochastic rounding and re-programming only the devices they
+  change, as the chip applies them (:func:`adapt_task`).
 
 All weights are kept in the PCM range [−w_max, w_max] after every outer step (the readout in
 ±``readout_scale``·w_max, the range its devices map to).
@@ -31,7 +33,17 @@ import jax.numpy as jnp
 import optax
 
 from l2l_pcm import distributed
-from l2l_pcm.chip import ChipConfig, hardware_from_fields
+from l2l_pcm.chip import (
+    ChipConfig,
+    LayerState,
+    WeightStatistics,
+    analog_matmul,
+    hardware_from_fields,
+    program_layer,
+    read_statistics,
+    reprogram_layer,
+    weight_sample,
+)
 from l2l_pcm.errors import ConfigError, check_seed
 from l2l_pcm.fewshot.model import (
     CONV_NAMES,
@@ -91,6 +103,9 @@ class MAMLConfig:
     few small updates, so a smaller scale spends the devices' range on them: finer steps, and less
     programming and read noise relative to them; too small, and updates clip (the chip counts them)."""
     time_since_programming_s: float = 3600.0
+    seconds_between_updates: float = 1.0
+    """Chip time between two inner updates of a task (the chip and the ``pcm`` variant): devices an update
+    re-programmed are this old at the next read."""
     iterations: int = 3000
     validate_every: int = 250
     validation_tasks: int = 200
@@ -139,6 +154,10 @@ class MAMLConfig:
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (_is_number(self.seconds_between_updates) and self.seconds_between_updates >= 0):
+            raise ConfigError(
+                f"seconds_between_updates must be a finite number >= 0, got {self.seconds_between_updates!r}"
+            )
         if not (_is_number(self.time_since_programming_s) and self.time_since_programming_s >= 0):
             raise ConfigError(
                 f"time_since_programming_s must be a finite number >= 0, got {self.time_since_programming_s!r}"
@@ -198,40 +217,109 @@ def read_weights(
     config: MAMLConfig, device: PCMDevice, weights: jax.Array, key: jax.Array, scale: float = 1.0
 ) -> jax.Array:
     """The weights the forward pass sees under the variant (straight-through gradients); ``scale`` is the
-    layer's weight per device unit (``readout_scale`` for the readout, 1 for the conv kernels)."""
+    layer's weight per device unit (``readout_scale`` for the readout, 1 for the conv kernels).
+
+    ``pcm``: the chip's own physics (:func:`l2l_pcm.chip.program_layer`, :func:`~l2l_pcm.chip.read_statistics`
+    at ``time_since_programming_s``, with the hardware's oracle drift compensation if set), and one read of
+    every weight (:func:`~l2l_pcm.chip.weight_sample`): the conv body's read noise is drawn once per
+    meta-batch and shared by its images ("per_batch"), where the chip draws it per patch; the readout is
+    read per vector (:func:`adapt_task`)."""
     if config.variant == "4bit":
         return scale * quantize_weights(weights / scale, config.weight_bits, device.w_max, key)
     if config.variant == "pcm":
-        return scale * device.noisy_weights(key, weights / scale, config.time_since_programming_s)
+        key_program, key_read = jax.random.split(key)
+        state = program_layer(device, key_program, jax.lax.stop_gradient(weights) / scale, 0.0)
+        stats = _pcm_statistics(config, device, weights, state, config.time_since_programming_s, scale)
+        return weight_sample(stats, key_read, config.hardware.read_noise_rng)
     return weights
 
 
+def _pcm_statistics(config: MAMLConfig, device: PCMDevice, weights, state: LayerState, now_s, scale: float):
+    """Read statistics of a layer's devices at chip time ``now_s`` in weight units, with a straight-through
+    mean: the forward value is what the devices return, the gradient reaches ``weights`` (clipped to the
+    layer's range) as if they were exact."""
+    stats = read_statistics(device, state, now_s, config.hardware.drift_compensation == "global")
+    limit = scale * device.w_max
+    clipped = jnp.clip(weights, -limit, limit)
+    mean = clipped + jax.lax.stop_gradient(scale * stats.mean - clipped)
+    return WeightStatistics(mean, jax.lax.stop_gradient(scale**2 * stats.variance))
+
+
 def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) -> jax.Array:
-    """One inner SGD step on the readout, written as the variant's hardware would store it."""
+    """One inner SGD step on the readout, written as the variant's hardware would store it (the ``pcm``
+    variant's device state follows in :func:`adapt_task`)."""
     step = keep_largest(-config.inner_lr * gradient, config.update_budget)
     scale = config.readout_scale
     if config.variant == "pcm":
-        rounding_key = key if config.update_rounding == "stochastic" else None
-        step = scale * quantize(step / scale, config.update_step, rounding_key)
-        return jnp.clip(readout + step, -scale * device.w_max, scale * device.w_max)
+        return jnp.clip(
+            readout + scale * _device_update(config, step, key), -scale * device.w_max, scale * device.w_max
+        )
     if config.variant == "4bit":
         return scale * quantize_weights((readout + step) / scale, config.weight_bits, device.w_max, key)
     return readout + step
 
 
-def adapt_task(config: MAMLConfig, device: PCMDevice, readout0, f_support, y_support, f_query, y_query, key):
-    """Run the inner loop on one task's features; returns (final query loss, query accuracy per step 0..K)."""
+def _device_update(config: MAMLConfig, step: jax.Array, key: jax.Array) -> jax.Array:
+    """An inner step in device units on the update grid (straight-through), as :meth:`Chip.reprogram` writes it."""
+    rounding_key = key if config.update_rounding == "stochastic" else None
+    return quantize(step / config.readout_scale, config.update_step, rounding_key)
+
+
+def readout_state(config: MAMLConfig, device: PCMDevice, readout0: jax.Array, key: jax.Array) -> LayerState | None:
+    """The ``pcm`` variant's readout devices as programmed at deployment (one chip per meta-batch, shared by
+    its tasks, as every chip task starts from the deployed state); None for the other variants."""
+    if config.variant != "pcm":
+        return None
+    return program_layer(device, key, jax.lax.stop_gradient(readout0) / config.readout_scale, 0.0)
+
+
+def adapt_task(
+    config: MAMLConfig, device: PCMDevice, readout0, f_support, y_support, f_query, y_query, key, state=None
+):
+    """Run the inner loop on one task's features; returns (final query loss, query accuracy per step 0..K).
+
+    ``pcm`` (``state`` from :func:`readout_state`, or programmed for this task if None): the chip's inner
+    loop, on the chip's pure functions. The readout is read at ``time_since_programming_s``, with fresh read
+    noise for every support and query vector (:func:`l2l_pcm.chip.analog_matmul`); each update is quantized, written by
+    :func:`~l2l_pcm.chip.reprogram_layer` (only the devices it changes get fresh programming noise and
+    drift exponents, and their own programming time), and ``seconds_between_updates`` pass before the next
+    read, as on the chip (:class:`l2l_pcm.fewshot.deploy.ChipFewShotLearner`)."""
     readout = readout0
+    now_s = config.time_since_programming_s
+    if state is None:  # a task on its own: its readout programmed for it
+        state = readout_state(config, device, readout0, jax.random.fold_in(key, 0x5EAD))
     accuracies = []
     for step, step_key in enumerate(jax.random.split(key, config.inner_steps + 1)):
         key_read, key_update = jax.random.split(step_key)
-        w = read_weights(config, device, readout, key_read, config.readout_scale)
-        accuracies.append(accuracy(f_query @ w, y_query))
+        if config.variant == "pcm":
+            key_query, key_support = jax.random.split(key_read)
+            stats = _pcm_statistics(config, device, readout, state, now_s, config.readout_scale)
+            rng = config.hardware.read_noise_rng
+
+            def logits(features, read_key, stats=stats, rng=rng):
+                return analog_matmul(features, stats, read_key, "per_read", rng)
+        else:
+            w = read_weights(config, device, readout, key_read, config.readout_scale)
+            key_query = key_support = None
+
+            def logits(features, read_key, w=w):
+                return features @ w
+
+        query_logits = logits(f_query, key_query)
+        accuracies.append(accuracy(query_logits, y_query))
         if step == config.inner_steps:
-            loss = cross_entropy(f_query @ w, y_query)
+            loss = cross_entropy(query_logits, y_query)
             break
-        gradient = readout_gradient(f_support, f_support @ w, y_support)
-        readout = inner_update(config, device, readout, gradient, key_update)
+        gradient = readout_gradient(f_support, logits(f_support, key_support), y_support)
+        if config.variant == "pcm":
+            key_round, key_program = jax.random.split(key_update)
+            update = _device_update(config, keep_largest(-config.inner_lr * gradient, config.update_budget), key_round)
+            limit = config.readout_scale * device.w_max
+            readout = jnp.clip(readout + config.readout_scale * update, -limit, limit)
+            state, _ = reprogram_layer(device, key_program, state, jax.lax.stop_gradient(update), now_s)
+            now_s = now_s + config.seconds_between_updates
+        else:
+            readout = inner_update(config, device, readout, gradient, key_update)
     return loss, jnp.stack(accuracies)
 
 
@@ -241,16 +329,23 @@ def read_kernels(config: MAMLConfig, device: PCMDevice, conv_params: dict, key: 
     return [read_weights(config, device, conv_params[name], k) for name, k in zip(CONV_NAMES, keys, strict=True)]
 
 
-def one_task_outputs(config: MAMLConfig, device: PCMDevice, kernels, readout0, task, key, conv=software_conv):
+def one_task_outputs(
+    config: MAMLConfig, device: PCMDevice, kernels, readout0, task, key, conv=software_conv, state=None
+):
     """(final query loss, query accuracy per inner step [K+1]) of one task ``(sx, sy, qx, qy)``."""
     support_x, support_y, query_x, query_y = task
     f_s, f_q = embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
-    return adapt_task(config, device, readout0, f_s, support_y, f_q, query_y, key)
+    return adapt_task(config, device, readout0, f_s, support_y, f_q, query_y, key, state)
 
 
 def _split_keys(key: jax.Array, tasks: int) -> tuple[jax.Array, jax.Array]:
     key_conv, key_tasks = jax.random.split(key)
     return key_conv, jax.random.split(key_tasks, tasks)
+
+
+def _readout_key(key_conv: jax.Array) -> jax.Array:
+    """The readout's programming key of a meta-batch (apart from the conv kernels' keys)."""
+    return jax.random.fold_in(key_conv, len(CONV_NAMES))
 
 
 def _conv_params(params: dict) -> dict:
@@ -264,9 +359,10 @@ def task_outputs(params, batch, key, config: MAMLConfig, device: PCMDevice):
     """
     key_conv, task_keys = _split_keys(key, batch[0].shape[0])
     kernels = read_kernels(config, device, _conv_params(params), key_conv)
+    state = readout_state(config, device, params["readout"], _readout_key(key_conv))
 
     def one_task(sx, sy, qx, qy, task_key):
-        return one_task_outputs(config, device, kernels, params["readout"], (sx, sy, qx, qy), task_key)
+        return one_task_outputs(config, device, kernels, params["readout"], (sx, sy, qx, qy), task_key, state=state)
 
     return jax.vmap(one_task)(*batch, task_keys)
 
@@ -292,9 +388,11 @@ def meta_gradient(params, batch, key, config: MAMLConfig, device: PCMDevice):
         lambda conv_params: read_kernels(config, device, conv_params, key_conv), _conv_params(params)
     )
 
+    state = readout_state(config, device, params["readout"], _readout_key(key_conv))
+
     def task_loss(shared, task):
         kernels, readout0 = shared
-        return one_task_outputs(config, device, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2)
+        return one_task_outputs(config, device, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2, state=state)
 
     def task_sums(shared, task):
         (loss, accuracies), grads = jax.value_and_grad(task_loss, has_aux=True)(shared, task)

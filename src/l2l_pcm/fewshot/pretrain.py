@@ -31,6 +31,7 @@ from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import load_checkpoint
 from l2l_pcm.errors import CheckpointError, ConfigError, check_seed
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
+from l2l_pcm.fewshot.evaluate import validate
 from l2l_pcm.fewshot.maml import MAMLConfig, _is_int, _is_number
 from l2l_pcm.fewshot.model import CONV_NAMES, conv3x3_stride2, cross_entropy, embed, init_params
 from l2l_pcm.validation import parse
@@ -148,8 +149,6 @@ def make_trainer(
     config: PretrainConfig, train_set: OmniglotImages | np.ndarray, val_set: OmniglotImages | np.ndarray
 ) -> training.MetaTrainer:
     """The pre-training run as a :class:`~l2l_pcm.training.MetaTrainer` (checkpoints, resume, validation)."""
-    from l2l_pcm.fewshot.train import validate
-
     fewshot = config.fewshot
     train_images = train_set.images if isinstance(train_set, OmniglotImages) else np.asarray(train_set)
     # queries=1: the sampler must leave a drawing beside the support set, which pre-training does not use

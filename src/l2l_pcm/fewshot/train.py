@@ -16,10 +16,13 @@ from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import checkpoint_kind, load_checkpoint, save_checkpoint
 from l2l_pcm.errors import CheckpointError
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
-from l2l_pcm.fewshot.maml import MAMLConfig, evaluate_batch, make_optimizer, train_step
+from l2l_pcm.fewshot.evaluate import validate
+from l2l_pcm.fewshot.maml import MAMLConfig, make_optimizer, train_step
 from l2l_pcm.fewshot.model import init_params
+from l2l_pcm.fewshot.pretrain import CHECKPOINT_KIND as PRETRAIN_KIND
+from l2l_pcm.fewshot.pretrain import pretrained_body
 from l2l_pcm.pcm import PCMDevice
-from l2l_pcm.training import MetaTrainer, mean_ci95
+from l2l_pcm.training import MetaTrainer
 
 CHECKPOINT_KIND = "fewshot-maml"
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "fewshot_omniglot_5way5shot.safetensors"
@@ -46,27 +49,12 @@ def load_fewshot_checkpoint(path, with_optimizer: bool = False):
 def initial_parameters(path, config: MAMLConfig) -> tuple[dict, dict]:
     """(params, metadata) of the checkpoint a run starts from: a few-shot checkpoint of the same model,
     or a supervised pre-training one (:mod:`l2l_pcm.fewshot.pretrain`: its conv body, a zero readout)."""
-    from l2l_pcm.fewshot.pretrain import CHECKPOINT_KIND as PRETRAIN_KIND
-    from l2l_pcm.fewshot.pretrain import pretrained_body
-
     if checkpoint_kind(path) == PRETRAIN_KIND:
         return pretrained_body(path, config)
     params, source, metadata = load_fewshot_checkpoint(path)
     if source.cnn != config.cnn:
         raise CheckpointError(f"{path} has model {source.cnn}, this run needs {config.cnn}")
     return params, metadata
-
-
-def validate(params, sampler: TaskSampler, config: MAMLConfig, device: PCMDevice, tasks: int, seed: int):
-    """Final-step query accuracy over ``tasks`` validation tasks (mean, 95 % CI)."""
-    finals = []
-    batch_size = config.meta_batch
-    for start in range(0, tasks, batch_size):
-        n = min(batch_size, tasks - start)
-        batch = sampler.sample(seed * 1_000_003 + start, n)
-        accuracies = evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config, device)
-        finals.extend(np.asarray(accuracies[:, -1]).tolist())
-    return mean_ci95(finals)
 
 
 def make_trainer(
