@@ -213,7 +213,7 @@ def test_save_and_load_round_trip(tmp_path, key):
     chip = paper_cnn_chip()
     chip.program("readout", 0.3 * jax.random.normal(key, (56, 5)), key)
     chip.advance(123.0)
-    chip.reprogram("readout", 0.1 * jax.random.normal(key, (56, 5)), key)
+    chip.reprogram("readout", 0.1 * jax.random.normal(key, (56, 5)), key, rounding="stochastic")
     chip.mvm("readout", jnp.ones((3, 56)), key)
     path = tmp_path / "chip.safetensors"
     chip.save(path)

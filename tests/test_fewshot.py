@@ -466,3 +466,14 @@ def test_software_pcm_model_and_chip_agree_on_the_same_tasks():
         allowed = chip["accuracy_per_step_ci95"][step] + software["accuracy_per_step_ci95"][step]
         assert difference <= allowed, (step, chip["accuracy_per_step"], software["accuracy_per_step"])
     assert abs(chip["accuracy_mean"] - software["accuracy_mean"]) < 0.02
+
+
+def test_pcm_training_refuses_a_compensation_its_model_cannot_apply():
+    images = np.zeros((10, 20, 28, 28), np.float32)
+    for mode in ("array", "column"):
+        config = dataclasses.replace(TINY, variant="pcm", hardware=ChipConfig(drift_compensation=mode))
+        with pytest.raises(ConfigError, match="calibrated"):
+            train_module.make_trainer(config, images, images)
+    train_module.make_trainer(
+        dataclasses.replace(TINY, variant="fp32", hardware=ChipConfig(drift_compensation="array")), images, images
+    )

@@ -55,6 +55,28 @@ def test_chip_with_noise_off_matches_software(w_out_on_pcm):
     assert np.all(np.asarray(chip.record.devices_reprogrammed) <= 2 * nonzero)
 
 
+def test_the_robots_crossbar_reads_are_booked_with_their_converter_clips():
+    """Both passes' trainee reads and the readout's on PCM land in the chip's counters, converters included
+    (they used to be booked as bare vector counts, their clips dropped)."""
+    config = small_robot(w_out_on_pcm=True)
+    params = init_params(jax.random.PRNGKey(0), config)
+    targets = trajectories(config, jax.random.PRNGKey(1), 4)
+    key = jax.random.PRNGKey(2)
+    chip = ChipTrainee(params, config, key, ChipConfig(adc_bits=6, adc_range=0.05), time_since_programming_s=60.0)
+    result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.PRNGKey(3))
+    before = {name: dict(counters) for name, counters in chip.chip.counters.items()}
+    chip.book_reads(result.eprop)
+    for name in ("trainee", "trainee_readout"):
+        fan_out = chip.chip.placements[name].shape[1]
+        counters = chip.chip.counters[name]
+        vectors = counters["mvm_vectors"] - before[name]["mvm_vectors"]
+        assert vectors == 2 * 4 * config.n_steps  # pass 1 and pass 2, every task and step
+        assert counters["adc_conversions"] - before[name]["adc_conversions"] == vectors * fan_out
+        assert counters["dac_conversions"] == 0  # no DAC configured
+    assert chip.chip.saturation("trainee")["adc"] > 0  # a 0.05 range clips recurrent input currents
+    assert any("'trainee'" in line and "ADC" in line for line in chip.chip.saturation_warnings())
+
+
 def test_chip_backend_uses_the_checkpoints_device():
     """A noisier device in the config reaches the chip (it used to be built with the default device)."""
     config = small_robot(hardware=ChipConfig(device=PCMDevice(prog_noise_scale=5.0, read_noise_scale=5.0)))

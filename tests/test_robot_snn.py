@@ -290,7 +290,7 @@ def test_per_task_weight_gradient_matches_autodiff(x64, key):
 
     def loss(w, simulate):
         xs = jnp.swapaxes(x, 0, 1)
-        z, psi = simulate(w, xs)
+        z, psi, _ = simulate(w, xs)
         return jnp.sum(snn.leaky_integrate(jnp.swapaxes(z, 0, 1), 0.9) * probe) + jnp.sum(psi**2)
 
     custom = jax.grad(loss)(weights, lambda w, xs: snn._simulate(TINY, IDEAL_MVM, w, jnp.zeros_like(w), xs, None))

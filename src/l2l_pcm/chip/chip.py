@@ -151,7 +151,7 @@ class Chip:
         chip.program("readout", w0, key)
         chip.advance(3600.0)                      # one hour of drift
         y = chip.mvm("readout", x, key)           # noisy analog MVM
-        report = chip.reprogram("readout", dw, key)  # quantized, only changed devices
+        report = chip.reprogram("readout", dw, key, rounding="stochastic")  # quantized, only changed devices
 
     Every device's programming time is stored, so drift and read noise follow the time elapsed since
     *that* device was last programmed. The chip is a thin stateful shell over the pure functions of
@@ -311,14 +311,16 @@ class Chip:
         return dataclasses.replace(report, weights_clipped=clipped)
 
     def reprogram(
-        self, name: str, update, key: jax.Array, rounding: str = "stochastic", relative_to: str = "intended"
+        self, name: str, update, key: jax.Array, *, rounding: str, relative_to: str = "intended"
     ) -> ReprogramReport:
         """Add a weight update on chip: quantize it to ``update_step``, re-program only changed devices.
 
         ``rounding`` is "stochastic" (unbiased, the authors' few-shot inner loop) or "nearest" (the
-        authors' robot update). Under calibrated drift compensation the update is in compensated units
-        and ``relative_to`` says what it is added to: "intended" (the weights as compensated reads return
-        them, so the layer reads consistently after the update) or "programmed" (the device's own rule,
+        authors' robot update); it has no default here: it belongs to the learning rule that calls
+        (``MAMLConfig.update_rounding``; the robot's update is on the grid already). Under calibrated drift
+        compensation the update is in compensated units and ``relative_to`` says what it is added to:
+        "intended" (the weights as compensated reads return them, so the layer reads consistently after
+        the update) or "programmed" (the device's own rule,
         :attr:`PCMDevice.reprogram_from`, as without compensation: a model meta-trained with fresh,
         undrifted re-programmed weights expects that).
         """
@@ -520,14 +522,6 @@ class Chip:
                 counters["adc_conversions"] += vectors * sum(tile.cols for tile in placement.tiles)
                 counters["adc_saturated"] += int(counts.adc_saturated)
         return self._counters
-
-    def record_mvms(self, name: str, vectors: int) -> None:
-        """Book ``vectors`` MVMs of a layer whose counts were not kept (no converter conversions or clips).
-
-        Prefer reads through :meth:`layer` (booked by themselves) or :meth:`book_mvms` with the
-        :class:`MVMCounts` of :func:`analog_mvm`."""
-        spec = dataclasses.replace(self.mvm_spec(name), dac=None, adc=None)
-        self.book_mvms(name, MVMCounts(vectors, 0, 0, 0), spec)
 
     # ------------------------------------------------------------------------------ periphery
     def layer_periphery(self, name: str) -> Periphery:

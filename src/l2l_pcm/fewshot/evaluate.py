@@ -81,17 +81,16 @@ def evaluate_software(
     precision: str = "fp32",
     queries: int = 15,
     seed: int = 0,
-    device: PCMDevice | None = None,
 ) -> dict:
     """Accuracy per inner step in software; ``precision`` is "fp32", "4bit", "pcm" (software PCM model) or
-    "trained" (the variant the checkpoint was meta-trained with)."""
+    "trained" (the variant the checkpoint was meta-trained with). The device is the config's hardware's."""
     if precision == "trained":
         precision = config.variant
     if precision not in VARIANTS:
         raise ConfigError(f"precision must be 'trained' or one of {VARIANTS}, got {precision!r}")
     _check_request(params, config, tasks)
     config = dataclasses.replace(config, variant=precision)
-    device = device or config.device
+    device = config.device
     per_step = []
     for start, batch in _task_batches(images, config, tasks, queries, seed):
         per_step.append(np.asarray(evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config, device)))

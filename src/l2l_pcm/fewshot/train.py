@@ -14,14 +14,13 @@ import numpy as np
 
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import checkpoint_kind, load_checkpoint, save_checkpoint
-from l2l_pcm.errors import CheckpointError
+from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
 from l2l_pcm.fewshot.evaluate import validate
 from l2l_pcm.fewshot.maml import MAMLConfig, make_optimizer, train_step
 from l2l_pcm.fewshot.model import init_params
 from l2l_pcm.fewshot.pretrain import CHECKPOINT_KIND as PRETRAIN_KIND
 from l2l_pcm.fewshot.pretrain import pretrained_body
-from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.training import MetaTrainer
 
 CHECKPOINT_KIND = "fewshot-maml"
@@ -61,13 +60,16 @@ def make_trainer(
     config: MAMLConfig,
     train_set: OmniglotImages | np.ndarray,
     val_set: OmniglotImages | np.ndarray,
-    device: PCMDevice | None = None,
     init_from: str | Path | None = None,
 ) -> MetaTrainer:
     """The few-shot :class:`MetaTrainer` on given images (:func:`train` passes Omniglot's background split;
-    tests pass synthetic images)."""
-    if device is not None:  # one home: the device travels in the config and so in every checkpoint
-        config = config.with_hardware(device=device)
+    tests pass synthetic images). The device is the config's hardware's, its one home."""
+    if config.variant == "pcm" and config.hardware.drift_compensation in ("array", "column"):
+        raise ConfigError(
+            f"hardware.drift_compensation {config.hardware.drift_compensation!r}: the few-shot pcm training "
+            "model has the oracle 'global' compensation, not the chip's calibrated one; train with 'none' or "
+            "'global' (a trained model can still be deployed with calibrated compensation)"
+        )
     device = config.device
     train_sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.augment_rotations)
     val_sampler = TaskSampler(val_set, config.ways, config.shots, config.queries, augment_rotations=False)
@@ -104,7 +106,6 @@ def train(
     data_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    device: PCMDevice | None = None,
     init_from: str | Path | None = None,
     overwrite: bool = False,
 ) -> dict:
@@ -115,7 +116,7 @@ def train(
     """
     train_set, val_set = split_background(load_omniglot("background", data_dir))
     return training.run(
-        make_trainer(config, train_set, val_set, device, init_from),
+        make_trainer(config, train_set, val_set, init_from),
         out_dir,
         resume=resume,
         progress=progress,

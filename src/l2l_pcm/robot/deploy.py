@@ -122,8 +122,10 @@ class ChipTrainee:
             readout_spec=self.chip.mvm_spec(READOUT) if on_pcm else IDEAL_MVM,
         )
 
-    def count_mvms(self, tasks: int) -> None:
-        """Book the trainee's MVMs of both passes (T steps each) in the chip's counters."""
-        self.chip.record_mvms(TRAINEE, 2 * tasks * self.config.n_steps)
-        if self.config.w_out_on_pcm:
-            self.chip.record_mvms(READOUT, 2 * tasks * self.config.n_steps)
+    def book_reads(self, result) -> None:
+        """Book what both passes' crossbar reads did (an :class:`~l2l_pcm.robot.eprop.EpropResult` run on
+        :meth:`memory`) on the chip: vectors, converter conversions and clips, non-finite inputs."""
+        spec = self.chip.mvm_spec(TRAINEE)
+        self.chip.book_mvms(TRAINEE, result.before.reads.plus(result.after.reads), spec)
+        if result.readout_reads is not None:
+            self.chip.book_mvms(READOUT, result.readout_reads, self.chip.mvm_spec(READOUT))

@@ -38,7 +38,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.chip import IDEAL_MVM, MVMSpec, WeightStatistics, program_layer, read_statistics, reprogram_layer
+from l2l_pcm.chip import (
+    IDEAL_MVM,
+    MVMCounts,
+    MVMSpec,
+    WeightStatistics,
+    program_layer,
+    read_statistics,
+    reprogram_layer,
+)
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice, quantize
 from l2l_pcm.robot.snn import (
@@ -46,6 +54,7 @@ from l2l_pcm.robot.snn import (
     SNNRecord,
     leaky_integrate,
     readout,
+    readout_with_reads,
     recurrent_mask,
     run_snn,
     software_statistics,
@@ -131,6 +140,9 @@ class EpropResult(NamedTuple):
     delta_w: jax.Array
     """``[B, n_in + n_rec, n_rec]`` the e-prop update before it is written."""
     update: WeightUpdate
+    readout_reads: MVMCounts | None = None
+    """The :class:`~l2l_pcm.chip.MVMCounts` of both passes' readout reads when the readout is on PCM (None:
+    digital); the trainee's are in ``before.reads`` and ``after.reads``."""
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -314,13 +326,16 @@ def natural_eprop(
     if memory.read_readout is not None:
         w_out = memory.read_readout(w_out, key_readout)
 
+    output_before, reads_before = readout_with_reads(trainee, before.z, w_out, read_out_before, memory.readout_spec)
+    output_after, reads_after = readout_with_reads(trainee, after.z, w_out, read_out_after, memory.readout_spec)
     return EpropResult(
         before=before,
         after=after,
-        output_before=readout(trainee, before.z, w_out, read_out_before, memory.readout_spec),
-        output_after=readout(trainee, after.z, w_out, read_out_after, memory.readout_spec),
+        output_before=output_before,
+        output_after=output_after,
         lsg_spikes=lsg_spikes,
         learning_signals=signal,
         delta_w=delta_w,
         update=update,
+        readout_reads=None if reads_before is None else reads_before.plus(reads_after),
     )

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_pcm.chip import IDEAL_MVM, MVMSpec, WeightStatistics, analog_mvm
+from l2l_pcm.chip import IDEAL_MVM, MVMCounts, MVMSpec, WeightStatistics, analog_mvm
 from l2l_pcm.errors import ConfigError, check_int, check_number
 
 __all__ = [
@@ -201,12 +201,15 @@ class SNNState(NamedTuple):
 
 
 class SNNRecord(NamedTuple):
-    """What a run records, ``[B, T, n_rec]`` each."""
+    """What a run records, ``[B, T, n_rec]`` each, and what its crossbar reads did."""
 
     z: jax.Array
     """Spikes."""
     psi: jax.Array
     """Pseudo-derivatives dz/dv (zero during refractoriness)."""
+    reads: MVMCounts | None = None
+    """The :class:`~l2l_pcm.chip.MVMCounts` of every step's crossbar read, summed over steps and tasks: what a
+    chip books for the run (:meth:`l2l_pcm.chip.Chip.book_mvms`)."""
 
 
 # --------------------------------------------------------------------------------------- spike function
@@ -324,14 +327,24 @@ def synaptic_currents(
     weights ``[B, fan_in, fan_out]``, each task with its own read-noise key.
     """
 
+    return _synaptic_read(inputs, stats, key, spec)[0]
+
+
+def _synaptic_read(
+    inputs: jax.Array, stats: WeightStatistics, key: jax.Array | None, spec: MVMSpec
+) -> tuple[jax.Array, MVMCounts]:
+    """:func:`synaptic_currents` and the :class:`MVMCounts` of the read, summed over the tasks."""
+
     def read(x, s, k):
-        return analog_mvm(x, s, k, spec)[0]
+        return analog_mvm(x, s, k, spec)
 
     if stats.mean.ndim == 2:
         return read(inputs, stats, key)
     if key is None:
-        return jax.vmap(lambda x, s: read(x, s, None))(inputs, stats)
-    return jax.vmap(read)(inputs, stats, jax.random.split(key, inputs.shape[0]))
+        current, counts = jax.vmap(lambda x, s: read(x, s, None))(inputs, stats)
+    else:
+        current, counts = jax.vmap(read)(inputs, stats, jax.random.split(key, inputs.shape[0]))
+    return current, MVMCounts(*(jnp.sum(field) for field in counts))
 
 
 def _scan(
@@ -348,16 +361,16 @@ def _scan(
     and only exist so that the backward pass can hand out ``dL/d current(t)`` (see :func:`_simulate`).
     """
 
-    def step(state: SNNState, inputs: tuple) -> tuple[SNNState, tuple[jax.Array, jax.Array]]:
+    def step(state: SNNState, inputs: tuple) -> tuple[SNNState, tuple[jax.Array, jax.Array, MVMCounts]]:
         x, step_key, offset = inputs
-        current = synaptic_currents(jnp.concatenate([x, state.z], axis=-1), stats, step_key, spec)
+        current, counts = _synaptic_read(jnp.concatenate([x, state.z], axis=-1), stats, step_key, spec)
         if offset is not None:
             current = current + offset
         state, psi = neuron_step(state, current, p)
-        return state, (state.z, psi)
+        return state, (state.z, psi, counts)
 
-    _, (z, psi) = jax.lax.scan(step, initial_state(p, xs.shape[1], xs.dtype), (xs, keys, offsets))
-    return z, psi
+    _, (z, psi, counts) = jax.lax.scan(step, initial_state(p, xs.shape[1], xs.dtype), (xs, keys, offsets))
+    return z, psi, MVMCounts(*(jnp.sum(field) for field in counts))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -379,13 +392,17 @@ def _simulate(
 def _simulate_fwd(p, spec, mean, variance, xs, keys):
     stats = WeightStatistics(mean, variance)
     offsets = jnp.zeros(xs.shape[:2] + (p.n_rec,), xs.dtype)
-    out, backward = jax.vjp(lambda x, c: _scan(p, spec, stats, x, keys, c), xs, offsets)
-    return out, (backward, xs, out[0])
+    def run(x, c):  # the read counts ride along as aux: integers carry no gradient
+        z, psi, counts = _scan(p, spec, stats, x, keys, c)
+        return (z, psi), counts
+
+    out, backward, counts = jax.vjp(run, xs, offsets, has_aux=True)
+    return (*out, counts), (backward, xs, out[0])
 
 
 def _simulate_bwd(p, spec, residuals, cotangents):
     backward, xs, z = residuals
-    d_xs, d_current = backward(cotangents)
+    d_xs, d_current = backward(cotangents[:2])
     presynaptic = jnp.concatenate([xs, jnp.pad(z[:-1], ((1, 0), (0, 0), (0, 0)))], axis=-1)
     return jnp.einsum("tbi,tbj->bij", presynaptic, d_current), None, d_xs, None
 
@@ -420,10 +437,10 @@ def run_snn(
     xs = jnp.swapaxes(inputs.astype(stats.mean.dtype), 0, 1)
     keys = None if key is None else jax.random.split(key, n_steps)
     if stats.mean.ndim == 3:
-        z, psi = _simulate(p, spec, stats.mean, stats.variance, xs, keys)
+        z, psi, reads = _simulate(p, spec, stats.mean, stats.variance, xs, keys)
     else:
-        z, psi = _scan(p, spec, stats, xs, keys)
-    return SNNRecord(jnp.swapaxes(z, 0, 1), jnp.swapaxes(psi, 0, 1))
+        z, psi, reads = _scan(p, spec, stats, xs, keys)
+    return SNNRecord(jnp.swapaxes(z, 0, 1), jnp.swapaxes(psi, 0, 1), reads)
 
 
 def readout(
@@ -438,9 +455,21 @@ def readout(
     ``w_out`` as read statistics (a readout on PCM): every step's product is an analog MVM with read
     noise from ``read_key``, run as ``spec`` says (:func:`l2l_pcm.chip.analog_mvm`).
     """
+    return readout_with_reads(p, z, w_out, read_key, spec)[0]
+
+
+def readout_with_reads(
+    p: SNNConfig,
+    z: jax.Array,
+    w_out: jax.Array | WeightStatistics,
+    read_key: jax.Array | None = None,
+    spec: MVMSpec = IDEAL_MVM,
+) -> tuple[jax.Array, MVMCounts | None]:
+    """:func:`readout` and, for a readout on PCM, the :class:`MVMCounts` of its reads (None: digital)."""
     if isinstance(w_out, WeightStatistics):
-        return leaky_integrate(analog_mvm(z, w_out, read_key, spec)[0], p.kappa)
-    return leaky_integrate(z @ w_out, p.kappa)
+        outputs, counts = analog_mvm(z, w_out, read_key, spec)
+        return leaky_integrate(outputs, p.kappa), counts
+    return leaky_integrate(z @ w_out, p.kappa), None
 
 
 def init_weights(key: jax.Array, p: SNNConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
