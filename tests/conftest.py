@@ -5,6 +5,7 @@ import jax
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("L2L_PCM_COMPILATION_CACHE", "off")  # tests compile afresh; the CLI caches for users
 
 
 def _shared_omniglot() -> Path | None:
