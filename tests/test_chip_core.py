@@ -159,6 +159,20 @@ def test_nan_inputs_are_counted_and_named_not_passed_silently(key):
     assert any("'fc': 1 input values were NaN" in line for line in chip.saturation_warnings())
 
 
+def test_a_chip_file_with_a_clock_that_is_no_time_is_refused(key, tmp_path):
+    from l2l_pcm import _io
+
+    chip = Chip()
+    deploy({"fc": jnp.ones((8, 4))}, chip, key, scaling="none")
+    path = tmp_path / "chip.safetensors"
+    chip.save(path)
+    tensors, meta = _io.load_tensors(path, kind="chip-state")
+    for clock in (float("nan"), -1.0, "1 h", True):
+        _io.save_tensors(path, tensors, {**meta, "now_s": clock})
+        with pytest.raises(CheckpointError, match="clock"):
+            Chip.load(path)
+
+
 def test_fixed_age_devices_warn_when_time_is_let_pass(key):
     chip = Chip(ChipConfig(device=device_profile("authors")))
     deploy({"fc": jnp.ones((8, 4))}, chip, key)
