@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from l2l_pcm import _io
 from l2l_pcm.chip import (
     Chip,
     ChipConfig,
@@ -136,14 +137,17 @@ def test_snapshot_restore_and_save_load_keep_bias_periphery_and_compensation_gai
     np.testing.assert_array_equal(loaded.mvm("fc", x, None), chip.mvm("fc", x, None))
 
 
-def test_a_chip_file_whose_config_disagrees_with_its_conductances_is_refused(key, tmp_path):
+def _saved_chip(key, path):
+    """(tensors, metadata) of a small programmed chip saved at ``path``, to be tampered with."""
     chip = Chip()
     deploy({"fc": jnp.ones((8, 4))}, chip, key, scaling="none")
-    path = tmp_path / "chip.safetensors"
     chip.save(path)
-    from l2l_pcm import _io
+    return _io.load_tensors(path, kind="chip-state")
 
-    tensors, meta = _io.load_tensors(path, kind="chip-state")
+
+def test_a_chip_file_whose_config_disagrees_with_its_conductances_is_refused(key, tmp_path):
+    path = tmp_path / "chip.safetensors"
+    tensors, meta = _saved_chip(key, path)
     meta["config"]["device"] = {"g_max_uS": 12.5}
     _io.save_tensors(path, tensors, meta)
     with pytest.raises(CheckpointError, match="g_max_uS"):
@@ -160,13 +164,8 @@ def test_nan_inputs_are_counted_and_named_not_passed_silently(key):
 
 
 def test_a_chip_file_with_a_clock_that_is_no_time_is_refused(key, tmp_path):
-    from l2l_pcm import _io
-
-    chip = Chip()
-    deploy({"fc": jnp.ones((8, 4))}, chip, key, scaling="none")
     path = tmp_path / "chip.safetensors"
-    chip.save(path)
-    tensors, meta = _io.load_tensors(path, kind="chip-state")
+    tensors, meta = _saved_chip(key, path)
     for clock in (float("nan"), -1.0, "1 h", True):
         _io.save_tensors(path, tensors, {**meta, "now_s": clock})
         with pytest.raises(CheckpointError, match="clock"):

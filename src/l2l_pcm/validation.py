@@ -68,12 +68,10 @@ def parse(cls: type, data: object, path: str):
     refuse_unknown_fields(cls, data, path)
     try:
         return msgspec.convert(dict(data), cls, strict=True)
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # also wraps the class's own rules (its __post_init__'s ConfigError)
         match = _AT.match(str(exc))
         message = match.group("message").replace("`", "")
         where = path + (match.group("path") or "")
         if message.startswith("Expected"):
             message = "e" + message[1:]
         raise ConfigError(f"{where}: {message}") from None
-    except ConfigError as exc:  # a rule of the class raised outside msgspec's wrapping
-        raise ConfigError(f"{path}: {exc}") from None

@@ -29,6 +29,7 @@ from l2l_pcm.chip.crossbar import (
     program_layer,
     read_statistics,
     reprogram_layer,
+    straight_through,
     uniform_quantize,
     weight_sample,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "program_layer",
     "read_statistics",
     "reprogram_layer",
+    "straight_through",
     "uniform_quantize",
     "weight_sample",
 ]

@@ -148,6 +148,16 @@ def counter_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) ->
     return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * uniform - 1.0)).astype(dtype)
 
 
+def straight_through(weights: jax.Array, stats: WeightStatistics, limit: jax.Array | float) -> WeightStatistics:
+    """Read statistics (weight units) whose mean carries the gradient of ``weights`` clipped to ±``limit``:
+    the forward value is what the devices return, the backward pass treats them as exact inside their
+    range; the read-noise variance is hardware data and gets none. Hardware-aware training of any model on
+    the chip's physics reads through this."""
+    clipped = jnp.clip(weights, -limit, limit)
+    mean = clipped + jax.lax.stop_gradient(stats.mean - clipped)
+    return WeightStatistics(mean, jax.lax.stop_gradient(stats.variance))
+
+
 def weight_sample(stats: WeightStatistics, key: jax.Array, rng: str = "threefry") -> jax.Array:
     """One read of every weight: ``mean + std · ξ`` with normals from generator ``rng`` ("threefry" or
     "counter"). A ``per_batch`` MVM reads through one such sample; hardware-aware training trains on one."""

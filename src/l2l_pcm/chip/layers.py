@@ -34,6 +34,7 @@ from l2l_pcm.chip.crossbar import (
     calibration_gains,
     program_layer,
     read_statistics,
+    straight_through,
     weight_sample,
 )
 from l2l_pcm.chip.layout import ArraySpace, place_layer
@@ -150,9 +151,6 @@ def _programmed_and_read(
             hardware.read_noise_rng,
         )
         mean, variance = mean * gain, variance * gain**2
-    limit = device.w_max * scale
-    clipped = jnp.clip(matrix, -limit, limit)
-    mean = clipped + jax.lax.stop_gradient(mean - clipped)
     spec = MVMSpec(
         tiles=tiles,
         dac=None if hardware.dac_bits is None else (hardware.dac_bits, hardware.dac_range, False),
@@ -160,7 +158,7 @@ def _programmed_and_read(
         read_noise_mode=hardware.read_noise_mode,
         read_noise_rng=hardware.read_noise_rng,
     )
-    return WeightStatistics(mean, jax.lax.stop_gradient(variance)), spec
+    return straight_through(matrix, WeightStatistics(mean, variance), device.w_max * scale), spec
 
 
 def _weight_leaves(params, key: jax.Array):

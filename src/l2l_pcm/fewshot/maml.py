@@ -42,6 +42,7 @@ from l2l_pcm.chip import (
     program_layer,
     read_statistics,
     reprogram_layer,
+    straight_through,
     weight_sample,
 )
 from l2l_pcm.errors import ConfigError, check_seed
@@ -239,10 +240,9 @@ def _pcm_statistics(config: MAMLConfig, device: PCMDevice, weights, state: Layer
     mean: the forward value is what the devices return, the gradient reaches ``weights`` (clipped to the
     layer's range) as if they were exact."""
     stats = read_statistics(device, state, now_s, config.hardware.drift_compensation == "global")
-    limit = scale * device.w_max
-    clipped = jnp.clip(weights, -limit, limit)
-    mean = clipped + jax.lax.stop_gradient(scale * stats.mean - clipped)
-    return WeightStatistics(mean, jax.lax.stop_gradient(scale**2 * stats.variance))
+    return straight_through(
+        weights, WeightStatistics(scale * stats.mean, scale**2 * stats.variance), scale * device.w_max
+    )
 
 
 def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) -> jax.Array:
@@ -251,18 +251,20 @@ def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) 
     step = keep_largest(-config.inner_lr * gradient, config.update_budget)
     scale = config.readout_scale
     if config.variant == "pcm":
-        return jnp.clip(
-            readout + scale * _device_update(config, step, key), -scale * device.w_max, scale * device.w_max
-        )
+        return _pcm_write(config, device, readout, step, key)[0]
     if config.variant == "4bit":
         return scale * quantize_weights((readout + step) / scale, config.weight_bits, device.w_max, key)
     return readout + step
 
 
-def _device_update(config: MAMLConfig, step: jax.Array, key: jax.Array) -> jax.Array:
-    """An inner step in device units on the update grid (straight-through), as :meth:`Chip.reprogram` writes it."""
+def _pcm_write(config: MAMLConfig, device: PCMDevice, readout, step, key) -> tuple[jax.Array, jax.Array]:
+    """An inner step as :meth:`Chip.reprogram` writes it: on the update grid in device units (rounded with
+    ``key`` if stochastic; straight-through), added to the readout within its range. Returns the new
+    readout and the update in device units (what the devices are re-programmed with)."""
     rounding_key = key if config.update_rounding == "stochastic" else None
-    return quantize(step / config.readout_scale, config.update_step, rounding_key)
+    update = quantize(step / config.readout_scale, config.update_step, rounding_key)
+    limit = config.readout_scale * device.w_max
+    return jnp.clip(readout + config.readout_scale * update, -limit, limit), update
 
 
 def readout_state(config: MAMLConfig, device: PCMDevice, readout0: jax.Array, key: jax.Array) -> LayerState | None:
@@ -313,9 +315,8 @@ def adapt_task(
         gradient = readout_gradient(f_support, logits(f_support, key_support), y_support)
         if config.variant == "pcm":
             key_round, key_program = jax.random.split(key_update)
-            update = _device_update(config, keep_largest(-config.inner_lr * gradient, config.update_budget), key_round)
-            limit = config.readout_scale * device.w_max
-            readout = jnp.clip(readout + config.readout_scale * update, -limit, limit)
+            step = keep_largest(-config.inner_lr * gradient, config.update_budget)
+            readout, update = _pcm_write(config, device, readout, step, key_round)
             state, _ = reprogram_layer(device, key_program, state, jax.lax.stop_gradient(update), now_s)
             now_s = now_s + config.seconds_between_updates
         else:
