@@ -5,8 +5,8 @@ output, so its floor is about 2x; "per_batch" noise (one device-noise draw per c
 Both run jitted on the same inputs in one process, interleaved, best of several repeats each, so the
 ratio is robust to a shared machine's noise. Also timed: the layer API, ``analog_dense(chip.layer(...))``
 jitted (no Python per call; its reads are booked on the chip by a callback), and the chip with the
-threefry noise generator (``ChipConfig(read_noise_rng="threefry")``, the default before the counter-based
-one), against the same plain matmul.
+threefry noise generator (``ChipConfig(forward=ForwardConfig(read_noise_rng="threefry"))``, the default
+before the counter-based one), against the same plain matmul.
 Usage: ``python benchmarks/chip_mvm.py [--repeats N]``.
 """
 
@@ -17,7 +17,7 @@ import time
 
 import jax
 
-from l2l_pcm.chip import Chip, ChipConfig, analog_dense
+from l2l_pcm.chip import Chip, ChipConfig, ForwardConfig, analog_dense
 
 SHAPES = ((1024, 504, 56), (1024, 256, 256))
 MODES = ("per_read", "per_batch")
@@ -65,8 +65,8 @@ def main() -> None:
     }
     configs = {
         "per_read": ChipConfig(),
-        "per_batch": ChipConfig(read_noise_mode="per_batch"),
-        "threefry": ChipConfig(read_noise_rng="threefry"),
+        "per_batch": ChipConfig(forward=ForwardConfig(read_noise_mode="per_batch")),
+        "threefry": ChipConfig(forward=ForwardConfig(read_noise_rng="threefry")),
         "layer API": ChipConfig(),
     }
     ratios = {name: [] for name in variants}

@@ -57,19 +57,16 @@ def run_variant(variant: str, iterations: int, meta_batch: int) -> dict:
     from l2l_pcm.fewshot.data import TaskSampler, load_omniglot, split_background
     from l2l_pcm.fewshot.maml import MAMLConfig, make_optimizer, train_step
     from l2l_pcm.fewshot.model import init_params
-    from l2l_pcm.pcm import PCMDevice
-
     config = MAMLConfig(variant=variant, meta_batch=meta_batch)
     train_set, _ = split_background(load_omniglot("background"))
     sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, augment_rotations=True)
     params = init_params(jax.random.PRNGKey(0), config.cnn)
     opt_state = make_optimizer(config).init(params)
-    device = PCMDevice()
     times = []
     for it in range(iterations + 1):
         start = time.perf_counter()
         batch = sampler.sample(it, meta_batch)
-        params, opt_state, loss, _ = train_step(params, opt_state, batch, jax.random.PRNGKey(it), config, device)
+        params, opt_state, loss, _ = train_step(params, opt_state, batch, jax.random.PRNGKey(it), config)
         loss.block_until_ready()
         if it:  # the first call compiles
             times.append(time.perf_counter() - start)

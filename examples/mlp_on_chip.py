@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
                 cells.append(f"{100 * accuracy[0]:6.2f} ± {100 * accuracy[1]:4.2f}")
             print(f"{name:>15} | {compensation:>11} | " + " | ".join(cells))
 
-    dac = dataclasses.replace(hardware, dac_bits=8)
+    dac = hardware.with_settings({"forward.dac_bits": 8})
     params = models["fp32-trained"]
     uncalibrated = mean_ci([chip_accuracy(params, test_set, dac, 3600.0, s) for s in range(args.chips)])
     calibrated = mean_ci(

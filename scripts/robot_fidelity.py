@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 
 from l2l_pcm._io import atomic_write_text
-from l2l_pcm.chip import ChipConfig
-from l2l_pcm.pcm import device_profile, profile_name
+from l2l_pcm.pcm import profile_name
 from l2l_pcm.robot.evaluate import evaluate
+from l2l_pcm.robot.model import ROBOT_HARDWARE
 from l2l_pcm.robot.train import load_robot_checkpoint
 
 
@@ -56,8 +56,8 @@ def main() -> None:
         rows.append(_row("authors' model", authors_params, theirs, backend, precision, args.tasks, args.seed))
     # the authors' weights under this project's defaults (paper.md §11.4, last row)
     defaults = dataclasses.replace(
-        theirs, hardware=ChipConfig(device=device_profile("ibm")), w_out_on_pcm=False, clip_predicted_angles=True,
-        time_since_programming_s=3600.0,
+        theirs, hardware=ROBOT_HARDWARE.with_settings({"device": "ibm"}), w_out_on_pcm=False,
+        clip_predicted_angles=True,
     )  # fmt: skip
     for backend in ("software", "chip"):
         rows.append(_row("authors' model", authors_params, defaults, backend, "trained", args.tasks, args.seed))

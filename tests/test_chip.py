@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_pcm.chip import Chip, ChipConfig, conv_kernel_to_matrix
+from l2l_pcm.chip import ArraysConfig, Chip, ChipConfig, ForwardConfig, UpdateConfig, conv_kernel_to_matrix
 from l2l_pcm.cli import main
 from l2l_pcm.errors import CheckpointError, ChipCapacityError, ConfigError
 from l2l_pcm.pcm import PCMDevice, quantize
@@ -35,7 +35,7 @@ def test_paper_cnn_conv_layers_split_over_both_arrays():
 
 def test_layer_that_does_not_fit_is_refused_with_a_clear_error():
     chip = paper_cnn_chip()
-    with pytest.raises(ChipCapacityError, match="'big'.*does not fit.*2 array.*need 3 .*n_arrays=3"):
+    with pytest.raises(ChipCapacityError, match=r"'big'.*does not fit.*2 array.*need 3 .*ArraysConfig\(count=3\)"):
         chip.place_dense("big", (256, 200))
     with pytest.raises(ChipCapacityError, match="need 32"):  # 8 x 4 tiles of 256 x 256
         Chip().place_dense("huge", (2048, 1024))
@@ -47,7 +47,13 @@ def test_layers_wider_and_taller_than_an_array_are_tiled_in_both_directions(key)
     weights = jnp.clip(0.3 * jax.random.normal(key, (784, 512)), -1, 1)
     x = jax.random.uniform(jax.random.fold_in(key, 1), (3, 784))
     for adc_bits in (None, 16):  # ideal outputs, and a 16-bit ADC per tile (partial sums added digitally)
-        chip = Chip(ChipConfig(n_arrays=8, device=PCMDevice().noiseless(), adc_bits=adc_bits, adc_range=16.0))
+        chip = Chip(
+            ChipConfig(
+                device=PCMDevice().noiseless(),
+                arrays=ArraysConfig(count=8),
+                forward=ForwardConfig(adc_bits=adc_bits, adc_range=16.0),
+            )
+        )
         placement = chip.place_dense("fc", (784, 512))
         assert len(placement.tiles) == 8 and {t.array for t in placement.tiles} == set(range(8))
         assert sorted((t.out_start, t.row_start) for t in placement.tiles) == [
@@ -80,7 +86,7 @@ def test_a_layer_that_does_not_fit_next_to_the_others_repacks_the_network(key, t
     np.testing.assert_allclose(chip.mvm("fc1", x, None), x @ jnp.clip(weights, -1, 1), rtol=1e-4, atol=1e-4)
     chip.save(tmp_path / "mlp.safetensors")
     assert Chip.load(tmp_path / "mlp.safetensors").placements == chip.placements
-    big = Chip(ChipConfig(n_arrays=8))
+    big = Chip(ChipConfig(arrays=ArraysConfig(count=8)))
     big.place_dense("fc1", (784, 512))
     big.place_dense("fc2", (512, 10))  # re-packed: 7 arrays for fc1, fc2 beside its last tiles
     assert sum(used > 0 for used in big.summary()["used_cells_per_array"]) == 8
@@ -188,7 +194,9 @@ def test_drift_compensation_removes_the_mean_drift(key):
 
 
 def test_dac_and_adc_quantize(key):
-    chip = Chip(ChipConfig(device=PCMDevice().noiseless(), dac_bits=4, adc_bits=4, adc_range=2.0))
+    chip = Chip(
+        ChipConfig(device=PCMDevice().noiseless(), forward=ForwardConfig(dac_bits=4, adc_bits=4, adc_range=2.0))
+    )
     chip.place_dense("layer", (300, 3))  # two tiles: each digitised separately
     chip.program("layer", jnp.full((300, 3), 0.01), key)
     y = chip.mvm("layer", jnp.linspace(-1, 1, 300)[None, :] * jnp.ones((5, 1)), None)
@@ -270,10 +278,10 @@ def test_bad_inputs_name_the_problem(key):
             chip.advance(bad)
     with pytest.raises(ConfigError, match="rounding"):
         chip.reprogram("layer", jnp.zeros((8, 4)), key, rounding="up")
-    with pytest.raises(ConfigError, match="n_arrays"):
-        ChipConfig(n_arrays=0)
+    with pytest.raises(ConfigError, match="arrays.count"):
+        ChipConfig(arrays=ArraysConfig(count=0))
     with pytest.raises(ConfigError, match="adc_bits"):
-        ChipConfig(adc_bits=1)
+        ChipConfig(forward=ForwardConfig(adc_bits=1))
 
 
 @pytest.mark.parametrize(("size", "stride", "padding"), [(6, 2, 1), (7, 2, 1), (28, 2, 1), (5, 1, 1), (8, 1, 0)])
@@ -327,7 +335,7 @@ def test_cli_rejects_bad_sample_count(capsys):
 
 
 def test_per_batch_read_noise_shares_one_draw_across_a_call(key):
-    chip = Chip(ChipConfig(read_noise_mode="per_batch"))
+    chip = Chip(ChipConfig(forward=ForwardConfig(read_noise_mode="per_batch")))
     chip.place_dense("layer", (32, 4))
     chip.program("layer", 0.5 * jax.random.normal(key, (32, 4)), key)
     chip.advance(3600.0)
@@ -336,7 +344,7 @@ def test_per_batch_read_noise_shares_one_draw_across_a_call(key):
     np.testing.assert_allclose(y[0], y[1])  # same noisy weights for every vector of one call
     assert not np.allclose(y[0], chip.mvm("layer", x, jax.random.fold_in(key, 1))[0])
     with pytest.raises(ConfigError, match="read_noise_mode"):
-        ChipConfig(read_noise_mode="sometimes")
+        ChipConfig(forward=ForwardConfig(read_noise_mode="sometimes"))
 
 
 def test_shape_and_device_class_errors_are_one_line_config_errors(tmp_path):
@@ -377,7 +385,7 @@ def test_weight_scaling_holds_weights_beyond_w_max_and_a_digital_bias(key, scali
     loaded = Chip.load(tmp_path / "chip.safetensors")
     np.testing.assert_allclose(loaded.mvm("fc", x, None), x @ weights + bias, rtol=1e-4, atol=1e-4)
     # an update is quantized on the devices' grid: a step of update_step x scale in weight units
-    step = float(chip.scales["fc"][0]) * NOISELESS.update_step
+    step = float(chip.scales["fc"][0]) * NOISELESS.update.step
     update = jnp.zeros((40, 12)).at[0, 0].set(step)
     chip.reprogram("fc", update, key, rounding="nearest")
     np.testing.assert_allclose(chip.read_weights("fc")[0, 0], weights[0, 0] + step, rtol=1e-4, atol=1e-5)
@@ -421,7 +429,7 @@ def test_calibrated_periphery_recovers_what_fixed_ranges_clip(key, tmp_path):
     weights = jnp.clip(0.3 * jax.random.normal(key, (100, 20)), -1, 1)
     x = 9.0 * jax.random.uniform(jax.random.fold_in(key, 1), (64, 100)) ** 2
     exact = x @ weights
-    config = ChipConfig(device=PCMDevice().noiseless(), dac_bits=8, adc_bits=8)
+    config = ChipConfig(device=PCMDevice().noiseless(), forward=ForwardConfig(dac_bits=8, adc_bits=8))
     chip = Chip(config)
     chip.place_dense("fc", (100, 20))
     chip.program("fc", weights, key)
@@ -440,17 +448,22 @@ def test_calibrated_periphery_recovers_what_fixed_ranges_clip(key, tmp_path):
 
 
 def test_hardware_config_from_partial_json_and_a_profile_name():
-    from l2l_pcm.chip import hardware_from_fields
     from l2l_pcm.pcm import device_profile
 
-    hardware = ChipConfig.from_json({"device": "authors", "adc_bits": 8, "energy": {"mvm_latency_ns": 100.0}})
-    assert hardware.device == device_profile("authors") and hardware.adc_bits == 8
-    assert hardware.energy.mvm_latency_ns == 100.0 and hardware.n_arrays == 2
+    data = {"device": "authors", "forward": {"adc_bits": 8}, "energy": {"mvm_latency_ns": 100.0}}
+    hardware = ChipConfig.from_json(data)
+    assert hardware.device == device_profile("authors") and hardware.forward.adc_bits == 8
+    assert hardware.energy.mvm_latency_ns == 100.0 and hardware.arrays.count == 2
     assert ChipConfig.from_json(hardware.to_json()) == hardware  # round trip through JSON
-    legacy = {"device": "authors", "update_step": 0.03125, "ways": 5}  # a format-2 model config
-    expected = ChipConfig(device=device_profile("authors"), update_step=1 / 32)
-    assert hardware_from_fields(legacy, "update_step") == expected
-    assert legacy == {"ways": 5}
+    # a partial tree laid over another keeps what it leaves out; dotted settings the same
+    base = ChipConfig(update=UpdateConfig(step=1 / 32, rounding="nearest"))
+    over = base.updated({"forward": {"dac_bits": 8}})
+    assert over.update == base.update and over.forward.dac_bits == 8
+    assert base.with_settings({"forward.dac_bits": 8, "update.rounding": "nearest"}) == over
+    with pytest.raises(ConfigError, match=r"dac_bits -> forward.dac_bits"):  # the flat config of format 4
+        ChipConfig.from_json({"dac_bits": 8})
+    with pytest.raises(ConfigError, match=r"update.rounding: must be one of"):
+        base.with_settings({"update.rounding": "up"})
     with pytest.raises(ConfigError, match="unknown ChipConfig fields"):
         ChipConfig.from_json({"n_array": 4})
 
@@ -515,7 +528,7 @@ def test_counter_noise_generator_draws_standard_normals_and_the_chip_uses_it(key
     assert abs(np.corrcoef(z[:, :-1].ravel(), z[:, 1:].ravel())[0, 1]) < 0.005  # neighbours independent
     outputs = {}
     for rng in ("threefry", "counter"):
-        chip = Chip(ChipConfig(read_noise_rng=rng))
+        chip = Chip(ChipConfig(forward=ForwardConfig(read_noise_rng=rng)))
         chip.place_dense("layer", (256, 64))
         chip.program("layer", jnp.full((256, 64), 0.5), key)
         chip.advance(3600.0)
@@ -524,7 +537,7 @@ def test_counter_noise_generator_draws_standard_normals_and_the_chip_uses_it(key
     assert not np.allclose(outputs["threefry"], outputs["counter"])
     assert outputs["counter"].std() == pytest.approx(outputs["threefry"].std(), rel=0.03)
     with pytest.raises(ConfigError, match="read_noise_rng"):
-        ChipConfig(read_noise_rng="mersenne")
+        ChipConfig(forward=ForwardConfig(read_noise_rng="mersenne"))
 
 
 # ---------------------------------------------------------------------------------- drift compensation

@@ -10,8 +10,11 @@ import pytest
 
 from l2l_pcm import _io
 from l2l_pcm.chip import (
+    ArraysConfig,
     Chip,
     ChipConfig,
+    ClockConfig,
+    ForwardConfig,
     analog_conv,
     analog_dense,
     deploy,
@@ -32,7 +35,7 @@ def _user_network(key):
 def test_reads_through_the_layer_api_are_booked_like_chip_mvm_inside_jit_and_vmap(key):
     """A user network read through analog_dense at 8-bit DAC/ADC with the default ranges: the chip reports
     its saturation and MVM energy, and books exactly what chip.mvm books for the same inputs."""
-    config = ChipConfig(dac_bits=8, adc_bits=8, n_arrays=4)
+    config = ChipConfig(forward=ForwardConfig(dac_bits=8, adc_bits=8), arrays=ArraysConfig(count=4))
     inputs = 3 * jax.random.uniform(key, (20, 64))  # beyond the default DAC range of 1
     api, reference = Chip(config), Chip(config)
     for chip in (api, reference):
@@ -73,7 +76,11 @@ def test_hardware_aware_sees_the_chips_weight_error_under_each_drift_compensatio
     """The mean weight error a chip shows 1 h after programming (towards zero: signed by the weight) is what
     hardware-aware training trains against (the issue measured -0.0035 on the chip against -0.1145 seen by
     training under "array")."""
-    hardware = ChipConfig(drift_compensation=compensation, read_noise_mode="per_batch", n_arrays=4)
+    hardware = ChipConfig(
+        drift_compensation=compensation,
+        forward=ForwardConfig(read_noise_mode="per_batch"),
+        arrays=ArraysConfig(count=4),
+    )
     weights = jnp.clip(0.5 * jax.random.normal(key, (256, 128)), -1, 1)
     chip_errors, trained_errors = [], []
     for seed in range(4):
@@ -99,24 +106,31 @@ def test_hardware_aware_refuses_what_one_weight_sample_cannot_model_and_layers_r
         ({"dac_bits": 8, "read_noise_mode": "per_batch"}, "dac_bits=8"),
     ):
         with pytest.raises(ConfigError, match=named):
-            hardware_aware(params, ChipConfig(**fields), key, 60.0)
+            hardware_aware(params, ChipConfig(forward=ForwardConfig(**fields)), key)
     # converters and exact per-read noise through hardware_aware_layers: on a noiseless device the same
     # outputs as the chip's own layer, converters included
-    hardware = ChipConfig(device=NOISELESS, dac_bits=6, adc_bits=6, adc_range=2.0, array_rows=32)
+    hardware = ChipConfig(
+        device=NOISELESS,
+        forward=ForwardConfig(dac_bits=6, adc_bits=6, adc_range=2.0),
+        arrays=ArraysConfig(rows=32),
+        clock=ClockConfig(training_age_s=60.0),
+    )
     chip = Chip(hardware)
     deploy({"fc": params["fc"]}, chip, key)
-    layers = hardware_aware_layers(params, hardware, key, 60.0)
+    layers = hardware_aware_layers(params, hardware, key)  # at the tree's training age
     assert layers["bias"] is params["bias"] and layers["fc"].spec == chip.layer("fc").spec
     x = 2 * jax.random.normal(key, (10, 64))
     np.testing.assert_allclose(analog_dense(layers["fc"], x, None), chip.mvm("fc", x, None), atol=1e-5)
-    grad = jax.grad(lambda p: analog_dense(hardware_aware_layers(p, hardware, key, 60.0)["fc"], x, None).sum())(params)
+    grad = jax.grad(lambda p: analog_dense(hardware_aware_layers(p, hardware, key)["fc"], x, None).sum())(params)
     assert float(jnp.abs(grad["fc"]).sum()) > 0  # straight-through to the weights
     with pytest.raises(ConfigError, match="time_since_programming_s"):
         hardware_aware_layers(params, hardware, key, float("nan"))
+    with pytest.raises(ConfigError, match="clock.training_age_s is 60.0"):  # one home for the age
+        hardware_aware_layers(params, hardware, key, 3600.0)
 
 
 def test_snapshot_restore_and_save_load_keep_bias_periphery_and_compensation_gains(key, tmp_path):
-    chip = Chip(ChipConfig(drift_compensation="array", dac_bits=8))
+    chip = Chip(ChipConfig(drift_compensation="array", forward=ForwardConfig(dac_bits=8)))
     deploy({"fc": jax.random.normal(key, (40, 12))}, chip, key, biases={"fc": jnp.arange(12.0)})
     chip.set_periphery("fc", dac_range=4.0)
     chip.advance(3600.0)
@@ -203,14 +217,29 @@ def test_bad_calls_are_one_line_config_errors(key, call, message):
 def test_one_checkpoint_migration_says_what_older_formats_meant():
     from l2l_pcm.checkpoint import migrated_config
 
-    format3 = {"format_version": 3, "config": {"ways": 5, "hardware": {"dac_bits": 8}}}
-    assert migrated_config(format3)["hardware"] == {"dac_bits": 8, "read_noise_rng": "threefry"}
-    format2 = {"format_version": 2, "config": {"model": {"device": "authors", "quantize_step": 0.0625, "batch": 4}}}
+    fewshot = {"ways": 5, "update_rounding": "nearest", "time_since_programming_s": 32.0, "hardware": {"dac_bits": 8}}
+    format3 = {"format_version": 3, "config": fewshot}
+    assert migrated_config(format3) == {
+        "ways": 5,
+        "hardware": {
+            "forward": {"dac_bits": 8, "read_noise_rng": "threefry"},
+            "update": {"rounding": "nearest"},
+            "clock": {"training_age_s": 32.0},
+        },
+    }
+    robot = {"device": "authors", "quantize_step": 0.0625, "seconds_after_update": 2.0, "trainee": {}, "lsg": {}}
+    format2 = {"format_version": 2, "config": {"model": robot}}
     model = migrated_config(format2)["model"]
-    assert model == {"batch": 4, "hardware": {"device": "authors", "update_step": 0.0625, "read_noise_rng": "threefry"}}
+    assert model["hardware"] == {
+        "device": "authors",
+        "update": {"step": 0.0625, "rounding": "nearest", "seconds_between": 2.0},  # the robot rounded to nearest
+        "forward": {"read_noise_rng": "threefry"},
+    }
     assert format2["config"]["model"]["device"] == "authors"  # the metadata itself is left alone
-    current = {"format_version": 4, "config": {"hardware": {}}}
-    assert migrated_config(current)["hardware"] == {} and ChipConfig.from_json({}).read_noise_rng == "counter"
+    exact = {"format_version": 2, "config": {"model": {**robot, "quantize_step": None}}}
+    assert migrated_config(exact)["model"]["quantize_update"] is False  # null step: exact updates
+    current = {"format_version": 5, "config": {"hardware": {}}}
+    assert migrated_config(current)["hardware"] == {} and ChipConfig.from_json({}).forward.read_noise_rng == "counter"
     for version in (None, "abc", True, 0):
         with pytest.raises(CheckpointError, match="format_version"):
             migrated_config({"format_version": version, "config": {}})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SHARED, needs_shared
 
-from l2l_pcm.chip import ChipConfig
+from l2l_pcm.chip import ChipConfig, UpdateConfig
 from l2l_pcm.cli import main
 from l2l_pcm.errors import CheckpointError, ConfigError, L2LPCMError
 from l2l_pcm.fewshot import train as train_module
@@ -85,12 +85,9 @@ def test_meta_gradient_equals_the_gradient_of_the_vmapped_objective(key, variant
     tasks = [random_task(jax.random.fold_in(key, i)) for i in range(3)]
     batch = tuple(jnp.stack(parts) for parts in zip(*tasks, strict=True))
     step_key = jax.random.PRNGKey(5)
-    (loss, accuracies), grads = jax.jit(meta_gradient, static_argnames=("config", "device"))(
-        params, batch, step_key, config, config.device
-    )
-    (ref_loss, ref_accuracies), ref_grads = jax.value_and_grad(meta_batch_loss, has_aux=True)(
-        params, batch, step_key, config, config.device
-    )
+    (loss, accuracies), grads = jax.jit(meta_gradient, static_argnames=("config",))(params, batch, step_key, config)
+    objective = jax.value_and_grad(meta_batch_loss, has_aux=True)
+    (ref_loss, ref_accuracies), ref_grads = objective(params, batch, step_key, config)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     np.testing.assert_allclose(accuracies, ref_accuracies, atol=1e-6)
     for name in params:
@@ -112,9 +109,7 @@ def test_meta_training_reduces_the_loss_on_a_fixed_batch(key, variant):
     batch = tuple(jnp.stack(parts) for parts in zip(*tasks, strict=True))
     losses = []
     for step in range(15):
-        params, opt_state, loss, accuracies = train_step(
-            params, opt_state, batch, jax.random.PRNGKey(step), config, PCMDevice()
-        )
+        params, opt_state, loss, accuracies = train_step(params, opt_state, batch, jax.random.PRNGKey(step), config)
         losses.append(float(loss))
         assert accuracies.shape == (config.inner_steps + 1,)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
@@ -125,11 +120,11 @@ def test_meta_training_reduces_the_loss_on_a_fixed_batch(key, variant):
 def test_chip_with_noise_off_matches_software(key, budget):
     """Same tasks, noiseless devices, a 2^-20 update grid: the chip's inner loop equals software fp32,
     with and without an update budget (at most ``budget`` readout weights changed per step)."""
-    config = dataclasses.replace(TINY, channels=16, update_budget=budget).with_hardware(update_step=2.0**-20)
+    config = dataclasses.replace(TINY, channels=16, update_budget=budget).with_hardware(update__step=2.0**-20)
     params = init_params(key, config.cnn)
     params["readout"] = 0.2 * jax.random.normal(key, params["readout"].shape)
-    chip_config = ChipConfig(device=PCMDevice().noiseless(), update_step=2.0**-20)
-    learner = ChipFewShotLearner(params, config, key, chip_config, time_since_programming_s=3600.0)
+    chip_config = ChipConfig(device=PCMDevice().noiseless(), update=UpdateConfig(step=2.0**-20))
+    learner = ChipFewShotLearner(params, config, key, chip_config)
     for i in range(3):
         sx, sy, qx, qy = random_task(jax.random.fold_in(key, 10 + i))
         f_s_chip, f_q_chip = learner.features(sx, qx, key)
@@ -138,7 +133,7 @@ def test_chip_with_noise_off_matches_software(key, budget):
         np.testing.assert_allclose(f_q_chip, f_q, rtol=1e-4, atol=1e-4)
         chip_result = learner.adapt(sx, sy, qx, qy, key)
         batch = tuple(a[None] for a in (sx, sy, qx, qy))
-        software = np.asarray(evaluate_batch(params, batch, key, config, PCMDevice()))[0]
+        software = np.asarray(evaluate_batch(params, batch, key, config))[0]
         np.testing.assert_allclose(chip_result.accuracy_per_step, software, atol=1e-6)
         assert chip_result.devices_reprogrammed > 0
         if budget:  # one device per changed weight, two only where a weight changes sign
@@ -152,27 +147,25 @@ def test_chip_and_software_pcm_model_store_the_readout_at_its_scale(key, readout
     model write the same readout, on the grid of readout_scale/16, at every readout scale."""
     from l2l_pcm.fewshot.maml import adapt_task
 
-    config = dataclasses.replace(
-        TINY, channels=16, variant="pcm", update_rounding="nearest", readout_scale=readout_scale, inner_lr=0.4
-    )
-    config = config.with_hardware(device=PCMDevice().noiseless())
+    config = dataclasses.replace(TINY, channels=16, variant="pcm", readout_scale=readout_scale, inner_lr=0.4)
+    config = config.with_hardware(device=PCMDevice().noiseless(), update__rounding="nearest")
     params = init_params(key, config.cnn)
     params["readout"] = readout_scale / 16 * jnp.round(4 * jax.random.normal(key, params["readout"].shape))
-    learner = ChipFewShotLearner(params, config, key, time_since_programming_s=3600.0)
+    learner = ChipFewShotLearner(params, config, key)
     sx, sy, qx, qy = random_task(jax.random.fold_in(key, 3))
     chip_result = learner.adapt(sx, sy, qx, qy, key)
     chip_readout = learner.chip.read_weights("readout")
     f_s, f_q = learner.features(sx, qx, key)
-    _, software = adapt_task(config, config.device, params["readout"], f_s, sy, f_q, qy, key)
+    _, software = adapt_task(config, params["readout"], f_s, sy, f_q, qy, key)
     np.testing.assert_allclose(chip_result.accuracy_per_step, software, atol=1e-6)
-    steps = np.asarray(chip_readout) / (readout_scale * config.update_step)
+    steps = np.asarray(chip_readout) / (readout_scale * config.hardware.update.step)
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
     assert np.abs(steps).max() >= 1
     assert float(jnp.max(jnp.abs(chip_readout))) <= readout_scale + 1e-6  # updates past it clipped, as in software
     from l2l_pcm.fewshot.maml import inner_update
 
-    written = inner_update(config, config.device, jnp.zeros((16, 5)), jax.random.normal(key, (16, 5)), key)
-    grid = np.asarray(written) / (readout_scale * config.update_step)
+    written = inner_update(config, jnp.zeros((16, 5)), jax.random.normal(key, (16, 5)), key)
+    grid = np.asarray(written) / (readout_scale * config.hardware.update.step)
     np.testing.assert_allclose(grid, np.round(grid), atol=1e-4)
     assert float(jnp.max(jnp.abs(written))) <= readout_scale and np.abs(grid).max() >= 2
 
@@ -184,9 +177,9 @@ def test_update_budget_limits_changed_readout_weights(key, variant):
     config = dataclasses.replace(TINY, variant=variant, update_budget=5, inner_lr=0.4)
     readout = jnp.zeros((8, 5))
     gradient = jax.random.normal(key, (8, 5))
-    changed = inner_update(config, PCMDevice(), readout, gradient, key) != readout
+    changed = inner_update(config, readout, gradient, key) != readout
     assert 1 <= int(jnp.sum(changed)) <= 5
-    unlimited = inner_update(dataclasses.replace(config, update_budget=0), PCMDevice(), readout, gradient, key)
+    unlimited = inner_update(dataclasses.replace(config, update_budget=0), readout, gradient, key)
     assert int(jnp.sum(unlimited != readout)) > 5
 
 
@@ -210,10 +203,13 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path, key):
         load_fewshot_checkpoint(tmp_path / "other.safetensors")
     # a deployment setting chosen after training, set on export and recorded as such
     exported = tmp_path / "exported.safetensors"
-    assert main(["export", str(path), str(exported), "--set", "readout_scale=0.35", "--set", "update_budget=8"]) == 0
+    sets = ["readout_scale=0.35", "update_budget=8", "hardware.update.rounding=nearest"]
+    assert main(["export", str(path), str(exported), *(arg for text in sets for arg in ("--set", text))]) == 0
     loaded, config, meta = load_fewshot_checkpoint(exported)
-    assert config == dataclasses.replace(TINY, readout_scale=0.35, update_budget=8)
-    assert meta["export_changes"] == {"readout_scale": 0.35, "update_budget": 8} and meta["note"] == 1
+    expected = dataclasses.replace(TINY, readout_scale=0.35, update_budget=8)
+    assert config == expected.with_hardware(update__rounding="nearest")  # a path into the hardware tree
+    changes = {"readout_scale": 0.35, "update_budget": 8, "hardware.update.rounding": "nearest"}
+    assert meta["export_changes"] == changes and meta["note"] == 1
     np.testing.assert_array_equal(loaded["readout"], params["readout"])
     save_checkpoint(tmp_path / "robot.safetensors", "robot-l2l", {"params": bigger}, {})
     with pytest.raises(CheckpointError, match="expected 'fewshot-maml'"):
@@ -255,9 +251,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     original = train_module.train_step
     calls = {"n": 0}
 
-    def flaky(params, opt_state, batch, key, config, device):
+    def flaky(params, opt_state, batch, key, config):
         calls["n"] += 1
-        params, opt_state, loss, accuracies = original(params, opt_state, batch, key, config, device)
+        params, opt_state, loss, accuracies = original(params, opt_state, batch, key, config)
         return params, opt_state, (loss * jnp.nan if calls["n"] == 3 else loss), accuracies
 
     monkeypatch.setattr(train_module, "train_step", flaky)
@@ -391,8 +387,10 @@ def test_evaluation_refuses_a_task_shape_the_readout_cannot_score(key):
 
 def test_chip_refuses_an_update_step_other_than_the_models(key):
     params = init_params(key, TINY.cnn)
-    with pytest.raises(ConfigError, match=r"update step 0.0625 differs from the model's 0.03125 \(hardware"):
-        ChipFewShotLearner(params, TINY.with_hardware(update_step=1 / 32), key, ChipConfig())
+    with pytest.raises(ConfigError, match=r"the chip's hardware.update .*step=0.0625.* differs from the model's"):
+        ChipFewShotLearner(params, TINY.with_hardware(update__step=1 / 32), key, ChipConfig())
+    with pytest.raises(ConfigError, match=r"hardware.clock.training_age_s 3600.0 differs from the model's 32.0"):
+        ChipFewShotLearner(params, TINY.with_hardware(clock__training_age_s=32.0), key, ChipConfig())
 
 
 def test_plots_write_images(tmp_path):
@@ -421,13 +419,13 @@ def test_software_eval_refuses_read_noise_settings_it_cannot_apply(tmp_path, cap
     params = init_params(jax.random.PRNGKey(0), TINY.cnn)
     path = save_fewshot_checkpoint(tmp_path / "tiny.safetensors", params, TINY)
     hardware = tmp_path / "hw.json"
-    hardware.write_text(json.dumps({"read_noise_mode": "per_batch"}))
+    hardware.write_text(json.dumps({"forward": {"read_noise_mode": "per_batch"}}))
     base = ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2", "--queries", "2", "--data-dir", str(SHARED)]
     assert main([*base, "--backend", "software", "--hardware", str(hardware)]) == 2
     assert "read_noise_mode applies to the chip only" in capsys.readouterr().err
     assert main([*base, "--backend", "chip", "--hardware", str(hardware), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["provenance"]["hardware"]["read_noise_mode"] == "per_batch"
-    hardware.write_text(json.dumps({"read_noise_rng": "threefry"}))
+    assert json.loads(capsys.readouterr().out)["provenance"]["hardware"]["forward"]["read_noise_mode"] == "per_batch"
+    hardware.write_text(json.dumps({"forward": {"read_noise_rng": "threefry"}}))
     assert main([*base, "--backend", "software", "--precision", "pcm", "--hardware", str(hardware)]) == 0
 
 
@@ -466,6 +464,7 @@ def test_software_pcm_model_and_chip_agree_on_the_same_tasks():
         allowed = chip["accuracy_per_step_ci95"][step] + software["accuracy_per_step_ci95"][step]
         assert difference <= allowed, (step, chip["accuracy_per_step"], software["accuracy_per_step"])
     assert abs(chip["accuracy_mean"] - software["accuracy_mean"]) < 0.02
+    assert chip["time_since_programming_s"] == config.hardware.clock.training_age_s  # the age every task starts at
 
 
 def test_pcm_training_refuses_a_compensation_its_model_cannot_apply():

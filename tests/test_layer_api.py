@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from l2l_pcm import AnalogLayer, Chip, ChipConfig, analog_conv, analog_dense, deploy, hardware_aware
+from l2l_pcm.chip import ArraysConfig, ForwardConfig
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
 
-NOISELESS = ChipConfig(n_arrays=8, device=PCMDevice().noiseless())
+NOISELESS = ChipConfig(device=PCMDevice().noiseless(), arrays=ArraysConfig(count=8))
 
 
 def test_noise_off_mvm_equals_matmul_for_weights_within_and_beyond_w_max(key):
@@ -32,7 +33,7 @@ def test_noise_off_mvm_equals_matmul_for_weights_within_and_beyond_w_max(key):
 
 
 def test_deploy_places_scales_and_programs_a_dict_and_layers_work_in_jit_grad_vmap(key):
-    chip = Chip(ChipConfig(n_arrays=8))
+    chip = Chip(ChipConfig(arrays=ArraysConfig(count=8)))
     params = {"fc1": 3 * jax.random.normal(key, (784, 512)), "fc2": jax.random.normal(key, (512, 10))}
     reports = deploy(params, chip, key, biases={"fc2": jnp.arange(10.0)})
     assert set(reports) == {"fc1", "fc2"} and all(r.weights_clipped == 0 for r in reports.values())
@@ -69,7 +70,7 @@ def test_analog_conv_matches_the_chip_and_xla(key):
 
 
 def test_converters_saturate_counted_and_warned_then_calibrated(key):
-    chip = Chip(ChipConfig(dac_bits=8, adc_bits=8))
+    chip = Chip(ChipConfig(forward=ForwardConfig(dac_bits=8, adc_bits=8)))
     deploy({"fc": jax.random.normal(key, (64, 32))}, chip, key)
     x = 4 * jax.random.uniform(key, (100, 64))  # inputs up to 4 against the default DAC range 1
     chip.mvm("fc", x, key)

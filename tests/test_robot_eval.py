@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_pcm.chip import ChipConfig
 from l2l_pcm.cli import main
 from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.pcm import PCMDevice
@@ -14,7 +13,7 @@ from l2l_pcm.robot.arm import ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.deploy import ChipTrainee
 from l2l_pcm.robot.eprop import software_memory
 from l2l_pcm.robot.evaluate import animate_arm, evaluate, plot_spikes_and_signals, plot_trajectories
-from l2l_pcm.robot.model import RobotConfig, init_params, inner_loop
+from l2l_pcm.robot.model import ROBOT_HARDWARE, RobotConfig, init_params, inner_loop
 from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
 from l2l_pcm.robot.train import RobotTrainConfig, load_robot_checkpoint, train, trajectories
 
@@ -43,7 +42,8 @@ def test_chip_with_noise_off_matches_software(w_out_on_pcm):
     targets = trajectories(config, jax.random.PRNGKey(1), 4)
     key = jax.random.PRNGKey(2)
     software = inner_loop(params, targets, key, config, memory=software_memory())
-    chip = ChipTrainee(params, config, key, ChipConfig(device=PCMDevice().noiseless()), time_since_programming_s=60.0)
+    noiseless = config.hardware.with_settings({"device": PCMDevice().noiseless(), "clock.deployment_age_s": 60.0})
+    chip = ChipTrainee(params, config, key, noiseless)
     on_chip = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.PRNGKey(3))
     np.testing.assert_allclose(on_chip.before.xyz, software.before.xyz, atol=1e-5)
     np.testing.assert_allclose(on_chip.after.xyz, software.after.xyz, atol=1e-5)
@@ -62,7 +62,10 @@ def test_the_robots_crossbar_reads_are_booked_with_their_converter_clips():
     params = init_params(jax.random.PRNGKey(0), config)
     targets = trajectories(config, jax.random.PRNGKey(1), 4)
     key = jax.random.PRNGKey(2)
-    chip = ChipTrainee(params, config, key, ChipConfig(adc_bits=6, adc_range=0.05), time_since_programming_s=60.0)
+    adc = config.hardware.with_settings(
+        {"forward.adc_bits": 6, "forward.adc_range": 0.05, "clock.deployment_age_s": 60.0}
+    )
+    chip = ChipTrainee(params, config, key, adc)
     result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.PRNGKey(3))
     before = {name: dict(counters) for name, counters in chip.chip.counters.items()}
     chip.book_reads(result.eprop)
@@ -79,7 +82,9 @@ def test_the_robots_crossbar_reads_are_booked_with_their_converter_clips():
 
 def test_chip_backend_uses_the_checkpoints_device():
     """A noisier device in the config reaches the chip (it used to be built with the default device)."""
-    config = small_robot(hardware=ChipConfig(device=PCMDevice(prog_noise_scale=5.0, read_noise_scale=5.0)))
+    config = small_robot(
+        hardware=dataclasses.replace(ROBOT_HARDWARE, device=PCMDevice(prog_noise_scale=5.0, read_noise_scale=5.0))
+    )
     params = init_params(jax.random.PRNGKey(0), config)
     assert ChipTrainee(params, config, jax.random.PRNGKey(1)).chip.config.device == config.device
 
@@ -181,7 +186,7 @@ def test_readout_on_pcm_in_the_software_model_reads_drifted_weights():
     device = device_profile("authors").replace(
         initial_programming="program", prog_noise_scale=0.0, read_noise_scale=0.0
     )
-    base = small_robot(hardware_aware=True, hardware=ChipConfig(device=device))
+    base = small_robot(hardware_aware=True, hardware=dataclasses.replace(ROBOT_HARDWARE, device=device))
     params = init_params(jax.random.PRNGKey(0), base)
     targets = trajectories(base, jax.random.PRNGKey(1), 3)
     key = jax.random.PRNGKey(2)
@@ -206,3 +211,19 @@ def test_eval_json_carries_its_provenance(tiny_checkpoint, capsys):
     assert (p["seed"], p["tasks"], p["backend"], p["time_since_programming_s_asked"]) == (3, 2, "chip", 3600.0)
     assert p["device_profile"] == "ibm" and p["hardware"]["device"]["g_max_uS"] == 25.0
     assert p["date_utc"].endswith("+00:00")
+
+
+def test_software_pcm_model_and_chip_agree_on_the_same_trajectories():
+    """The robot's software PCM model (hardware-aware training's) is the chip's physics: on the same 30
+    unseen trajectories of the shipped model, at the chip's read noise, MSE before and after the update
+    agree within their intervals, and the paired ratio after/before is close."""
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT
+
+    params, config, _ = load_robot_checkpoint(SHIPPED_CHECKPOINT)
+    software = evaluate(params, config.model, "software", tasks=30, seed=5, precision="pcm")
+    chip = evaluate(params, config.model, "chip", tasks=30, seed=5)
+    for metric in ("mse_before", "mse_after"):
+        difference = abs(chip[metric] - software[metric])
+        assert difference <= chip[f"{metric}_ci95"] + software[f"{metric}_ci95"], (metric, chip, software)
+    ratio = abs(chip["mse_ratio_after_to_before"] - software["mse_ratio_after_to_before"])
+    assert ratio < 0.05, (chip["mse_ratio_after_to_before"], software["mse_ratio_after_to_before"])

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_pcm.chip import IDEAL_MVM, Chip, ChipConfig
+from l2l_pcm.chip import IDEAL_MVM, Chip, ChipConfig, UpdateConfig
 from l2l_pcm.chip.crossbar import WeightStatistics
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice
@@ -412,7 +412,7 @@ def test_default_sizes():
         lambda: RobotConfig(lsg=LSGConfig(n_in=50)),
         lambda: RobotConfig(lsg=LSGConfig(n_out=100)),
         lambda: RobotConfig(quantize_update="yes"),
-        lambda: RobotConfig(hardware=ChipConfig(update_step=-0.1)),
+        lambda: RobotConfig(hardware=ChipConfig(update=UpdateConfig(step=-0.1))),
         lambda: tiny_robot(eta=0.0),
     ],
 )

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from l2l_pcm import _io
+from l2l_pcm.chip.config import SCENARIO_FIELD_HOMES, sectioned_hardware
 from l2l_pcm.errors import CheckpointError
 
 
@@ -58,14 +59,15 @@ def unflatten(prefix: str, tensors: Mapping[str, np.ndarray], template, source: 
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Version of the checkpoint format. 1 (no ``format_version`` field): files before the authors' Scorbot
 kinematics and LSB-first target code; 2: since; 3: the model config holds one ``hardware`` tree
 (:class:`l2l_pcm.chip.ChipConfig`) instead of separate ``device`` and update-step fields; 4: the chip's
 default read-noise generator is the counter-based one (a format-3 hardware tree without
-``read_noise_rng`` was measured with threefry, and keeps it). Loaders refuse newer files, and
-:func:`migrated_config` says what an older one means."""
-
+``read_noise_rng`` was measured with threefry, and keeps it); 5: the hardware tree has sections
+(arrays, forward, update, clock) and holds the update rounding, the time between updates and the
+training age that the scenario configs held. Loaders refuse newer files, and :func:`migrated_config`
+says what an older one means."""
 
 def format_version(metadata: Mapping) -> int:
     version = metadata.get("format_version", 1)
@@ -82,12 +84,19 @@ def _config_levels(config: dict):
             yield from _config_levels(value)
 
 
+def _is_robot_model(level: Mapping) -> bool:
+    return "trainee" in level and "lsg" in level
+
+
 def migrated_config(metadata: Mapping) -> dict:
     """A checkpoint's config in the current format: the one place that says what older formats meant.
 
-    Format ≤ 2: ``device`` and the update step (``update_step``, or the robot's ``quantize_step``) beside
-    the other fields become the ``hardware`` tree. Format ≤ 3: a hardware tree without ``read_noise_rng``
-    keeps the generator it was measured with, threefry (the default until format 4)."""
+    Format ≤ 2: ``device`` and the update step (``update_step``, or the robot's ``quantize_step``; a null
+    one meant exact updates) beside the other fields become the ``hardware`` tree. Format ≤ 3: a hardware
+    tree without ``read_noise_rng`` keeps the generator it was measured with, threefry (the default until
+    format 4). Format ≤ 4: the flat tree gets its sections (:func:`l2l_pcm.chip.config.sectioned_hardware`),
+    and the scenario's hardware fields (:data:`~l2l_pcm.chip.config.SCENARIO_FIELD_HOMES`) move into it;
+    a robot model rounded its updates to the nearest step (hard-coded until format 5)."""
     config = metadata.get("config")
     if not isinstance(config, Mapping):
         raise CheckpointError(f"checkpoint config must be a JSON object, got {config!r}")
@@ -95,14 +104,28 @@ def migrated_config(metadata: Mapping) -> dict:
     version = format_version(metadata)
     for level in list(_config_levels(config)):
         if version < 3 and "hardware" not in level and "device" in level:
+            if "quantize_step" in level and level["quantize_step"] is None:  # a robot trained with exact updates
+                level["quantize_update"] = False
             hardware = {"device": level.pop("device")}
             for step in ("update_step", "quantize_step"):
                 if level.get(step) is not None:
                     hardware["update_step"] = level.pop(step)
-            level.pop("update_step", None)  # null: the default step (a robot's null quantize_step stays)
+                level.pop(step, None)
             level["hardware"] = hardware
         if version < 4 and isinstance(level.get("hardware"), dict):
             level["hardware"].setdefault("read_noise_rng", "threefry")
+        moved = [name for name in SCENARIO_FIELD_HOMES if name in level]
+        if version < 5 and (isinstance(level.get("hardware"), dict) or moved or _is_robot_model(level)):
+            hardware = sectioned_hardware(level.get("hardware", {}))
+            if _is_robot_model(level):
+                hardware.setdefault("update", {})["rounding"] = "nearest"
+            for name in moved:
+                *sections, field = SCENARIO_FIELD_HOMES[name].split(".")
+                home = hardware
+                for section in sections:
+                    home = home.setdefault(section, {})
+                home[field] = level.pop(name)
+            level["hardware"] = hardware
     return config
 
 

@@ -79,18 +79,21 @@ def _device(spec: str):
 
 
 def _hardware(args: argparse.Namespace, current):
-    """The hardware a command uses: the checkpoint's/config's ``current``, replaced by ``--hardware
-    FILE.json`` (ChipConfig fields; missing ones take their defaults) and then ``--device``."""
-    from l2l_pcm.chip import ChipConfig
-
+    """The hardware a command uses: the checkpoint's/config's ``current`` tree, with ``--hardware
+    FILE.json`` laid over it (a partial tree; settings it leaves out keep the current ones), then
+    ``--device``, ``--drift-compensation`` and ``--time-since-programming`` (the deployment age) set in
+    it. The library checks the result (e.g. a fixed-age device refuses a deployment age)."""
     hardware = current
     if getattr(args, "hardware", None) is not None:
-        hardware = ChipConfig.from_json(_read_json(args.hardware))
+        hardware = hardware.updated(_read_json(args.hardware), f"--hardware {args.hardware}")
+    settings = {}
     if getattr(args, "device", None) is not None:
-        hardware = dataclasses.replace(hardware, device=_device(args.device))
+        settings["device"] = _device(args.device)
     if getattr(args, "drift_compensation", None):
-        hardware = dataclasses.replace(hardware, drift_compensation=args.drift_compensation)
-    return hardware
+        settings["drift_compensation"] = args.drift_compensation
+    if getattr(args, "time_since_programming", None) is not None and args.backend == "chip":
+        settings["clock.deployment_age_s"] = args.time_since_programming
+    return hardware.with_settings(settings) if settings else hardware
 
 
 def _refuse_chip_only_flags(args: argparse.Namespace, hardware, software_mvms: bool = True) -> None:
@@ -102,13 +105,13 @@ def _refuse_chip_only_flags(args: argparse.Namespace, hardware, software_mvms: b
     if args.backend == "chip":
         return
     asked = getattr(args, "hardware", None) is not None
-    default = type(hardware)()
+    default = type(hardware.forward)()
     mvm_fields = () if software_mvms else ("read_noise_mode",)
     for field, value in (
-        ("dac_bits", asked and hardware.dac_bits),
-        ("adc_bits", asked and hardware.adc_bits),
+        ("dac_bits", asked and hardware.forward.dac_bits),
+        ("adc_bits", asked and hardware.forward.adc_bits),
         ("drift_compensation", asked and hardware.drift_compensation != "none" and not args.drift_compensation),
-        *((name, asked and getattr(hardware, name) != getattr(default, name)) for name in mvm_fields),
+        *((name, asked and getattr(hardware.forward, name) != getattr(default, name)) for name in mvm_fields),
     ):
         if value:
             raise L2LPCMError(
@@ -243,7 +246,6 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
 
     params, config, _, images = _load_fewshot(args)
-    config.device.refuse_fixed_age(args.time_since_programming)
     _refuse_chip_only_flags(args, config.hardware, software_mvms=False)
     precision = _precision(args, "fp32")
     if args.backend == "chip":
@@ -254,7 +256,6 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
             args.tasks,
             args.queries,
             args.seed,
-            time_since_programming_s=args.time_since_programming,
             progress=not args.json,
         )
     else:
@@ -326,12 +327,21 @@ def _sweep_axes(args: argparse.Namespace, hardware, readout_axes: bool) -> dict:
     return axes
 
 
+SWEEP_HARDWARE_AXES = {
+    "time_since_programming_s": "clock.deployment_age_s",
+    "drift_compensation": "drift_compensation",
+    "dac_bits": "forward.dac_bits",
+    "adc_bits": "forward.adc_bits",
+}
+"""Sweep axes that are hardware settings, and their home in the tree."""
+
+
 def _point_hardware(hardware, point: dict):
-    """The hardware of one sweep point: the base with the point's compensation, bits and device."""
-    changes = {name: point[name] for name in ("drift_compensation", "dac_bits", "adc_bits") if name in point}
+    """The hardware of one sweep point: the base with the point's age, compensation, bits and device."""
+    settings = {home: point[axis] for axis, home in SWEEP_HARDWARE_AXES.items() if axis in point}
     if "device" in point:
-        changes["device"] = _device(point["device"])
-    return dataclasses.replace(hardware, **changes)
+        settings["device"] = _device(point["device"])
+    return hardware.with_settings(settings)
 
 
 def _finish_sweep(args, rows: list[dict], stem: str, hardware, plot_args: dict) -> None:
@@ -358,13 +368,13 @@ def _fewshot_sweep(args: argparse.Namespace) -> None:
 
     params, config, _, images = _load_fewshot(args)
     points = sweep.grid(_sweep_axes(args, config.hardware, readout_axes=True))
+    hardware = [_point_hardware(config.hardware, point) for point in points]  # every point checked first
 
     def evaluate_point(point: dict) -> dict:
-        changes = {"hardware": _point_hardware(config.hardware, point)}
+        changes = {"hardware": hardware[points.index(point)]}
         changes.update({name: point[name] for name in ("update_budget", "readout_scale") if name in point})
         point_config = dataclasses.replace(config, **changes)
-        time_s = point["time_since_programming_s"]
-        return evaluate_chip(params, point_config, images, args.tasks, args.queries, args.seed, None, time_s)
+        return evaluate_chip(params, point_config, images, args.tasks, args.queries, args.seed)
 
     rows = sweep.run(points, evaluate_point, FEWSHOT_SWEEP_METRICS, progress=not args.json)
     plot = {"metric": "accuracy_mean", "ci": "accuracy_ci95", "ylabel": "query accuracy after the inner loop (%)"}
@@ -380,11 +390,11 @@ def _robot_sweep(args: argparse.Namespace) -> None:
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
     model = _robot_overrides(args, config.model)
     points = sweep.grid(_sweep_axes(args, model.hardware, readout_axes=False))
+    hardware = [_point_hardware(model.hardware, point) for point in points]  # every point checked first
 
     def evaluate_point(point: dict) -> dict:
-        hardware = _point_hardware(model.hardware, point)
-        time_s = point["time_since_programming_s"]
-        return evaluate(params, model, "chip", args.tasks, args.seed, "trained", hardware, time_s)
+        point_model = dataclasses.replace(model, hardware=hardware[points.index(point)])
+        return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained")
 
     rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json)
     plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "ylabel": "MSE after / before the update"}
@@ -473,10 +483,9 @@ def _robot_eval(args: argparse.Namespace) -> None:
 
     params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
     model = _robot_overrides(args, config.model)
-    model.device.refuse_fixed_age(args.time_since_programming)
     _refuse_chip_only_flags(args, model.hardware)
     precision = _precision(args, "trained")
-    result = evaluate(params, model, args.backend, args.tasks, args.seed, precision, None, args.time_since_programming)
+    result = evaluate(params, model, args.backend, args.tasks, args.seed, precision)
     result["provenance"] = _provenance(
         args, model.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
     )
@@ -927,8 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_config_assignment,
         metavar="FIELD=VALUE",
-        help="change a config field of the copy (a deployment setting, e.g. readout_scale=0.35); checked by "
-        "the checkpoint's config class and recorded as export_changes; repeatable",
+        help="change a config field of the copy (a deployment setting, e.g. readout_scale=0.35, or a path into "
+        "the hardware tree, e.g. hardware.forward.dac_bits=8); checked by the checkpoint's config class and "
+        "recorded as export_changes; repeatable",
     )
     export.set_defaults(run=_export)
     _remember_subcommands(parser)

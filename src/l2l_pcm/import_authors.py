@@ -18,6 +18,7 @@ from IGITUGraz/RapidLearningInMemoryComputing commit cc689bd, Apache License 2.0
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -26,13 +27,18 @@ import numpy as np
 
 from l2l_pcm.authors_pickle import read_authors_pickle, sha256_of
 from l2l_pcm.checkpoint import save_checkpoint
-from l2l_pcm.chip import ChipConfig
+from l2l_pcm.chip import ChipConfig, ClockConfig, ForwardConfig, UpdateConfig
 from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.pcm import device_profile
 
-AUTHORS_HARDWARE = ChipConfig(device=device_profile("authors"), read_noise_rng="threefry")
-"""The hardware the authors' imported models deploy on: their device profile, and the generator every
-published figure of them was measured with."""
+AUTHORS_HARDWARE = ChipConfig(
+    device=device_profile("authors"),
+    forward=ForwardConfig(read_noise_rng="threefry"),
+    clock=ClockConfig(training_age_s=32.0),
+)
+"""The hardware the authors' imported models deploy on: their device profile read at their t/t0 = 32
+s, and the generator every published figure of them was measured with. Few-shot: stochastic rounding of
+inner updates (the tree's default); robot: nearest (:func:`robot_config`)."""
 ATTRIBUTION = (
     "Weights by Ortner et al. (Nat. Commun. 2025), from IGITUGraz/RapidLearningInMemoryComputing commit "
     "cc689bdf89833e6c765a35fa0f31b9b153b59f9c, Apache License 2.0; converted by l2l-pcm import-authors."
@@ -56,13 +62,11 @@ def fewshot_config(channels: int, ways: int):
         channels=channels,
         inner_steps=4,
         inner_lr=0.1,
-        update_rounding="stochastic",
         update_budget=0,
         normalisation="per_set",
         norm_epsilon=1e-3,
         ink="zero",
         hardware=AUTHORS_HARDWARE,
-        time_since_programming_s=32.0,
     )
 
 
@@ -74,11 +78,10 @@ def robot_config():
     model = RobotConfig(
         batch=90,
         hardware_aware=True,
-        hardware=AUTHORS_HARDWARE,
+        hardware=dataclasses.replace(AUTHORS_HARDWARE, update=UpdateConfig(rounding="nearest")),
         xyz_code="authors",
         clip_predicted_angles=False,
         w_out_on_pcm=True,
-        time_since_programming_s=32.0,
     )
     return RobotTrainConfig(model=model)
 

@@ -328,12 +328,12 @@ class PCMDevice:
         return self.conductances_to_weights(g_target_uS if self.reprogram_from == "target" else g_now_uS)
 
     # ----------------------------------------------------------------------------------- drift
-    def refuse_fixed_age(self, time_since_programming_s: float | None) -> None:
+    def refuse_fixed_age(self, time_since_programming_s: float | None, label: str = "time since programming") -> None:
         """Refuse an asked-for time since programming on a device that reads every device at a fixed age
         (``fixed_age_s``, the authors' convention): the time could not take effect."""
         if time_since_programming_s is not None and self.fixed_age_s is not None:
             raise ConfigError(
-                f"time since programming {time_since_programming_s!r} s: this device reads every device at a "
+                f"{label} {time_since_programming_s!r} s: this device reads every device at a "
                 f"fixed age of {self.fixed_age_s:g} s (the authors' convention), so a time since programming "
                 "cannot apply"
             )

@@ -277,8 +277,9 @@ def export_checkpoint(
     """Copy a training checkpoint without its optimiser state (what a user needs to deploy it).
 
     ``config_changes`` set deployment fields the training did not choose (a readout scale, an update
-    budget); the changed config must pass ``config_from_json`` (the kind's own validation), and the
-    changes are recorded in the metadata as ``export_changes``, so the file says how it differs from its run.
+    budget, ``hardware.forward.dac_bits``: a dotted path reaches into the config's sections); the changed
+    config must pass ``config_from_json`` (the kind's own validation), and the changes are recorded in the
+    metadata as ``export_changes``, so the file says how it differs from its run.
     """
     tensors, metadata = _io.load_tensors(source)
     if "kind" not in metadata or "config" not in metadata:
@@ -288,7 +289,15 @@ def export_checkpoint(
         raise CheckpointError(f"{source} holds no parameters")
     metadata = {**metadata, "exported_from": str(Path(source).name)}
     if config_changes:
-        config = {**migrated_config(metadata), **config_changes}
+        config = migrated_config(metadata)
+        for dotted, value in config_changes.items():  # "readout_scale", or a path "hardware.forward.dac_bits"
+            *parents, name = dotted.split(".")
+            level = config
+            for part in parents:
+                if not isinstance(level.get(part), dict):
+                    raise ConfigError(f"--set {dotted}: {part!r} is not a section of the checkpoint's config")
+                level = level[part]
+            level[name] = value
         if config_from_json is None:
             raise ConfigError("changing a checkpoint's config on export needs its config class to check it")
         config_from_json(config)

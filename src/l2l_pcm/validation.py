@@ -72,6 +72,10 @@ def parse(cls: type, data: object, path: str):
         match = _AT.match(str(exc))
         message = match.group("message").replace("`", "")
         where = path + (match.group("path") or "")
+        section = where.rsplit(".", 1)
+        if len(section) == 2 and message.startswith(section[1] + "."):  # a section's own rule names its field
+            field, _, message = message.partition(" ")
+            where = f"{section[0]}.{field}"
         if message.startswith("Expected"):
             message = "e" + message[1:]
         raise ConfigError(f"{where}: {message}") from None

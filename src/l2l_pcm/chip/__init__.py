@@ -17,7 +17,16 @@ from l2l_pcm.chip.chip import (
     chip_for_model,
     deploy,
 )
-from l2l_pcm.chip.config import ChipConfig, Periphery, ReprogramReport, hardware_from_fields
+from l2l_pcm.chip.config import (
+    ArraysConfig,
+    ChipConfig,
+    ClockConfig,
+    ForwardConfig,
+    Periphery,
+    ReprogramReport,
+    UpdateConfig,
+    refuse_hardware_fields,
+)
 from l2l_pcm.chip.crossbar import (
     IDEAL_MVM,
     LayerState,
@@ -49,7 +58,12 @@ __all__ = [
     "IDEAL_MVM",
     "AnalogLayer",
     "Chip",
+    "ArraysConfig",
     "ChipConfig",
+    "ClockConfig",
+    "ForwardConfig",
+    "UpdateConfig",
+    "refuse_hardware_fields",
     "ChipLayer",
     "ChipSnapshot",
     "EnergyModel",
@@ -71,7 +85,6 @@ __all__ = [
     "deploy",
     "hardware_aware",
     "hardware_aware_layers",
-    "hardware_from_fields",
     "image_patches",
     "program_layer",
     "read_statistics",

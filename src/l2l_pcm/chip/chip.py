@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm import _io
-from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig, Periphery, ReprogramReport
+from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig, Periphery, ReprogramReport, sectioned_hardware
 from l2l_pcm.chip.crossbar import (
     LayerState,
     MVMCounts,
@@ -35,7 +35,8 @@ from l2l_pcm.errors import CheckpointError, ConfigError, FixedAgeWarning
 from l2l_pcm.pcm import PCMDevice, quantize
 
 STATE_KIND = "chip-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""Version of a saved chip: 1 held the flat hardware config, 2 the sectioned tree (version 1 is migrated)."""
 COUNTER_NAMES = (
     "devices_programmed",
     "program_events",
@@ -167,7 +168,7 @@ class Chip:
         """One record per placed layer (:class:`ChipLayer`)."""
         self._counters: dict[str, dict[str, int]] = {}
         self._pending: list[tuple[str, MVMCounts, MVMSpec]] = []
-        self._space = ArraySpace(self.config.n_arrays, self.config.array_rows, self.config.array_cols)
+        self._space = ArraySpace(self.config.arrays.count, self.config.arrays.rows, self.config.arrays.cols)
         self._stats_cache: dict[str, WeightStatistics] = {}
         self._patterns: dict[str, jax.Array] = {}
         self._calibrations = 0
@@ -317,7 +318,7 @@ class Chip:
 
         ``rounding`` is "stochastic" (unbiased, the authors' few-shot inner loop) or "nearest" (the
         authors' robot update); it has no default here: it belongs to the learning rule that calls
-        (``MAMLConfig.update_rounding``; the robot's update is on the grid already). Under calibrated drift
+        (``hardware.update.rounding``; the robot's update is on the grid already). Under calibrated drift
         compensation the update is in compensated units and ``relative_to`` says what it is added to:
         "intended" (the weights as compensated reads return them, so the layer reads consistently after
         the update) or "programmed" (the device's own rule,
@@ -343,7 +344,7 @@ class Chip:
             units = units * self.layers[name].gains
             if relative_to == "intended":
                 base = record.intended / units
-        quantized = quantize(update / units, self.config.update_step, key_round if rounding == "stochastic" else None)
+        quantized = quantize(update / units, self.config.update.step, key_round if rounding == "stochastic" else None)
         new_state, touched, pairs, rows, clipped = _reprogram(device, key_prog, state, quantized, self.now_s, base)
         rewritten = jnp.any(touched.reshape(-1, *placement.shape), axis=0)
         written = device.conductances_to_weights(new_state.g_target_uS) * units
@@ -429,7 +430,7 @@ class Chip:
             key,
             placement.blocks,
             self.config.drift_compensation == "column",
-            self.config.read_noise_rng,
+            self.config.forward.read_noise_rng,
         )
         vectors = 2 * CALIBRATION_VECTORS  # each pattern and its complement, read without converters
         self._counters[name]["calibration_vectors"] += vectors
@@ -453,7 +454,7 @@ class Chip:
         if record is not None and record.spec is not None:
             return record.spec
         placement = self._placement(name)
-        cfg = self.config
+        cfg = self.config.forward
         ranges = self.layer_periphery(name)
         spec = MVMSpec(
             tiles=placement.blocks,
@@ -527,7 +528,7 @@ class Chip:
     def layer_periphery(self, name: str) -> Periphery:
         """The DAC/ADC ranges a layer's MVMs use now."""
         self._placement(name)
-        return self.layers[name].periphery or Periphery(self.config.dac_range, self.config.adc_range)
+        return self.layers[name].periphery or Periphery(self.config.forward.dac_range, self.config.forward.adc_range)
 
     def set_periphery(
         self, name: str, dac_range: float | None = None, adc_range: float | None = None, dac_unsigned=None
@@ -718,9 +719,13 @@ class Chip:
         """Rebuild a chip saved by :meth:`save`; a damaged or foreign file raises :class:`CheckpointError`."""
         tensors, meta = _io.load_tensors(path, kind=STATE_KIND)
         try:
-            if meta.get("version") != STATE_VERSION:
-                raise CheckpointError(f"{path}: chip-state version {meta.get('version')} is not supported")
-            chip = cls(ChipConfig.from_json(meta["config"]))
+            version = meta.get("version")
+            if version not in (1, STATE_VERSION):
+                raise CheckpointError(f"{path}: chip-state version {version} is not supported")
+            config = meta["config"]
+            if version == 1 and isinstance(config, dict):
+                config = sectioned_hardware(config)
+            chip = cls(ChipConfig.from_json(config))
             saved = [LayerPlacement.from_json(data) for data in meta["placements"]]
             for placement in saved:
                 chip._place(placement.name, placement.kind, placement.shape, placement.kernel_shape)
@@ -867,17 +872,23 @@ def _optional_matrix(tensors, name: str, default: jax.Array, path) -> jax.Array:
     return jnp.asarray(array)
 
 
-def chip_for_model(chip_config: ChipConfig | None, hardware: ChipConfig, deployment_age_s: float | None = None) -> Chip:
-    """A chip to deploy a model on: built from the model's ``hardware``, or ``chip_config`` if given (an
-    experiment's other chip, e.g. noiseless), which must keep the model's update step: a chip with
-    another step would write other updates than the model was meta-trained with, so it is refused.
-    ``deployment_age_s``, the age asked for (None: the model's own), is refused on a fixed-age device.
+def chip_for_model(chip_config: ChipConfig | None, hardware: ChipConfig) -> Chip:
+    """A chip to deploy a model on, at its age in use (``clock.deployment_age_s``, or the training age).
+
+    Built from the model's ``hardware``, or ``chip_config`` if given (an experiment's other chip, e.g.
+    noiseless), which must keep the model's ``update`` section and training age: a chip with another
+    update step or rounding would write other updates than the model was meta-trained with, and the
+    training age is the age calibrated compensation holds the weights at, so a difference is refused.
     """
     chip = Chip(hardware if chip_config is None else chip_config)
-    if chip.config.update_step != hardware.update_step:
-        raise ConfigError(
-            f"the chip's update step {chip.config.update_step:g} differs from the model's "
-            f"{hardware.update_step:g} (hardware.update_step); set it once, in the model's hardware config"
-        )
-    chip.config.device.refuse_fixed_age(deployment_age_s)
+    config = chip.config
+    for label, mine, model in (
+        ("update", config.update, hardware.update),
+        ("clock.training_age_s", config.clock.training_age_s, hardware.clock.training_age_s),
+    ):
+        if mine != model:
+            raise ConfigError(
+                f"the chip's hardware.{label} {mine!r} differs from the model's {model!r}; set it once, in the "
+                "model's hardware config"
+            )
     return chip

@@ -24,23 +24,30 @@ CALIBRATION_VECTORS = 32
 measure its drift; every read is counted."""
 
 
+ROUNDINGS = ("stochastic", "nearest")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclasses.dataclass(frozen=True)
-class ChipConfig:
-    """The hardware configuration: device model, update grid, arrays, converters, drift compensation,
-    read-noise mode, energy model. Defaults: two 256×256 arrays of differential cells (paper.md §2).
+class ArraysConfig:
+    """The crossbar arrays layers are placed on (paper.md §2: two 256×256 arrays)."""
 
-    One tree for everything hardware (after aihwkit's ``rpu_config``): each model config holds one
-    (``MAMLConfig.hardware``, ``RobotConfig.hardware``), hardware-aware training and the software PCM
-    model read their device and update step from it, every checkpoint stores it, and the chip a model
-    is deployed on is built from it (``--hardware FILE.json`` / ``--device`` override it on the CLI).
-    """
+    count: int = 2
+    rows: int = 256
+    cols: int = 256
 
-    n_arrays: int = 2
-    array_rows: int = 256
-    array_cols: int = 256
-    device: PCMDevice = PCMDevice()
-    update_step: float = 1.0 / 16
-    """Granularity of on-chip weight updates, in weight units (1/16 of w_max)."""
+    def __post_init__(self) -> None:
+        for name in ("count", "rows", "cols"):
+            check_int(f"arrays.{name}", getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardConfig:
+    """How a crossbar is read: converters at its edges and the read noise of every read."""
+
     dac_bits: int | None = None
     """Input precision; None = ideal analog inputs."""
     dac_range: float = 1.0
@@ -49,12 +56,6 @@ class ChipConfig:
     """Output precision per tile; None = ideal."""
     adc_range: float = 32.0
     """Per-tile outputs are clipped to ±adc_range (weight×input units) when ``adc_bits`` is set."""
-    drift_compensation: str = "none"
-    """"none"; "global": the oracle factor of :func:`read_statistics` (noise-free total conductance, one per
-    layer; ``true`` in older configs); "array" / "column": measured, as a chip can, by a noisy read of
-    ``CALIBRATION_VECTORS`` known inputs whenever the layer is read after its state or the clock changed
-    (counted in ``calibration_vectors`` and the MVM counters), one gain per array tile or per column;
-    updates are then written relative to the compensated weights (:meth:`Chip.reprogram`)."""
     read_noise_mode: str = "per_read"
     """"per_read": fresh device noise for every input vector (exact). "per_batch": one draw per MVM call
     shared by its vectors (aihwkit-style, about 2x faster). See :func:`analog_matmul`."""
@@ -63,51 +64,180 @@ class ChipConfig:
     same distribution as ``jax.random.normal``, an MVM with exact per-read noise about 1.3x faster on CPU)
     or "threefry" (``jax.random``; the shipped models and the authors' imported ones were measured with it
     and keep it in their hardware config, so their published numbers reproduce exactly)."""
+
+    def __post_init__(self) -> None:
+        for name in ("dac_bits", "adc_bits"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 2 <= value <= 32):
+                raise ConfigError(f"forward.{name} must be None or an integer in [2, 32], got {value!r}")
+        if self.read_noise_rng not in READ_NOISE_RNGS:
+            raise ConfigError(f"forward.read_noise_rng must be one of {READ_NOISE_RNGS}, got {self.read_noise_rng!r}")
+        if self.read_noise_mode not in READ_NOISE_MODES:
+            raise ConfigError(
+                f"forward.read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}"
+            )
+        for name in ("dac_range", "adc_range"):
+            check_number(f"forward.{name}", getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+    """How weights are written after deployment: the grid, its rounding and the time between writes."""
+
+    step: float = 1.0 / 16
+    """Granularity of on-chip weight updates, in weight units (1/16 of w_max)."""
+    rounding: str = "stochastic"
+    """How an update is rounded to ``step`` (hardware-aware training, the software PCM model and the chip):
+    "stochastic" (unbiased, the authors' few-shot choice) or "nearest" (the authors' robot rule; updates
+    below half a step are dropped: fewer devices)."""
+    seconds_between: float = 1.0
+    """Chip time between writing an update and the next read: devices an update re-programmed are this
+    old when read (the few-shot inner steps, the robot's pass 2)."""
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.step) and self.step > 0):
+            raise ConfigError(f"update.step must be a finite number > 0, got {self.step!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"update.rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if not (_finite(self.seconds_between) and self.seconds_between >= 0):
+            raise ConfigError(f"update.seconds_between must be a finite number >= 0, got {self.seconds_between!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClockConfig:
+    """The two ages of a model's weights, named apart: the one it was meta-trained at and the one it is used at."""
+
+    training_age_s: float = 3600.0
+    """Time since programming at which hardware-aware training and the software PCM model read the
+    weights; calibrated drift compensation holds deployed weights as they read at this age."""
+    deployment_age_s: float | None = None
+    """Time since programming at which the chip is used (evaluation, sweeps); None = ``training_age_s``."""
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.training_age_s) and self.training_age_s >= 0):
+            raise ConfigError(f"clock.training_age_s must be a finite number >= 0, got {self.training_age_s!r}")
+        age = self.deployment_age_s
+        if age is not None and not (_finite(age) and age >= 0):
+            raise ConfigError(f"clock.deployment_age_s must be None or a finite number >= 0, got {age!r}")
+
+    @property
+    def age_in_use_s(self) -> float:
+        """The chip's age when it is used: the deployment age, or the training age if none is set."""
+        return self.training_age_s if self.deployment_age_s is None else self.deployment_age_s
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipConfig:
+    """The hardware, one typed tree with one home per setting (after aihwkit's ``rpu_config``):
+
+    - ``device``: the PCM cell and its physics (:class:`~l2l_pcm.pcm.PCMDevice`: conductance range, w_max,
+      devices per polarity, programming/drift/read noise, the authors' conventions such as a fixed age);
+    - ``arrays``: the crossbar arrays (:class:`ArraysConfig`);
+    - ``forward``: converters and read noise (:class:`ForwardConfig`);
+    - ``update``: step, rounding and time between writes (:class:`UpdateConfig`);
+    - ``drift_compensation``: "none", "global", "array" or "column" (below);
+    - ``clock``: training age and deployment age (:class:`ClockConfig`);
+    - ``energy``: the energy model (:class:`~l2l_pcm.chip.energy.EnergyModel`).
+
+    Each model config holds one (``MAMLConfig.hardware``, ``RobotConfig.hardware``); hardware-aware
+    training, the software PCM model and the chip a model is deployed on all read it, every checkpoint
+    stores it, and ``--hardware FILE.json`` (this tree as JSON) / ``--device`` override it on the CLI.
+    Change settings by their paths with :meth:`with_settings` (``{"forward.dac_bits": 8}``).
+    """
+
+    device: PCMDevice = PCMDevice()
+    arrays: ArraysConfig = ArraysConfig()
+    forward: ForwardConfig = ForwardConfig()
+    update: UpdateConfig = UpdateConfig()
+    drift_compensation: str = "none"
+    """"none"; "global": the oracle factor of :func:`read_statistics` (noise-free total conductance, one per
+    layer); "array" / "column": measured, as a chip can, by a noisy read of ``CALIBRATION_VECTORS`` known
+    inputs whenever the layer is read after its state or the clock changed (counted in
+    ``calibration_vectors`` and the MVM counters), one gain per array tile or per column; updates are then
+    written relative to the compensated weights (:meth:`Chip.reprogram`)."""
+    clock: ClockConfig = ClockConfig()
     energy: EnergyModel = EnergyModel()
 
     def __post_init__(self) -> None:
+        for name, kind in (
+            ("device", PCMDevice),
+            ("arrays", ArraysConfig),
+            ("forward", ForwardConfig),
+            ("update", UpdateConfig),
+            ("clock", ClockConfig),
+            ("energy", EnergyModel),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         if isinstance(self.drift_compensation, bool):  # configs and checkpoints before "global" had a name
             object.__setattr__(self, "drift_compensation", "global" if self.drift_compensation else "none")
         if self.drift_compensation not in DRIFT_COMPENSATIONS:
             raise ConfigError(
-                f"ChipConfig.drift_compensation must be one of {DRIFT_COMPENSATIONS}, got {self.drift_compensation!r}"
+                f"drift_compensation must be one of {DRIFT_COMPENSATIONS}, got {self.drift_compensation!r}"
             )
-        for name in ("n_arrays", "array_rows", "array_cols"):
-            check_int(f"ChipConfig.{name}", getattr(self, name))
-        if not (math.isfinite(self.update_step) and 0 < self.update_step <= self.device.w_max):
-            raise ConfigError(f"ChipConfig.update_step must be in (0, w_max], got {self.update_step!r}")
-        for name in ("dac_bits", "adc_bits"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 2 <= value <= 32):
-                raise ConfigError(f"ChipConfig.{name} must be None or an integer in [2, 32], got {value!r}")
-        if self.read_noise_rng not in READ_NOISE_RNGS:
+        if self.update.step > self.device.w_max:
             raise ConfigError(
-                f"ChipConfig.read_noise_rng must be one of {READ_NOISE_RNGS}, got {self.read_noise_rng!r}"
+                f"update.step must be in (0, w_max={self.device.w_max:g}], got {self.update.step!r}"
             )
-        if self.read_noise_mode not in READ_NOISE_MODES:
-            raise ConfigError(
-                f"ChipConfig.read_noise_mode must be one of {READ_NOISE_MODES}, got {self.read_noise_mode!r}"
-            )
-        for name in ("dac_range", "adc_range"):
-            check_number(f"ChipConfig.{name}", getattr(self, name))
+        self.device.refuse_fixed_age(self.clock.deployment_age_s, "clock.deployment_age_s")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def updated(self, data: Mapping, path: str = "hardware") -> ChipConfig:
+        """This tree with a partial JSON tree laid over it (``{"forward": {"dac_bits": 8}}``): fields the
+        data leaves out keep this tree's values, not the class defaults (a model's hardware, overridden by
+        a file, keeps its training age and update rule); parsed and checked like :meth:`from_json`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a JSON object of hardware settings, got {data!r}")
+
+        def merged(base: dict, over: Mapping) -> dict:
+            out = dict(base)
+            for name, value in over.items():
+                nested = isinstance(value, Mapping) and isinstance(base.get(name), dict)
+                out[name] = merged(base[name], value) if nested else value
+            return out
+
+        moved = [name for name in data if name in FLAT_HOMES]
+        if moved:  # refused by from_json with their homes, not merged beside the sections
+            return ChipConfig.from_json(data, path)
+        return ChipConfig.from_json(merged(self.to_json(), data), path)
+
+    def with_settings(self, settings: Mapping[str, object], path: str = "hardware") -> ChipConfig:
+        """This tree with settings changed by their dotted paths (``{"forward.dac_bits": 8,
+        "clock.deployment_age_s": 86400}``; ``"device"`` takes a profile name or a PCMDevice), parsed and
+        checked like a JSON file: a wrong path, type or value is one :class:`ConfigError` naming it."""
+        tree: dict = {}
+        for dotted, value in settings.items():
+            *parents, name = str(dotted).split(".")
+            level = tree
+            for part in parents:
+                level = level.setdefault(part, {})
+            level[name] = dataclasses.asdict(value) if isinstance(value, PCMDevice) else value
+        return self.updated(tree, path)
+
     def software_mvm_spec(self) -> MVMSpec:
         """The crossbar a software model of this hardware reads through: one ideal tile, this hardware's
         read-noise mode and generator (converters are the chip's alone)."""
-        return MVMSpec(read_noise_mode=self.read_noise_mode, read_noise_rng=self.read_noise_rng)
+        return MVMSpec(read_noise_mode=self.forward.read_noise_mode, read_noise_rng=self.forward.read_noise_rng)
 
     @classmethod
     def from_json(cls, data: Mapping, path: str = "hardware") -> ChipConfig:
-        """From a JSON object of fields (missing ones keep their defaults; ``device`` may be a profile name),
-        type-checked field by field (:func:`l2l_pcm.validation.parse`): a wrong type, an unknown field or a
-        value out of range is one :class:`ConfigError` naming the field's path under ``path``."""
+        """From a JSON object of this tree (missing fields keep their defaults; ``device`` may be a profile
+        name), type-checked field by field (:func:`l2l_pcm.validation.parse`): a wrong type, an unknown
+        field or a value out of range is one :class:`ConfigError` naming the field's path under ``path``.
+        A setting of the flat config (checkpoint formats 3-4) is refused with its home in the tree;
+        checkpoints are migrated by :func:`l2l_pcm.checkpoint.migrated_config`."""
         if isinstance(data, ChipConfig):
             return data
         if isinstance(data, Mapping):
             data = dict(data)
+            moved = {name: home for name, home in FLAT_HOMES.items() if name in data}
+            if moved:
+                homes = ", ".join(f"{name} -> {home}" for name, home in moved.items())
+                raise ConfigError(
+                    f"{path}: settings of the flat hardware config given; their homes in the tree: {homes}"
+                )
             if isinstance(data.get("drift_compensation"), bool):  # configs before "global" had a name
                 data["drift_compensation"] = "global" if data["drift_compensation"] else "none"
             if "device" in data:
@@ -115,24 +245,55 @@ class ChipConfig:
         return parse(cls, data, path)
 
 
-def hardware_from_fields(data: dict, step_field: str, path: str = "hardware") -> ChipConfig:
-    """Pop a model config's hardware from its JSON ``data``: ``"hardware"``, or (checkpoints of format 2
-    and older configs) the separate ``"device"`` and ``step_field`` it replaces; both at once is refused,
-    since the two could disagree."""
-    legacy = {name: data.pop(name) for name in ("device", step_field) if name in data}
-    if "hardware" in data:
-        if legacy:
-            raise ConfigError(
-                f'give the device and update step inside "hardware", not also as {sorted(legacy)}: '
-                "one setting, one place"
-            )
-        return ChipConfig.from_json(data.pop("hardware"), path)
-    fields = {}
-    if "device" in legacy:
-        fields["device"] = legacy["device"]
-    if legacy.get(step_field) is not None:
-        fields["update_step"] = legacy[step_field]
-    return ChipConfig.from_json(fields, path)
+FLAT_HOMES = {
+    "n_arrays": "arrays.count",
+    "array_rows": "arrays.rows",
+    "array_cols": "arrays.cols",
+    "update_step": "update.step",
+    "dac_bits": "forward.dac_bits",
+    "dac_range": "forward.dac_range",
+    "adc_bits": "forward.adc_bits",
+    "adc_range": "forward.adc_range",
+    "read_noise_mode": "forward.read_noise_mode",
+    "read_noise_rng": "forward.read_noise_rng",
+}
+"""Where each field of the flat hardware config (checkpoint formats 3 and 4) lives in the tree."""
+
+
+SCENARIO_FIELD_HOMES = {
+    "device": "device",
+    "update_step": "update.step",
+    "quantize_step": "update.step",
+    "update_rounding": "update.rounding",
+    "seconds_between_updates": "update.seconds_between",
+    "seconds_after_update": "update.seconds_between",
+    "time_since_programming_s": "clock.training_age_s",
+}
+"""Hardware settings the scenario configs held beside their ``hardware`` (checkpoint formats ≤ 4), and
+their one home in the tree since."""
+
+
+def refuse_hardware_fields(data: Mapping, path: str) -> None:
+    """A scenario config's JSON holds hardware settings only inside its ``hardware`` tree: a setting given
+    beside it is refused with its home there (it could disagree with the tree's)."""
+    moved = [name for name in data if name in SCENARIO_FIELD_HOMES]
+    if moved:
+        homes = ", ".join(f"{name} -> hardware.{SCENARIO_FIELD_HOMES[name]}" for name in moved)
+        raise ConfigError(f"{path}: hardware settings belong in the config's hardware tree: {homes}")
+
+
+def sectioned_hardware(flat: Mapping) -> dict:
+    """A flat hardware JSON object (checkpoint formats 3-4) as the sectioned tree (format 5)."""
+    tree: dict = {}
+    for name, value in flat.items():
+        if name == "drift_compensation" and isinstance(value, bool):  # configs before "global" had a name
+            value = "global" if value else "none"
+        *parents, leaf = FLAT_HOMES.get(name, name).split(".")
+        level = tree
+        for part in parents:
+            level = level.setdefault(part, {})
+        level[leaf] = value
+    return tree
 
 
 @dataclasses.dataclass(frozen=True)

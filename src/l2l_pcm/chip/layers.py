@@ -2,7 +2,7 @@
 
 Three steps, each usable on its own::
 
-    chip = Chip(ChipConfig(n_arrays=8))
+    chip = Chip(ChipConfig(arrays=ArraysConfig(count=8)))
     deploy(params, chip, key)                      # place, scale and program a dict of weights
     layer = chip.layer("fc1")                      # the layer as read now (a pytree)
     y = analog_dense(layer, x, key)                # pure: works inside jit, grad, vmap and scan
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig
+from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig, ClockConfig, ForwardConfig
 from l2l_pcm.chip.crossbar import (
     IDEAL_MVM,
     MVMCounts,
@@ -114,7 +114,7 @@ def weight_scale(matrix: jax.Array, scaling: str | float, w_max: float) -> jax.A
 
 def _tiles_alone(hardware: ChipConfig, shape: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...]:
     """The blocks a (fan_in, fan_out) matrix is tiled into on this hardware's arrays when placed alone."""
-    space = ArraySpace(hardware.n_arrays, hardware.array_rows, hardware.array_cols)
+    space = ArraySpace(hardware.arrays.count, hardware.arrays.rows, hardware.arrays.cols)
     _, tiles = place_layer(space, {}, "layer", shape)
     return tuple((t.row_start, t.rows, t.out_start, t.cols) for t in tiles["layer"])
 
@@ -135,7 +135,8 @@ def _programmed_and_read(
     stats = read_statistics(device, state, jnp.float32(age_s), mode == "global")
     mean, variance = stats.mean * scale, stats.variance * scale**2
     # tiles matter to per-tile converters and calibrated compensation only (ideal tiles sum exactly)
-    tiled = hardware.adc_bits is not None or mode in ("array", "column")
+    forward = hardware.forward
+    tiled = forward.adc_bits is not None or mode in ("array", "column")
     tiles = _tiles_alone(hardware, matrix.shape) if tiled else ()
     if mode in ("array", "column"):
         expected = device.expected_conductance(state.g_target_uS, reference_age_s)
@@ -148,15 +149,15 @@ def _programmed_and_read(
             key_calibrate,
             tiles,
             mode == "column",
-            hardware.read_noise_rng,
+            forward.read_noise_rng,
         )
         mean, variance = mean * gain, variance * gain**2
     spec = MVMSpec(
         tiles=tiles,
-        dac=None if hardware.dac_bits is None else (hardware.dac_bits, hardware.dac_range, False),
-        adc=None if hardware.adc_bits is None else (hardware.adc_bits, hardware.adc_range),
-        read_noise_mode=hardware.read_noise_mode,
-        read_noise_rng=hardware.read_noise_rng,
+        dac=None if forward.dac_bits is None else (forward.dac_bits, forward.dac_range, False),
+        adc=None if forward.adc_bits is None else (forward.adc_bits, forward.adc_range),
+        read_noise_mode=forward.read_noise_mode,
+        read_noise_rng=forward.read_noise_rng,
     )
     return straight_through(matrix, WeightStatistics(mean, variance), device.w_max * scale), spec
 
@@ -167,24 +168,36 @@ def _weight_leaves(params, key: jax.Array):
     return leaves, treedef, keys
 
 
-def _check_age(time_since_programming_s, reference_age_s) -> None:
+def _training_age(hardware: ChipConfig, time_since_programming_s, reference_age_s) -> float:
+    """The age hardware-aware training reads at: the tree's ``clock.training_age_s``; an explicit
+    ``time_since_programming_s`` must agree with it (one home), except for a bare device, which has no clock."""
+    if time_since_programming_s is None:
+        time_since_programming_s = hardware.clock.training_age_s
     for label, value in (("time_since_programming_s", time_since_programming_s), ("reference_age_s", reference_age_s)):
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ConfigError(
                 f"hardware-aware training: {label} must be a finite number of seconds >= 0, got {value!r}"
             )
+    if time_since_programming_s != hardware.clock.training_age_s:
+        raise ConfigError(
+            f"hardware-aware training at {time_since_programming_s!r} s, but the hardware's "
+            f"clock.training_age_s is {hardware.clock.training_age_s!r} s: set the age once, in the hardware "
+            "tree (hardware.with_settings({'clock.training_age_s': ...})), and leave the argument out"
+        )
+    return time_since_programming_s
 
 
 def hardware_aware(
     params,
     hardware: PCMDevice | ChipConfig,
     key: jax.Array,
-    time_since_programming_s: float,
+    time_since_programming_s: float | None = None,
     scaling: str | float = "layer",
     reference_age_s: float = 0.0,
 ):
     """Every weight array (ndim ≥ 2) of a params pytree as a chip would return it after programming,
-    ``time_since_programming_s`` of drift and one read; 1-D arrays (biases, digital on the chip) pass
+    ``time_since_programming_s`` of drift (None: the tree's ``clock.training_age_s``) and one read; 1-D
+    arrays (biases, digital on the chip) pass
     unchanged. Straight-through gradient. ``scaling`` and ``reference_age_s`` are :func:`deploy`'s, so
     training sees the noise the deployed network will see. One key per array.
 
@@ -195,18 +208,26 @@ def hardware_aware(
     So a config with ``read_noise_mode="per_read"`` (the default) or converters is refused here: use
     :func:`hardware_aware_layers` with :func:`analog_dense`, which runs both exactly, or set
     ``read_noise_mode="per_batch"``. (Update settings apply to writes; no write happens here.) A bare
-    :class:`PCMDevice` is the device alone: ideal converters, no compensation, one read per call.
+    :class:`PCMDevice` is the device alone: ideal converters, no compensation, one read per call, at the
+    age given (required).
     """
     if isinstance(hardware, PCMDevice):
-        hardware = ChipConfig(device=hardware, read_noise_mode="per_batch")
+        if time_since_programming_s is None:
+            raise ConfigError("hardware_aware with a bare PCMDevice needs time_since_programming_s (it has no clock)")
+        hardware = ChipConfig(
+            device=hardware,
+            forward=ForwardConfig(read_noise_mode="per_batch"),
+            clock=ClockConfig(training_age_s=time_since_programming_s),
+        )
     elif not isinstance(hardware, ChipConfig):
         raise ConfigError(f"hardware must be a PCMDevice or a ChipConfig, got {type(hardware).__name__}")
+    forward = hardware.forward
     refused = [
-        f"{name}={getattr(hardware, name)!r}"
+        f"forward.{name}={getattr(forward, name)!r}"
         for name, value in (
-            ("dac_bits", hardware.dac_bits is not None),
-            ("adc_bits", hardware.adc_bits is not None),
-            ("read_noise_mode", hardware.read_noise_mode != "per_batch"),
+            ("dac_bits", forward.dac_bits is not None),
+            ("adc_bits", forward.adc_bits is not None),
+            ("read_noise_mode", forward.read_noise_mode != "per_batch"),
         )
         if value
     ]
@@ -214,9 +235,9 @@ def hardware_aware(
         raise ConfigError(
             f"hardware_aware returns one weight sample per call and cannot apply {', '.join(refused)}: "
             "read the layers through analog_dense on hardware_aware_layers(...) (converters and per-read noise "
-            "exactly), or set read_noise_mode='per_batch' and no converters in the hardware config"
+            "exactly), or set forward.read_noise_mode='per_batch' and no converters in the hardware config"
         )
-    _check_age(time_since_programming_s, reference_age_s)
+    time_since_programming_s = _training_age(hardware, time_since_programming_s, reference_age_s)
     leaves, treedef, keys = _weight_leaves(params, key)
 
     def noisy(weights: jax.Array, leaf_key: jax.Array) -> jax.Array:
@@ -225,7 +246,7 @@ def hardware_aware(
         matrix = weights.reshape(-1, weights.shape[-1])  # a conv kernel's im2col rows
         key_chip, key_read = jax.random.split(leaf_key)
         stats, _ = _programmed_and_read(matrix, hardware, key_chip, time_since_programming_s, scaling, reference_age_s)
-        return weight_sample(stats, key_read, hardware.read_noise_rng).reshape(weights.shape)
+        return weight_sample(stats, key_read, forward.read_noise_rng).reshape(weights.shape)
 
     return jax.tree_util.tree_unflatten(treedef, [noisy(w, k) for w, k in zip(leaves, keys, strict=True)])
 
@@ -234,18 +255,19 @@ def hardware_aware_layers(
     params,
     hardware: ChipConfig,
     key: jax.Array,
-    time_since_programming_s: float,
+    time_since_programming_s: float | None = None,
     scaling: str | float = "layer",
     reference_age_s: float = 0.0,
 ):
     """Every weight array (ndim ≥ 2) of a params pytree as an :class:`AnalogLayer` of a chip with ``hardware``
-    ``time_since_programming_s`` after programming (4-D arrays as HWIO conv layers for :func:`analog_conv`);
+    at its ``clock.training_age_s`` after programming (an explicit ``time_since_programming_s`` must agree;
+    4-D arrays as HWIO conv layers for :func:`analog_conv`);
     1-D arrays pass unchanged. Read them with :func:`analog_dense`: the whole hardware tree takes effect,
     converters (at the config's ranges) and the read-noise mode included, through the same MVM as the chip.
     Gradients reach the weights straight-through via ``layer.stats.mean``. No ledger: nothing is booked."""
     if not isinstance(hardware, ChipConfig):
         raise ConfigError(f"hardware must be a ChipConfig, got {type(hardware).__name__}")
-    _check_age(time_since_programming_s, reference_age_s)
+    time_since_programming_s = _training_age(hardware, time_since_programming_s, reference_age_s)
     leaves, treedef, keys = _weight_leaves(params, key)
 
     def layer(weights: jax.Array, leaf_key: jax.Array):

@@ -198,7 +198,7 @@ def place_layer(
     raise ChipCapacityError(
         f"layer '{name}' ({fan_in}x{fan_out}) does not fit: the chip has {n_arrays} array(s) of "
         f"{space.array_rows}x{space.array_cols} and the layers placed so far plus this one need {needed} "
-        f"(e.g. ChipConfig(n_arrays={needed}))"
+        f"(e.g. ChipConfig(arrays=ArraysConfig(count={needed})))"
     )
 
 

@@ -2,7 +2,8 @@
 
 Deployment: the four conv layers (im2col matrices; conv2–4 split 252 + 252 rows over the two arrays, as
 in the paper's Fig. 2e) and the readout are programmed once, the kernels as they are and the readout at
-``MAMLConfig.readout_scale`` weight units per device unit; then ``time_since_programming_s`` passes.
+``MAMLConfig.readout_scale`` weight units per device unit; then the hardware's age in use passes
+(``clock.deployment_age_s``, or its training age).
 
 Per task, starting from that deployed state (a snapshot: as if each task had its own identically
 programmed chip):
@@ -14,7 +15,7 @@ programmed chip):
    the gradient digitally as the outer product of penultimate activations and output errors
    F^T(softmax − Y)/N (no backpropagation through the chip), and writes −lr·gradient with
    :meth:`Chip.reprogram`: only the ``MAMLConfig.update_budget`` largest entries are kept (if set),
-   rounding to 1/16 as ``MAMLConfig.update_rounding`` says, only devices whose update is non-zero are
+   rounding to 1/16 as ``hardware.update.rounding`` says, only devices whose update is non-zero are
    re-programmed;
 3. query accuracy is read after every step (step 0 = before any update).
 """
@@ -59,18 +60,16 @@ class ChipFewShotLearner:
         config: MAMLConfig,
         key: jax.Array,
         chip_config: ChipConfig | None = None,
-        time_since_programming_s: float | None = None,
     ) -> None:
         self.config = config
-        self.chip = chip_for_model(chip_config, config.hardware, time_since_programming_s)
+        self.chip = chip_for_model(chip_config, config.hardware)
         # as meta-trained: weights in device units (the update step is 1/16 of w_max); calibrated drift
         # compensation holds them as they read at the age the model was meta-trained with
         layers = {name: params[name] for name in (*CONV_NAMES, READOUT)}
         scaling = {READOUT: config.readout_scale}  # the conv kernels as they are ("none")
-        deploy(layers, self.chip, key, scaling=scaling, reference_age_s=config.time_since_programming_s)
-        if time_since_programming_s is None:
-            time_since_programming_s = config.time_since_programming_s
-        self.chip.advance(time_since_programming_s, warn_fixed_age=False)
+        clock = self.chip.config.clock
+        deploy(layers, self.chip, key, scaling=scaling, reference_age_s=clock.training_age_s)
+        self.chip.advance(clock.age_in_use_s, warn_fixed_age=False)
         self._deployed = self.chip.snapshot()
 
     @property
@@ -99,11 +98,11 @@ class ChipFewShotLearner:
             logits = self.chip.mvm(READOUT, f_support, key_support)
             update = -self.config.inner_lr * readout_gradient(f_support, logits, jnp.asarray(support_y))
             update = keep_largest(update, self.config.update_budget)
-            report = self.chip.reprogram(READOUT, update, key_update, rounding=self.config.update_rounding)
+            report = self.chip.reprogram(READOUT, update, key_update, rounding=self.chip.config.update.rounding)
             touched |= report.touched
             devices += report.devices_touched
             clipped += report.weights_clipped
-            self.chip.advance(self.config.seconds_between_updates, warn_fixed_age=False)
+            self.chip.advance(self.chip.config.update.seconds_between, warn_fixed_age=False)
         energy_pJ = self.chip.energy_pJ(READOUT) - energy_before
         predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
         return ChipTaskResult(np.asarray(accuracies), devices, int(touched.sum()), predictions, energy_pJ, clipped)

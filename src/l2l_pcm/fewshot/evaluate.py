@@ -16,21 +16,20 @@ from l2l_pcm.errors import ConfigError
 from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler
 from l2l_pcm.fewshot.deploy import ChipFewShotLearner
 from l2l_pcm.fewshot.maml import VARIANTS, MAMLConfig, evaluate_batch
-from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.plotting import pyplot, save_figure
 from l2l_pcm.training import mean_ci95
 
 TASK_BATCH = 50
 
 
-def validate(params, sampler: TaskSampler, config: MAMLConfig, device: PCMDevice, tasks: int, seed: int):
+def validate(params, sampler: TaskSampler, config: MAMLConfig, tasks: int, seed: int):
     """Final-step query accuracy over ``tasks`` validation tasks (mean, 95 % CI)."""
     finals = []
     batch_size = config.meta_batch
     for start in range(0, tasks, batch_size):
         n = min(batch_size, tasks - start)
         batch = sampler.sample(seed * 1_000_003 + start, n)
-        accuracies = evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config, device)
+        accuracies = evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config)
         finals.extend(np.asarray(accuracies[:, -1]).tolist())
     return mean_ci95(finals)
 
@@ -83,17 +82,23 @@ def evaluate_software(
     seed: int = 0,
 ) -> dict:
     """Accuracy per inner step in software; ``precision`` is "fp32", "4bit", "pcm" (software PCM model) or
-    "trained" (the variant the checkpoint was meta-trained with). The device is the config's hardware's."""
+    "trained" (the variant the checkpoint was meta-trained with). The device is the config's hardware's,
+    read at its training age; a deployment age (``hardware.clock.deployment_age_s``) is the chip's and is
+    refused here rather than ignored."""
+    if config.hardware.clock.deployment_age_s is not None:
+        raise ConfigError(
+            "hardware.clock.deployment_age_s applies to the chip only: the software model reads at "
+            "clock.training_age_s (evaluate with the chip, or leave the deployment age unset)"
+        )
     if precision == "trained":
         precision = config.variant
     if precision not in VARIANTS:
         raise ConfigError(f"precision must be 'trained' or one of {VARIANTS}, got {precision!r}")
     _check_request(params, config, tasks)
     config = dataclasses.replace(config, variant=precision)
-    device = config.device
     per_step = []
     for start, batch in _task_batches(images, config, tasks, queries, seed):
-        per_step.append(np.asarray(evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config, device)))
+        per_step.append(np.asarray(evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config)))
     per_step = np.concatenate(per_step)
     return _summary(
         "software",
@@ -115,17 +120,16 @@ def evaluate_chip(
     queries: int = 15,
     seed: int = 0,
     chip_config: ChipConfig | None = None,
-    time_since_programming_s: float | None = None,
     progress: bool = False,
 ) -> dict:
-    """Accuracy per inner step with the network deployed on the emulated chip (see :mod:`.deploy`)."""
+    """Accuracy per inner step with the network deployed on the emulated chip (see :mod:`.deploy`), used at
+    the hardware's ``clock.deployment_age_s`` (None: its training age); ``chip_config``: another chip than
+    the model's hardware (:func:`l2l_pcm.chip.chip_for_model`)."""
     from tqdm.auto import tqdm
 
     _check_request(params, config, tasks)
     batches = _task_batches(images, config, tasks, queries, seed)
-    learner = ChipFewShotLearner(
-        params, config, jax.random.PRNGKey(10_000 + seed), chip_config, time_since_programming_s
-    )
+    learner = ChipFewShotLearner(params, config, jax.random.PRNGKey(10_000 + seed), chip_config)
     per_step, devices, unique, energy, clipped = [], [], [], [], []
     with tqdm(total=tasks, desc="chip tasks", unit="task", disable=not progress) as bar:
         for start, (sx, sy, qx, qy) in batches:
@@ -146,7 +150,7 @@ def evaluate_chip(
         config,
         np.stack(per_step),
         queries,
-        time_since_programming_s=learner.chip.now_s if time_since_programming_s is None else time_since_programming_s,
+        time_since_programming_s=learner.chip.config.clock.age_in_use_s,  # the age every task starts at
         readout_devices=total,
         devices_reprogrammed_mean=float(devices.mean()),
         devices_reprogrammed_max=int(devices.max()),
@@ -155,7 +159,7 @@ def evaluate_chip(
         energy_estimate_pJ_per_adaptation=float(np.mean(energy)),
         readout_scale=config.readout_scale,
         readout_updates_clipped_mean=float(np.mean(clipped)),
-        converter_saturation=saturation if chip.config.dac_bits or chip.config.adc_bits else None,
+        converter_saturation=saturation if chip.config.forward.dac_bits or chip.config.forward.adc_bits else None,
         warnings=chip.saturation_warnings() + _clipping_warnings(np.asarray(clipped), config),
     )
 

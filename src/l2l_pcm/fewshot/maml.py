@@ -12,10 +12,10 @@ Variants (``MAMLConfig.variant``):
 * ``4bit``: every weight read through a 4-bit stochastic-rounding quantizer (straight-through), and the
   readout re-quantized after each inner step;
 * ``pcm``: hardware-aware, on the chip's own pure functions (:mod:`l2l_pcm.chip.crossbar`): conv kernels
-  and readout programmed once per meta-batch (programming noise), read at ``time_since_programming_s``
+  and readout programmed once per meta-batch (programming noise), read at ``hardware.clock.training_age_s``
   (drift, read noise; straight-through); the readout read with fresh noise per vector, inner updates
-  quantized to ``update_step`` (1/16) with stochastic rounding and re-programming only the devices they
-  change, as the chip applies them (:func:`adapt_task`).
+  quantized to ``hardware.update.step`` (1/16), rounded as ``hardware.update.rounding`` says,
+  re-programming only the devices they change, as the chip applies them (:func:`adapt_task`).
 
 All weights are kept in the PCM range [−w_max, w_max] after every outer step (the readout in
 ±``readout_scale``·w_max, the range its devices map to).
@@ -38,9 +38,9 @@ from l2l_pcm.chip import (
     LayerState,
     WeightStatistics,
     analog_matmul,
-    hardware_from_fields,
     program_layer,
     read_statistics,
+    refuse_hardware_fields,
     reprogram_layer,
     straight_through,
     weight_sample,
@@ -85,9 +85,6 @@ class MAMLConfig:
     stage that must end within a time budget ends on a small learning rate)."""
     variant: str = "fp32"
     weight_bits: int = 4
-    update_rounding: str = "stochastic"
-    """How inner updates are rounded to ``update_step`` (pcm variant and chip): "stochastic" (unbiased,
-    the authors' few-shot choice) or "nearest" (updates below half a step are dropped: fewer devices)."""
     update_budget: int = 0
     """At most this many readout weights change per inner step (the largest updates; 0 = no limit), in
     every variant and on the chip: a cap on the devices re-programmed per task."""
@@ -99,14 +96,10 @@ class MAMLConfig:
     entries of."""
     readout_scale: float = 1.0
     """Readout weight per device weight unit: the readout is stored as W / readout_scale, so its range is
-    ±readout_scale·w_max and its update step ``update_step``·readout_scale (pcm and 4-bit variants, and the
+    ±readout_scale·w_max and its update step ``hardware.update.step``·readout_scale (pcm and 4-bit variants, and the
     chip). 1 is the authors' mapping (w = g/g_max). The readout starts at zero and is written only by a
     few small updates, so a smaller scale spends the devices' range on them: finer steps, and less
     programming and read noise relative to them; too small, and updates clip (the chip counts them)."""
-    time_since_programming_s: float = 3600.0
-    seconds_between_updates: float = 1.0
-    """Chip time between two inner updates of a task (the chip and the ``pcm`` variant): devices an update
-    re-programmed are this old at the next read."""
     iterations: int = 3000
     validate_every: int = 250
     validation_tasks: int = 200
@@ -121,9 +114,10 @@ class MAMLConfig:
     ink: str = "one"
     """Pixel polarity the model expects: "one" (ink = 1) or "zero" (the authors' background = 1)."""
     hardware: ChipConfig = ChipConfig()
-    """The hardware: its device model (a profile of :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom) is the
-    ``pcm`` variant's, its ``update_step`` (1/16) the grid of inner updates in the ``pcm`` variant and on
-    the chip, and the chip the model is deployed on is built from it."""
+    """The hardware tree, every hardware setting's one home: its device model is the ``pcm`` variant's, its
+    ``update`` section (step 1/16, rounding, time between inner updates) how inner updates are written in
+    the ``pcm`` variant and on the chip, its ``clock.training_age_s`` the age the ``pcm`` variant reads at,
+    and the chip the model is deployed on is built from it."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -155,20 +149,10 @@ class MAMLConfig:
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-        if not (_is_number(self.seconds_between_updates) and self.seconds_between_updates >= 0):
-            raise ConfigError(
-                f"seconds_between_updates must be a finite number >= 0, got {self.seconds_between_updates!r}"
-            )
-        if not (_is_number(self.time_since_programming_s) and self.time_since_programming_s >= 0):
-            raise ConfigError(
-                f"time_since_programming_s must be a finite number >= 0, got {self.time_since_programming_s!r}"
-            )
         for name in ("augment_rotations", "learn_initial_readout"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_seed("seed", self.seed)
-        if self.update_rounding not in ("stochastic", "nearest"):
-            raise ConfigError(f"update_rounding must be 'stochastic' or 'nearest', got {self.update_rounding!r}")
         if self.outer_lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"outer_lr_schedule must be 'constant' or 'cosine', got {self.outer_lr_schedule!r}")
         if self.variant not in VARIANTS:
@@ -181,13 +165,11 @@ class MAMLConfig:
     def device(self) -> PCMDevice:
         return self.hardware.device
 
-    @property
-    def update_step(self) -> float:
-        return self.hardware.update_step
-
-    def with_hardware(self, **changes) -> MAMLConfig:
-        """This config with some hardware fields changed (``device=...``, ``update_step=...``)."""
-        return dataclasses.replace(self, hardware=dataclasses.replace(self.hardware, **changes))
+    def with_hardware(self, **settings) -> MAMLConfig:
+        """This config with hardware settings changed by their paths in the tree, as keywords with ``__``
+        for ``.`` (``device="authors"``, ``update__rounding="nearest"``; see :meth:`ChipConfig.with_settings`)."""
+        changes = {name.replace("__", "."): value for name, value in settings.items()}
+        return dataclasses.replace(self, hardware=self.hardware.with_settings(changes))
 
     @property
     def cnn(self) -> CNNConfig:
@@ -204,104 +186,106 @@ class MAMLConfig:
 
     @classmethod
     def from_json(cls, data: dict, path: str = "few-shot config") -> MAMLConfig:
-        """From a JSON object (format 2's ``device``/``update_step`` migrated), type-checked field by field."""
+        """From a JSON object, type-checked field by field; hardware settings only inside ``hardware``."""
         if isinstance(data, MAMLConfig):
             return data
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a JSON object of MAMLConfig fields, got {data!r}")
         data = dict(data)
-        data["hardware"] = hardware_from_fields(data, "update_step", f"{path}.hardware")
+        refuse_hardware_fields(data, path)
+        if "hardware" in data:
+            data["hardware"] = ChipConfig.from_json(data["hardware"], f"{path}.hardware")
         return parse(cls, data, path)
 
 
 def read_weights(
-    config: MAMLConfig, device: PCMDevice, weights: jax.Array, key: jax.Array, scale: float = 1.0
+    config: MAMLConfig, weights: jax.Array, key: jax.Array, scale: float = 1.0
 ) -> jax.Array:
     """The weights the forward pass sees under the variant (straight-through gradients); ``scale`` is the
     layer's weight per device unit (``readout_scale`` for the readout, 1 for the conv kernels).
 
     ``pcm``: the chip's own physics (:func:`l2l_pcm.chip.program_layer`, :func:`~l2l_pcm.chip.read_statistics`
-    at ``time_since_programming_s``, with the hardware's oracle drift compensation if set), and one read of
+    at ``hardware.clock.training_age_s``, with the hardware's oracle drift compensation if set), and one read of
     every weight (:func:`~l2l_pcm.chip.weight_sample`): the conv body's read noise is drawn once per
     meta-batch and shared by its images ("per_batch"), where the chip draws it per patch; the readout is
     read per vector (:func:`adapt_task`)."""
     if config.variant == "4bit":
-        return scale * quantize_weights(weights / scale, config.weight_bits, device.w_max, key)
+        return scale * quantize_weights(weights / scale, config.weight_bits, config.device.w_max, key)
     if config.variant == "pcm":
         key_program, key_read = jax.random.split(key)
-        state = program_layer(device, key_program, jax.lax.stop_gradient(weights) / scale, 0.0)
-        stats = _pcm_statistics(config, device, weights, state, config.time_since_programming_s, scale)
-        return weight_sample(stats, key_read, config.hardware.read_noise_rng)
+        state = program_layer(config.device, key_program, jax.lax.stop_gradient(weights) / scale, 0.0)
+        stats = _pcm_statistics(config, weights, state, config.hardware.clock.training_age_s, scale)
+        return weight_sample(stats, key_read, config.hardware.forward.read_noise_rng)
     return weights
 
 
-def _pcm_statistics(config: MAMLConfig, device: PCMDevice, weights, state: LayerState, now_s, scale: float):
+def _pcm_statistics(config: MAMLConfig, weights, state: LayerState, now_s, scale: float):
     """Read statistics of a layer's devices at chip time ``now_s`` in weight units, with a straight-through
     mean: the forward value is what the devices return, the gradient reaches ``weights`` (clipped to the
     layer's range) as if they were exact."""
-    stats = read_statistics(device, state, now_s, config.hardware.drift_compensation == "global")
+    stats = read_statistics(config.device, state, now_s, config.hardware.drift_compensation == "global")
     return straight_through(
-        weights, WeightStatistics(scale * stats.mean, scale**2 * stats.variance), scale * device.w_max
+        weights, WeightStatistics(scale * stats.mean, scale**2 * stats.variance), scale * config.device.w_max
     )
 
 
-def inner_update(config: MAMLConfig, device: PCMDevice, readout, gradient, key) -> jax.Array:
+def inner_update(config: MAMLConfig, readout, gradient, key) -> jax.Array:
     """One inner SGD step on the readout, written as the variant's hardware would store it (the ``pcm``
     variant's device state follows in :func:`adapt_task`)."""
     step = keep_largest(-config.inner_lr * gradient, config.update_budget)
     scale = config.readout_scale
     if config.variant == "pcm":
-        return _pcm_write(config, device, readout, step, key)[0]
+        return _pcm_write(config, readout, step, key)[0]
     if config.variant == "4bit":
-        return scale * quantize_weights((readout + step) / scale, config.weight_bits, device.w_max, key)
+        return scale * quantize_weights((readout + step) / scale, config.weight_bits, config.device.w_max, key)
     return readout + step
 
 
-def _pcm_write(config: MAMLConfig, device: PCMDevice, readout, step, key) -> tuple[jax.Array, jax.Array]:
+def _pcm_write(config: MAMLConfig, readout, step, key) -> tuple[jax.Array, jax.Array]:
     """An inner step as :meth:`Chip.reprogram` writes it: on the update grid in device units (rounded with
     ``key`` if stochastic; straight-through), added to the readout within its range. Returns the new
     readout and the update in device units (what the devices are re-programmed with)."""
-    rounding_key = key if config.update_rounding == "stochastic" else None
-    update = quantize(step / config.readout_scale, config.update_step, rounding_key)
-    limit = config.readout_scale * device.w_max
+    rounding_key = key if config.hardware.update.rounding == "stochastic" else None
+    update = quantize(step / config.readout_scale, config.hardware.update.step, rounding_key)
+    limit = config.readout_scale * config.device.w_max
     return jnp.clip(readout + config.readout_scale * update, -limit, limit), update
 
 
-def readout_state(config: MAMLConfig, device: PCMDevice, readout0: jax.Array, key: jax.Array) -> LayerState | None:
+def readout_state(config: MAMLConfig, readout0: jax.Array, key: jax.Array) -> LayerState | None:
     """The ``pcm`` variant's readout devices as programmed at deployment (one chip per meta-batch, shared by
     its tasks, as every chip task starts from the deployed state); None for the other variants."""
     if config.variant != "pcm":
         return None
-    return program_layer(device, key, jax.lax.stop_gradient(readout0) / config.readout_scale, 0.0)
+    return program_layer(config.device, key, jax.lax.stop_gradient(readout0) / config.readout_scale, 0.0)
 
 
 def adapt_task(
-    config: MAMLConfig, device: PCMDevice, readout0, f_support, y_support, f_query, y_query, key, state=None
+    config: MAMLConfig, readout0, f_support, y_support, f_query, y_query, key, state=None
 ):
     """Run the inner loop on one task's features; returns (final query loss, query accuracy per step 0..K).
 
     ``pcm`` (``state`` from :func:`readout_state`, or programmed for this task if None): the chip's inner
-    loop, on the chip's pure functions. The readout is read at ``time_since_programming_s``, with fresh read
+    loop, on the chip's pure functions. The readout is read at ``hardware.clock.training_age_s``, with fresh read
     noise for every support and query vector (:func:`l2l_pcm.chip.analog_matmul`); each update is quantized, written by
     :func:`~l2l_pcm.chip.reprogram_layer` (only the devices it changes get fresh programming noise and
-    drift exponents, and their own programming time), and ``seconds_between_updates`` pass before the next
+    drift exponents, and their own programming time), and ``hardware.update.seconds_between`` pass before the next
     read, as on the chip (:class:`l2l_pcm.fewshot.deploy.ChipFewShotLearner`)."""
     readout = readout0
-    now_s = config.time_since_programming_s
+    now_s = config.hardware.clock.training_age_s
     if state is None:  # a task on its own: its readout programmed for it
-        state = readout_state(config, device, readout0, jax.random.fold_in(key, 0x5EAD))
+        state = readout_state(config, readout0, jax.random.fold_in(key, 0x5EAD))
     accuracies = []
     for step, step_key in enumerate(jax.random.split(key, config.inner_steps + 1)):
         key_read, key_update = jax.random.split(step_key)
         if config.variant == "pcm":
             key_query, key_support = jax.random.split(key_read)
-            stats = _pcm_statistics(config, device, readout, state, now_s, config.readout_scale)
-            rng = config.hardware.read_noise_rng
+            stats = _pcm_statistics(config, readout, state, now_s, config.readout_scale)
+            rng = config.hardware.forward.read_noise_rng
 
             def logits(features, read_key, stats=stats, rng=rng):
                 return analog_matmul(features, stats, read_key, "per_read", rng)
         else:
-            w = read_weights(config, device, readout, key_read, config.readout_scale)
+            w = read_weights(config, readout, key_read, config.readout_scale)
             key_query = key_support = None
 
             def logits(features, read_key, w=w):
@@ -316,27 +300,27 @@ def adapt_task(
         if config.variant == "pcm":
             key_round, key_program = jax.random.split(key_update)
             step = keep_largest(-config.inner_lr * gradient, config.update_budget)
-            readout, update = _pcm_write(config, device, readout, step, key_round)
-            state, _ = reprogram_layer(device, key_program, state, jax.lax.stop_gradient(update), now_s)
-            now_s = now_s + config.seconds_between_updates
+            readout, update = _pcm_write(config, readout, step, key_round)
+            state, _ = reprogram_layer(config.device, key_program, state, jax.lax.stop_gradient(update), now_s)
+            now_s = now_s + config.hardware.update.seconds_between
         else:
-            readout = inner_update(config, device, readout, gradient, key_update)
+            readout = inner_update(config, readout, gradient, key_update)
     return loss, jnp.stack(accuracies)
 
 
-def read_kernels(config: MAMLConfig, device: PCMDevice, conv_params: dict, key: jax.Array) -> list[jax.Array]:
+def read_kernels(config: MAMLConfig, conv_params: dict, key: jax.Array) -> list[jax.Array]:
     """The conv kernels the forward pass sees, read once per meta-batch (one chip for all its tasks)."""
     keys = jax.random.split(key, len(CONV_NAMES))
-    return [read_weights(config, device, conv_params[name], k) for name, k in zip(CONV_NAMES, keys, strict=True)]
+    return [read_weights(config, conv_params[name], k) for name, k in zip(CONV_NAMES, keys, strict=True)]
 
 
 def one_task_outputs(
-    config: MAMLConfig, device: PCMDevice, kernels, readout0, task, key, conv=software_conv, state=None
+    config: MAMLConfig, kernels, readout0, task, key, conv=software_conv, state=None
 ):
     """(final query loss, query accuracy per inner step [K+1]) of one task ``(sx, sy, qx, qy)``."""
     support_x, support_y, query_x, query_y = task
     f_s, f_q = embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
-    return adapt_task(config, device, readout0, f_s, support_y, f_q, query_y, key, state)
+    return adapt_task(config, readout0, f_s, support_y, f_q, query_y, key, state)
 
 
 def _split_keys(key: jax.Array, tasks: int) -> tuple[jax.Array, jax.Array]:
@@ -353,28 +337,28 @@ def _conv_params(params: dict) -> dict:
     return {name: params[name] for name in CONV_NAMES}
 
 
-def task_outputs(params, batch, key, config: MAMLConfig, device: PCMDevice):
+def task_outputs(params, batch, key, config: MAMLConfig):
     """Query loss [tasks] and query accuracy per inner step [tasks, K+1] of a batch of tasks (vmapped).
 
     Conv kernels are read once per batch (one chip), the readout once per task and step.
     """
     key_conv, task_keys = _split_keys(key, batch[0].shape[0])
-    kernels = read_kernels(config, device, _conv_params(params), key_conv)
-    state = readout_state(config, device, params["readout"], _readout_key(key_conv))
+    kernels = read_kernels(config, _conv_params(params), key_conv)
+    state = readout_state(config, params["readout"], _readout_key(key_conv))
 
     def one_task(sx, sy, qx, qy, task_key):
-        return one_task_outputs(config, device, kernels, params["readout"], (sx, sy, qx, qy), task_key, state=state)
+        return one_task_outputs(config, kernels, params["readout"], (sx, sy, qx, qy), task_key, state=state)
 
     return jax.vmap(one_task)(*batch, task_keys)
 
 
-def meta_batch_loss(params, batch, key, config: MAMLConfig, device: PCMDevice):
+def meta_batch_loss(params, batch, key, config: MAMLConfig):
     """Mean query loss over a meta-batch, and mean accuracy per inner step [K+1]: the outer objective."""
-    losses, accuracies = task_outputs(params, batch, key, config, device)
+    losses, accuracies = task_outputs(params, batch, key, config)
     return jnp.mean(losses), jnp.mean(accuracies, axis=0)
 
 
-def meta_gradient(params, batch, key, config: MAMLConfig, device: PCMDevice):
+def meta_gradient(params, batch, key, config: MAMLConfig):
     """((loss, accuracies), gradient) of :func:`meta_batch_loss`, computed one task at a time.
 
     The mean loss is a sum of per-task losses that share only the weights, so its gradient is the mean
@@ -386,14 +370,14 @@ def meta_gradient(params, batch, key, config: MAMLConfig, device: PCMDevice):
     tasks = batch[0].shape[0]
     key_conv, task_keys = _split_keys(key, tasks)
     kernels, read_backward = jax.vjp(
-        lambda conv_params: read_kernels(config, device, conv_params, key_conv), _conv_params(params)
+        lambda conv_params: read_kernels(config, conv_params, key_conv), _conv_params(params)
     )
 
-    state = readout_state(config, device, params["readout"], _readout_key(key_conv))
+    state = readout_state(config, params["readout"], _readout_key(key_conv))
 
     def task_loss(shared, task):
         kernels, readout0 = shared
-        return one_task_outputs(config, device, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2, state=state)
+        return one_task_outputs(config, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2, state=state)
 
     def task_sums(shared, task):
         (loss, accuracies), grads = jax.value_and_grad(task_loss, has_aux=True)(shared, task)
@@ -415,19 +399,19 @@ def make_optimizer(config: MAMLConfig) -> optax.GradientTransformation:
     return optax.adam(config.outer_lr)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "device"))
-def train_step(params, opt_state, batch, key, config: MAMLConfig, device: PCMDevice):
+@functools.partial(jax.jit, static_argnames=("config",))
+def train_step(params, opt_state, batch, key, config: MAMLConfig):
     """One outer iteration: meta-gradient through the inner loop, Adam, projection onto the weight range
     (±w_max; the readout ±readout_scale·w_max)."""
-    (loss, accuracies), grads = meta_gradient(params, batch, key, config, device)
+    (loss, accuracies), grads = meta_gradient(params, batch, key, config)
     updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    bounds = {name: device.w_max * (config.readout_scale if name == "readout" else 1.0) for name in params}
+    bounds = {name: config.device.w_max * (config.readout_scale if name == "readout" else 1.0) for name in params}
     params = {name: jnp.clip(w, -bounds[name], bounds[name]) for name, w in params.items()}
     return params, opt_state, loss, accuracies
 
 
-@functools.partial(jax.jit, static_argnames=("config", "device"))
-def evaluate_batch(params, batch, key, config: MAMLConfig, device: PCMDevice):
+@functools.partial(jax.jit, static_argnames=("config",))
+def evaluate_batch(params, batch, key, config: MAMLConfig):
     """Query accuracy per inner step [tasks, K+1] of a batch of tasks, in software."""
-    return task_outputs(params, batch, key, config, device)[1]
+    return task_outputs(params, batch, key, config)[1]

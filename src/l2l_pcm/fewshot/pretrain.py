@@ -168,7 +168,7 @@ def make_trainer(
 
     def validation(params):
         body = {name: params[name] for name in (*CONV_NAMES, "readout")}
-        accuracy, ci95 = validate(body, val_sampler, fewshot, fewshot.device, config.validation_tasks, seed=1)
+        accuracy, ci95 = validate(body, val_sampler, fewshot, config.validation_tasks, seed=1)
         return {"val_accuracy": accuracy, "val_ci95": ci95}
 
     return training.MetaTrainer(CHECKPOINT_KIND, config, init, step, validation, score_name="val_accuracy")

@@ -70,7 +70,6 @@ def make_trainer(
             "model has the oracle 'global' compensation, not the chip's calibrated one; train with 'none' or "
             "'global' (a trained model can still be deployed with calibrated compensation)"
         )
-    device = config.device
     train_sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, config.augment_rotations)
     val_sampler = TaskSampler(val_set, config.ways, config.shots, config.queries, augment_rotations=False)
 
@@ -90,11 +89,11 @@ def make_trainer(
     def step(params, opt_state, iteration):
         batch = distributed.shard_tasks(train_sampler.sample(config.seed * 1_000_003 + iteration, config.meta_batch))
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), iteration)
-        params, opt_state, loss, accuracies = train_step(params, opt_state, batch, key, config, device)
+        params, opt_state, loss, accuracies = train_step(params, opt_state, batch, key, config)
         return params, opt_state, float(loss), {"train_accuracy": float(accuracies[-1])}
 
     def validation(params):
-        accuracy, ci95 = validate(params, val_sampler, config, device, config.validation_tasks, seed=1)
+        accuracy, ci95 = validate(params, val_sampler, config, config.validation_tasks, seed=1)
         return {"val_accuracy": accuracy, "val_ci95": ci95}
 
     return MetaTrainer(CHECKPOINT_KIND, config, init, step, validation, score_name="val_accuracy", history=history)

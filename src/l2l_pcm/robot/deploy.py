@@ -1,15 +1,16 @@
 """The trainee SNN on the emulated chip: one natural-e-prop update written with ``reprogram``.
 
 Deployment: the trainee's plastic weights, stacked as ``[W_in; W_rec]`` (5 + 250 = 255 rows × 250
-columns, one 256×256 array), are programmed once and ``time_since_programming_s`` passes. Per task,
+columns, one 256×256 array), are programmed once and the hardware's age in use passes
+(``clock.deployment_age_s``, or its training age). Per task,
 from that deployed state:
 
 1. pass 1 runs the trainee with every synaptic MVM read through the chip (fresh read noise per step);
    the LIF dynamics, eligibility traces, the readout ``W_out`` (not adapted) and the learning-signal
    generator run digitally;
-2. the e-prop update ΔW = −η Σ_t L_j ψ_j ē_i is quantized to 1/16 (nearest) and written with
+2. the e-prop update ΔW = −η Σ_t L_j ψ_j ē_i is quantized to 1/16 (``hardware.update.rounding``) and written with
    :meth:`Chip.reprogram`: only devices whose quantized update is non-zero are re-programmed;
-3. ``seconds_after_update`` later, pass 2 runs the trainee again through the chip.
+3. ``hardware.update.seconds_between`` later, pass 2 runs the trainee again through the chip.
 
 The chip is built from the checkpoint's hardware configuration (``RobotConfig.hardware``) unless a ``ChipConfig`` is
 given. With ``RobotConfig.w_out_on_pcm`` the readout ``W_out`` is a second layer on the chip, read with
@@ -52,7 +53,6 @@ class ChipTrainee:
         config: RobotConfig,
         key: jax.Array,
         chip_config: ChipConfig | None = None,
-        time_since_programming_s: float | None = None,
     ) -> None:
         self.config = config
         if not config.quantize_update:
@@ -60,7 +60,7 @@ class ChipTrainee:
                 "a model meta-trained without update quantization (quantize_update false) cannot be "
                 "deployed on a chip, which writes updates on its 1/16 grid"
             )
-        self.chip = chip_for_model(chip_config, config.hardware, time_since_programming_s)
+        self.chip = chip_for_model(chip_config, config.hardware)
         w_stack = stack_weights(params["trainee_w_in"], params["trainee_w_rec"])
         self.mask = recurrent_mask(config.trainee, w_stack.dtype)
         layers = {TRAINEE: w_stack * self.mask}
@@ -68,11 +68,9 @@ class ChipTrainee:
             layers[READOUT] = params["trainee_w_out"]
         # as meta-trained: weights in device units, |w| > w_max written the device's way; calibrated drift
         # compensation holds them as they read at the age the model was meta-trained with
-        deploy(layers, self.chip, key, scaling="none", reference_age_s=config.time_since_programming_s)
-        self.chip.advance(
-            config.time_since_programming_s if time_since_programming_s is None else time_since_programming_s,
-            warn_fixed_age=False,
-        )
+        clock = self.chip.config.clock
+        deploy(layers, self.chip, key, scaling="none", reference_age_s=clock.training_age_s)
+        self.chip.advance(clock.age_in_use_s, warn_fixed_age=False)
         self._deployed = self.chip.snapshot()
         self.record = ChipUpdateRecord()
 
@@ -100,12 +98,12 @@ class ChipTrainee:
             applied = np.asarray(update.applied)
             for task, task_key in enumerate(jax.random.split(key, applied.shape[0])):
                 self.chip.restore(self._deployed)
-                # already on the 1/16 grid: nearest rounding writes it exactly
+                # rounded to the 1/16 grid by the model's update rule already: nearest rounding writes it exactly
                 # meta-trained with re-programmed weights read fresh (not aged to the deployment age)
                 report = self.chip.reprogram(
                     TRAINEE, applied[task], task_key, rounding="nearest", relative_to="programmed"
                 )
-                self.chip.advance(self.config.seconds_after_update, warn_fixed_age=False)
+                self.chip.advance(self.chip.config.update.seconds_between, warn_fixed_age=False)
                 stats = self._masked(self.chip.read_statistics(TRAINEE))
                 means.append(stats.mean)
                 variances.append(stats.variance)

@@ -176,21 +176,26 @@ def eprop_delta(
     return -eta * delta * mask
 
 
-def software_update(quantize_step: float | None = 1.0 / 16, w_max: float = 1.0) -> UpdateFn:
+def software_update(quantize_step: float | None = 1.0 / 16, w_max: float = 1.0, rounding: str = "nearest") -> UpdateFn:
     """Write an update the way the chip does, in software.
 
-    ``ΔW_q = round(ΔW / step)·step`` (deterministic rounding, the authors' robot update; skipped if
-    ``quantize_step`` is None), ``W' = clip(W + ΔW_q, ±w_max)``; rounding and clipping are
-    straight-through so the meta-gradient reaches the LSG even when most ``ΔW_q`` are zero.
+    ``ΔW_q = round(ΔW / step)·step`` (``rounding`` "nearest", the authors' robot update, or "stochastic"
+    with the update's key; skipped if ``quantize_step`` is None), ``W' = clip(W + ΔW_q, ±w_max)``;
+    rounding and clipping are straight-through so the meta-gradient reaches the LSG even when most
+    ``ΔW_q`` are zero.
     """
     if quantize_step is not None and not quantize_step > 0:
         raise ConfigError(f"quantize_step must be > 0 or None, got {quantize_step!r}")
     if not w_max > 0:
         raise ConfigError(f"w_max must be > 0, got {w_max!r}")
+    if rounding not in ("nearest", "stochastic"):
+        raise ConfigError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
 
     def update(w_stack: jax.Array, delta_w: jax.Array, key: jax.Array | None = None) -> WeightUpdate:
-        del key  # deterministic rounding
-        applied = delta_w if quantize_step is None else quantize(delta_w, quantize_step)
+        if rounding == "stochastic" and quantize_step is not None and key is None:
+            raise ConfigError("stochastic rounding of the update needs a key")
+        rounding_key = key if rounding == "stochastic" else None
+        applied = delta_w if quantize_step is None else quantize(delta_w, quantize_step, rounding_key)
         weights = clip_straight_through(w_stack + applied, w_max)
         n_nonzero = jnp.sum(jax.lax.stop_gradient(applied) != 0, axis=(-2, -1))
         return WeightUpdate(weights, applied, n_nonzero)

@@ -55,7 +55,6 @@ def evaluate(
     seed: int = 0,
     precision: str = "trained",
     chip_config: ChipConfig | None = None,
-    time_since_programming_s: float | None = None,
     keep_examples: bool = False,
 ) -> dict:
     """MSE before/after the single update over ``tasks`` unseen trajectories.
@@ -75,10 +74,15 @@ def evaluate(
         raise ConfigError("precision '4bit': the robot scenario has no 4-bit model; choose trained, fp32 or pcm")
     if precision not in ("fp32", "pcm"):
         raise ConfigError(f"precision must be 'trained', 'fp32' or 'pcm', got {precision!r}")
+    if backend == "software" and config.hardware.clock.deployment_age_s is not None:
+        raise ConfigError(
+            "hardware.clock.deployment_age_s applies to the chip only: the software model reads at "
+            "clock.training_age_s (evaluate with the chip, or leave the deployment age unset)"
+        )
     targets_all = test_trajectories(config, tasks, seed)
     chip = None
     if backend == "chip":
-        chip = ChipTrainee(params, config, jax.random.PRNGKey(20_000 + seed), chip_config, time_since_programming_s)
+        chip = ChipTrainee(params, config, jax.random.PRNGKey(20_000 + seed), chip_config)
     before, after, distance, distance_before, devices, energy, fraction_nonzero = [], [], [], [], [], [], []
     examples = None
     for start in range(0, tasks, TASK_BATCH):

@@ -30,13 +30,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_pcm.chip import ChipConfig
+from l2l_pcm.chip import ChipConfig, UpdateConfig
 from l2l_pcm.errors import ConfigError, check_int, check_number, check_seed
 from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.eprop import (
     EpropResult,
     SNNWeights,
+    UpdateFn,
     WeightMemory,
     natural_eprop,
     pcm_memory,
@@ -49,9 +50,11 @@ from l2l_pcm.robot.tasks import XYZ_CODES, Trajectories, integrate_velocities, s
 __all__ = [
     "ARMS",
     "PARAM_NAMES",
+    "ROBOT_HARDWARE",
     "RobotConfig",
     "InnerLoopResult",
     "default_memory",
+    "update_rule",
     "init_params",
     "inner_loop",
     "meta_loss",
@@ -65,6 +68,10 @@ PARAM_NAMES = ("trainee_w_in", "trainee_w_rec", "trainee_w_out", "lsg_w_in", "ls
 
 def _positive(name: str, value: object, integer: bool = False) -> None:
     (check_int if integer else check_number)(f"RobotConfig.{name}", value)
+
+
+ROBOT_HARDWARE = ChipConfig(update=UpdateConfig(rounding="nearest"))
+"""The robot's default hardware: the chip's defaults with the authors' robot update rule, nearest rounding."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +124,14 @@ class RobotConfig:
     hardware_aware: bool = False
     """Meta-train through the statistical PCM model (:func:`l2l_pcm.robot.eprop.pcm_memory`)."""
     quantize_update: bool = True
-    """Round the written update to ``hardware.update_step`` (nearest, the authors' rule); false: exact
-    updates (a software-only model, which cannot be deployed on a chip)."""
-    time_since_programming_s: float = 3600.0
-    """Device age at which the PCM model reads the trainee (hardware-aware training, pcm evaluation)."""
-    seconds_after_update: float = 1.0
-    """Time between writing the update and pass 2 (re-programmed devices are this old when read)."""
-    hardware: ChipConfig = ChipConfig()
-    """The hardware: its device model (a profile of :data:`l2l_pcm.pcm.DEVICE_PROFILES` or custom) is that of
-    hardware-aware training, software ``pcm`` evaluation and the chip (its ``w_max`` bounds the trainee's
-    weights), its ``update_step`` the grid of the written update, and the chip is built from it."""
+    """Round the written update to ``hardware.update.step`` as ``hardware.update.rounding`` says; false:
+    exact updates (a software-only model, which cannot be deployed on a chip)."""
+    hardware: ChipConfig = ROBOT_HARDWARE
+    """The hardware tree, every hardware setting's one home: its device model is that of hardware-aware
+    training, software ``pcm`` evaluation and the chip (its ``w_max`` bounds the trainee's weights), its
+    ``update`` section the written update (step, rounding; default "nearest", the authors' robot rule) and
+    the time until pass 2, its ``clock.training_age_s`` the age the PCM model reads the trainee at, and
+    the chip is built from it."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,7 +149,7 @@ class RobotConfig:
             "batch",
         ):
             _positive(name, getattr(self, name), integer=True)
-        for name in ("velocity_dt_s", "eta", "lr", "lr_decay", "time_since_programming_s", "seconds_after_update"):
+        for name in ("velocity_dt_s", "eta", "lr", "lr_decay"):
             _positive(name, getattr(self, name))
         for name in ("reg_lambda", "target_rate_trainee_hz", "target_rate_lsg_hz"):
             value = getattr(self, name)
@@ -185,14 +190,11 @@ class RobotConfig:
     def device(self) -> PCMDevice:
         return self.hardware.device
 
-    @property
-    def quantize_step(self) -> float | None:
-        """The update grid, or None for a model trained with exact updates."""
-        return self.hardware.update_step if self.quantize_update else None
-
-    def with_hardware(self, **changes) -> RobotConfig:
-        """This config with some hardware fields changed (``device=...``, ``update_step=...``)."""
-        return dataclasses.replace(self, hardware=dataclasses.replace(self.hardware, **changes))
+    def with_hardware(self, **settings) -> RobotConfig:
+        """This config with hardware settings changed by their paths in the tree, as keywords with ``__``
+        for ``.`` (``device="authors"``, ``clock__training_age_s=32.0``; see :meth:`ChipConfig.with_settings`)."""
+        changes = {name.replace("__", "."): value for name, value in settings.items()}
+        return dataclasses.replace(self, hardware=self.hardware.with_settings(changes))
 
     @property
     def w_max(self) -> float:
@@ -230,6 +232,13 @@ def _split(params: dict[str, jax.Array]) -> tuple[SNNWeights, SNNWeights]:
     return trainee, lsg
 
 
+def update_rule(config: RobotConfig) -> UpdateFn:
+    """How the trainee's update is written, from the hardware tree: its ``update`` step and rounding (exact
+    if ``quantize_update`` is false), clipped to the device's ±w_max."""
+    step = config.hardware.update.step if config.quantize_update else None
+    return software_update(step, config.w_max, config.hardware.update.rounding)
+
+
 def default_memory(config: RobotConfig) -> WeightMemory:
     """The software model meta-training uses: exact, or the PCM model if ``hardware_aware``."""
     if not config.hardware_aware:
@@ -237,9 +246,9 @@ def default_memory(config: RobotConfig) -> WeightMemory:
     mask = recurrent_mask(config.trainee)
     return pcm_memory(
         config.device,
-        config.time_since_programming_s,
+        config.hardware.clock.training_age_s,
         mask,
-        config.seconds_after_update,
+        config.hardware.update.seconds_between,
         config.w_out_on_pcm,
         config.hardware.software_mvm_spec(),
     )
@@ -285,7 +294,7 @@ def inner_loop(
         key,
         eta=config.eta,
         w_max=config.w_max,
-        update_fn=software_update(config.quantize_step, config.w_max),
+        update_fn=update_rule(config),
         memory=default_memory(config) if memory is None else memory,
         read_key=read_key,
     )

@@ -15,9 +15,9 @@ import jax
 
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import format_version, load_checkpoint
-from l2l_pcm.chip import hardware_from_fields
+from l2l_pcm.chip import refuse_hardware_fields
 from l2l_pcm.errors import CheckpointError, ConfigError
-from l2l_pcm.robot.model import RobotConfig, init_params, make_optimizer, meta_loss, train_step
+from l2l_pcm.robot.model import ROBOT_HARDWARE, RobotConfig, init_params, make_optimizer, meta_loss, train_step
 from l2l_pcm.robot.tasks import sample_trajectories
 from l2l_pcm.training import MetaTrainer
 from l2l_pcm.validation import parse
@@ -48,17 +48,16 @@ class RobotTrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> RobotTrainConfig:
-        """From a JSON object (older formats' hardware fields migrated), type-checked field by field."""
+        """From a JSON object, type-checked field by field; hardware settings only in ``model.hardware``."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"robot config: expected a JSON object of RobotTrainConfig fields, got {data!r}")
         data = dict(data)
         model = data.get("model", {})
         if isinstance(model, Mapping):
             model = dict(model)
-            if "quantize_step" in model and model["quantize_step"] is None:  # format 2: null = exact updates
-                model.pop("quantize_step")
-                model["quantize_update"] = False
-            model["hardware"] = hardware_from_fields(model, "quantize_step", "robot config.model.hardware")
+            refuse_hardware_fields(model, "robot config.model")
+            if "hardware" in model:  # fields it leaves out keep the robot's defaults (nearest rounding)
+                model["hardware"] = ROBOT_HARDWARE.updated(model["hardware"], "robot config.model.hardware")
             data["model"] = model
         return parse(cls, data, "robot config")
 
