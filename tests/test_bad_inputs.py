@@ -973,12 +973,12 @@ def test_robot_train_values(batch, iterations, seed):
 @given(tasks=ANY_TEXT, queries=ANY_TEXT, time=ANY_TEXT)
 def test_fewshot_eval_values(tasks, queries, time):
     """Values reach the library's own checks (the task sampler) with the data loading stubbed out."""
-    from l2l_pcm.fewshot.data import OmniglotImages
+    from l2l_pcm.fewshot.omniglot import OmniglotImages
 
     images = OmniglotImages(np.zeros((6, 20, 28, 28), np.float32), [f"a/character{i:02d}" for i in range(6)], ["a"] * 6)
     params = fewshot_init(jax.random.PRNGKey(0), TINY_FEWSHOT.cnn)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("l2l_pcm.cli._load_fewshot", lambda args: (params, TINY_FEWSHOT, {}, images))
+        mp.setattr("l2l_pcm.cli.fewshot._load_fewshot", lambda args: (params, TINY_FEWSHOT, {}, images))
         mp.setattr("l2l_pcm.fewshot.evaluate.evaluate_batch", stub)
         mp.setattr("l2l_pcm.fewshot.evaluate.ChipFewShotLearner", stub)
         argv = ["fewshot", "eval", "--tasks", tasks, "--queries", queries, "--time-since-programming", time]

@@ -47,7 +47,7 @@ def test_a_bad_option_points_at_the_subcommands_help(capsys):
 
 
 def test_the_help_lists_every_device_profile():
-    from l2l_pcm.cli import PROFILE_LIST
+    from l2l_pcm.cli.common import PROFILE_LIST
     from l2l_pcm.pcm import DEVICE_PROFILES
 
     assert PROFILE_LIST.split(", ") == list(DEVICE_PROFILES)

@@ -451,8 +451,8 @@ def test_software_pcm_model_and_chip_agree_on_the_same_tasks():
     """The software PCM model is the chip's physics (one programming per deployment, only changed devices
     re-programmed, per-device ages, fresh noise per readout read): on the same 40 tasks of the shipped model
     the two agree within their intervals at every inner step, and the paired per-task difference is small."""
-    from l2l_pcm.fewshot.data import load_omniglot
     from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
+    from l2l_pcm.fewshot.omniglot import load_omniglot
     from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT
 
     params, config, _ = load_fewshot_checkpoint(SHIPPED_CHECKPOINT)

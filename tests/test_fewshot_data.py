@@ -22,14 +22,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from l2l_pcm.errors import ConfigError, DataError
-from l2l_pcm.fewshot import data
-from l2l_pcm.fewshot.data import (
-    NPZ_SHA256,
-    OmniglotImages,
-    TaskSampler,
-    load_omniglot,
-    split_background,
-)
+from l2l_pcm.fewshot import omniglot
+from l2l_pcm.fewshot.data import TaskSampler
+from l2l_pcm.fewshot.omniglot import NPZ_SHA256, OmniglotImages, load_omniglot, split_background
 
 # --------------------------------------------------------------------------------------------------
 # A tiny Omniglot-shaped data set: 2 alphabets x 3 characters x 20 drawings, random 105x105 PNGs
@@ -165,7 +160,7 @@ def test_cache_is_used_and_rebuilt_when_the_source_changes(tiny, tmp_path, monke
     def no_build(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(data, "_assemble", no_build)
+    monkeypatch.setattr(omniglot, "_assemble", no_build)
     again = load_omniglot("background", data_dir=tree, cache_dir=cache)
     np.testing.assert_array_equal(first.images, again.images)
     assert again.class_names == first.class_names
@@ -309,7 +304,7 @@ def test_failed_download_says_how_to_give_a_local_copy(tmp_path, monkeypatch):
         calls.append((url, timeout))
         raise urllib.error.URLError(OSError(-2, "Name or service not known"))
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match="download of .* failed") as exc_info:
         load_omniglot("background", data_dir=tmp_path, cache_dir=tmp_path / "c")
     message = str(exc_info.value)
@@ -322,7 +317,7 @@ def test_failed_download_says_how_to_give_a_local_copy(tmp_path, monkeypatch):
 
 def test_download_is_saved_and_processed_as_a_zip(tiny, tmp_path, monkeypatch):
     payload = (tiny["zip"] / "images_background.zip").read_bytes()
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(payload))
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(payload))
     result = load_omniglot("background", data_dir=tmp_path, cache_dir=tmp_path / "c")
     assert result.class_names == CANONICAL
     assert (tmp_path / "images_background.zip").read_bytes() == payload
@@ -342,7 +337,7 @@ def test_unknown_split_is_a_config_error(tmp_path):
 def real(tmp_path_factory):
     cache = tmp_path_factory.mktemp("omniglot_cache")
     start = time.perf_counter()
-    loaded = {split: load_omniglot(split, data_dir=SHARED, cache_dir=cache) for split in data.SPLITS}
+    loaded = {split: load_omniglot(split, data_dir=SHARED, cache_dir=cache) for split in omniglot.SPLITS}
     return {"cache": cache, "first_load_s": time.perf_counter() - start, **loaded}
 
 
@@ -383,11 +378,11 @@ def test_real_images_match_a_direct_resize_of_the_npz(real):
 def test_real_first_load_is_fast_and_the_cache_reproduces_it(real):
     assert real["first_load_s"] < 30.0
     start = time.perf_counter()
-    cached = {split: load_omniglot(split, data_dir=SHARED, cache_dir=real["cache"]) for split in data.SPLITS}
+    cached = {split: load_omniglot(split, data_dir=SHARED, cache_dir=real["cache"]) for split in omniglot.SPLITS}
     cached_s = time.perf_counter() - start
     assert cached_s < real["first_load_s"]
     assert len(list(real["cache"].glob("omniglot_*.npz"))) == 2
-    for split in data.SPLITS:
+    for split in omniglot.SPLITS:
         np.testing.assert_array_equal(cached[split].images, real[split].images)
         assert cached[split].class_names == real[split].class_names
     print(f"first load of both splits {real['first_load_s']:.2f} s, cached load {cached_s:.3f} s")

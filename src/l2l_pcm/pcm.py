@@ -52,6 +52,7 @@ import jax.numpy as jnp
 
 from l2l_pcm.errors import ConfigError, check_number
 from l2l_pcm.validation import parse
+from l2l_pcm.vocabulary import DEVICE_PROFILE_NAMES
 
 _G_REL_FLOOR = 1e-7  # keeps ln(ĝ) finite for devices at zero conductance, as aihwkit does
 AUTHORS_INITIAL_JITTER = 0.01
@@ -499,6 +500,10 @@ DEVICE_PROFILES: dict[str, PCMDevice] = {
   σ_prog scaled by g_max/25 µS. (aihwkit draws the 1/f term once per drift call; the chip draws it at
   every read.)
 """
+
+
+if tuple(DEVICE_PROFILES) != DEVICE_PROFILE_NAMES:  # the CLI offers the names without importing JAX
+    raise ImportError(f"l2l_pcm.vocabulary.DEVICE_PROFILE_NAMES {DEVICE_PROFILE_NAMES} != {tuple(DEVICE_PROFILES)}")
 
 
 def device_profile(name: str) -> PCMDevice:

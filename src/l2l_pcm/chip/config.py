@@ -12,19 +12,24 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from l2l_pcm.chip.crossbar import READ_NOISE_MODES, READ_NOISE_RNGS, MVMSpec
+from l2l_pcm.chip.crossbar import MVMSpec
 from l2l_pcm.chip.energy import EnergyModel
 from l2l_pcm.errors import ConfigError, check_int, check_number
 from l2l_pcm.pcm import PCMDevice, device_from_json
 from l2l_pcm.validation import parse
+from l2l_pcm.vocabulary import (
+    CONVERTER_BITS,
+    DRIFT_COMPENSATIONS,
+    READ_NOISE_MODES,
+    READ_NOISE_RNGS,
+    UPDATE_ROUNDINGS,
+)
 
-DRIFT_COMPENSATIONS = ("none", "global", "array", "column")
 CALIBRATION_VECTORS = 32
 """Known binary patterns a compensating chip reads (each with its complement) through every layer to
 measure its drift; every read is counted."""
 
 
-ROUNDINGS = ("stochastic", "nearest")
 
 
 def _finite(value: object) -> bool:
@@ -68,8 +73,9 @@ class ForwardConfig:
     def __post_init__(self) -> None:
         for name in ("dac_bits", "adc_bits"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 2 <= value <= 32):
-                raise ConfigError(f"forward.{name} must be None or an integer in [2, 32], got {value!r}")
+            low, high = CONVERTER_BITS
+            if value is not None and not (isinstance(value, int) and low <= value <= high):
+                raise ConfigError(f"forward.{name} must be None or an integer in [{low}, {high}], got {value!r}")
         if self.read_noise_rng not in READ_NOISE_RNGS:
             raise ConfigError(f"forward.read_noise_rng must be one of {READ_NOISE_RNGS}, got {self.read_noise_rng!r}")
         if self.read_noise_mode not in READ_NOISE_MODES:
@@ -97,8 +103,8 @@ class UpdateConfig:
     def __post_init__(self) -> None:
         if not (_finite(self.step) and self.step > 0):
             raise ConfigError(f"update.step must be a finite number > 0, got {self.step!r}")
-        if self.rounding not in ROUNDINGS:
-            raise ConfigError(f"update.rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if self.rounding not in UPDATE_ROUNDINGS:
+            raise ConfigError(f"update.rounding must be one of {UPDATE_ROUNDINGS}, got {self.rounding!r}")
         if not (_finite(self.seconds_between) and self.seconds_between >= 0):
             raise ConfigError(f"update.seconds_between must be a finite number >= 0, got {self.seconds_between!r}")
 

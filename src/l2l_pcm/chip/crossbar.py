@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from l2l_pcm.pcm import PCMDevice
+from l2l_pcm.vocabulary import READ_NOISE_MODES, READ_NOISE_RNGS
 
 
 class LayerState(NamedTuple):
@@ -119,8 +120,6 @@ def read_statistics(device: PCMDevice, state: LayerState, now_s: float, drift_co
     return WeightStatistics(mean, variance)
 
 
-READ_NOISE_MODES = ("per_read", "per_batch")
-READ_NOISE_RNGS = ("threefry", "counter")
 
 
 def _mix32(h: jax.Array) -> jax.Array:

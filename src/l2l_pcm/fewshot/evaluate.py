@@ -13,9 +13,10 @@ import numpy as np
 
 from l2l_pcm.chip import ChipConfig
 from l2l_pcm.errors import ConfigError
-from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler
+from l2l_pcm.fewshot.data import TaskSampler
 from l2l_pcm.fewshot.deploy import ChipFewShotLearner
 from l2l_pcm.fewshot.maml import VARIANTS, MAMLConfig, evaluate_batch
+from l2l_pcm.fewshot.omniglot import OmniglotImages
 from l2l_pcm.plotting import pyplot, save_figure
 from l2l_pcm.training import mean_ci95
 

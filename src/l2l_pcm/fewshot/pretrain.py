@@ -30,10 +30,11 @@ import optax
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import load_checkpoint
 from l2l_pcm.errors import CheckpointError, ConfigError, check_seed
-from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
+from l2l_pcm.fewshot.data import TaskSampler
 from l2l_pcm.fewshot.evaluate import validate
 from l2l_pcm.fewshot.maml import MAMLConfig, _is_int, _is_number
 from l2l_pcm.fewshot.model import CONV_NAMES, conv3x3_stride2, cross_entropy, embed, init_params
+from l2l_pcm.fewshot.omniglot import OmniglotImages, load_omniglot, split_background
 from l2l_pcm.validation import parse
 
 CHECKPOINT_KIND = "fewshot-pretrain"

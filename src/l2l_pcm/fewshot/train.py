@@ -15,10 +15,11 @@ import numpy as np
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import checkpoint_kind, load_checkpoint, save_checkpoint
 from l2l_pcm.errors import CheckpointError, ConfigError
-from l2l_pcm.fewshot.data import OmniglotImages, TaskSampler, load_omniglot, split_background
+from l2l_pcm.fewshot.data import TaskSampler
 from l2l_pcm.fewshot.evaluate import validate
 from l2l_pcm.fewshot.maml import MAMLConfig, make_optimizer, train_step
 from l2l_pcm.fewshot.model import init_params
+from l2l_pcm.fewshot.omniglot import OmniglotImages, load_omniglot, split_background
 from l2l_pcm.fewshot.pretrain import CHECKPOINT_KIND as PRETRAIN_KIND
 from l2l_pcm.fewshot.pretrain import pretrained_body
 from l2l_pcm.training import MetaTrainer

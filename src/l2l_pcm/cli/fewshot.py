@@ -1,0 +1,313 @@
+"""``l2l-pcm fewshot``: meta-training, pretraining, evaluation, sweeps and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from l2l_pcm.cli.common import (
+    add_backend_arguments,
+    add_hardware_arguments,
+    add_sweep_arguments,
+    add_train_arguments,
+    command_hardware,
+    command_precision,
+    command_provenance,
+    finish_sweep,
+    join_cluster,
+    non_negative_int,
+    point_hardware,
+    positive_float,
+    positive_int,
+    print_summary,
+    read_json,
+    refuse_chip_only_flags,
+    seed_arg,
+    sweep_axes,
+)
+from l2l_pcm.errors import L2LPCMError
+
+
+def _fewshot_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    join_cluster(args)
+    from l2l_pcm.fewshot.maml import MAMLConfig
+    from l2l_pcm.fewshot.train import train
+
+    config = MAMLConfig()
+    if args.config:
+        config = MAMLConfig.from_json(read_json(args.config))
+    overrides = {name: getattr(args, name) for name in ("variant", "iterations", "meta_batch", "seed")}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(config, hardware=command_hardware(args, config.hardware))
+    summary = train(
+        config,
+        args.out,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        init_from=args.init_from,
+        overwrite=args.overwrite,
+    )
+    print_summary(summary)
+
+
+def _fewshot_pretrain(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    join_cluster(args)
+    from l2l_pcm.fewshot.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig.from_json(read_json(args.config)) if args.config else PretrainConfig()
+    overrides = {name: getattr(args, name) for name in ("iterations", "seed")}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    fewshot = dataclasses.replace(config.fewshot, hardware=command_hardware(args, config.fewshot.hardware))
+    summary = pretrain(
+        dataclasses.replace(config, fewshot=fewshot),
+        args.out,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    print_summary(summary)
+
+
+def _load_fewshot(args: argparse.Namespace):
+    from l2l_pcm.fewshot.omniglot import load_omniglot, split_background
+    from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT, load_fewshot_checkpoint
+
+    path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
+    params, config, metadata = load_fewshot_checkpoint(path)
+    overrides = {
+        "update_budget": args.update_budget,
+        "readout_scale": args.readout_scale,
+        "normalisation": args.normalisation,
+        "shots": args.shots,
+        "ways": args.ways,
+    }
+    if args.shots is not None and args.shots + args.queries > 20:
+        raise L2LPCMError(
+            f"--shots {args.shots} with --queries {args.queries}: an Omniglot class has 20 drawings, "
+            f"so shots + queries must be <= 20"
+        )
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(config, hardware=command_hardware(args, config.hardware))
+    if args.alphabets == "validation":  # the meta-training run's held-out background alphabets
+        images = split_background(load_omniglot("background", args.data_dir))[1]
+    else:
+        images = load_omniglot("evaluation", args.data_dir)
+    return params, config, metadata, images
+
+
+def _fewshot_eval(args: argparse.Namespace) -> None:
+    from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
+
+    params, config, _, images = _load_fewshot(args)
+    refuse_chip_only_flags(args, config.hardware, software_mvms=False)
+    precision = command_precision(args, "fp32")
+    if args.backend == "chip":
+        result = evaluate_chip(
+            params,
+            config,
+            images,
+            args.tasks,
+            args.queries,
+            args.seed,
+            progress=not args.json,
+        )
+    else:
+        result = evaluate_software(params, config, images, args.tasks, precision, args.queries, args.seed)
+    result["provenance"] = command_provenance(
+        args, config.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
+    )
+    for line in result.get("warnings", []):  # on stderr, so --json output stays one object
+        print(f"warning: {line}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+        return
+    steps = " → ".join(f"{100 * a:.1f}" for a in result["accuracy_per_step"])
+    print(
+        f"{result['backend']}: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_ci95']:.2f} % "
+        f"over {result['tasks']} tasks (per inner step: {steps})"
+    )
+    if result.get("devices_reprogrammed_mean") is not None:
+        print(
+            f"devices re-programmed per task: mean {result['devices_reprogrammed_mean']:.1f}, max "
+            f"{result['devices_reprogrammed_max']} ({100 * result['devices_reprogrammed_fraction']:.1f} % of "
+            f"{result['readout_devices']} readout devices); energy estimate "
+            f"{result['energy_estimate_pJ_per_adaptation'] / 1e3:.1f} nJ per adaptation"
+        )
+
+
+FEWSHOT_SWEEP_METRICS = (
+    "accuracy_mean",
+    "accuracy_ci95",
+    "devices_reprogrammed_fraction",
+    "devices_reprogrammed_max",
+    "energy_estimate_pJ_per_adaptation",
+    "readout_updates_clipped_mean",
+)
+
+
+def _fewshot_sweep(args: argparse.Namespace) -> None:
+    from l2l_pcm import sweep
+    from l2l_pcm.fewshot.evaluate import evaluate_chip
+
+    params, config, _, images = _load_fewshot(args)
+    points = sweep.grid(sweep_axes(args, config.hardware, readout_axes=True))
+    hardware = [point_hardware(config.hardware, point) for point in points]  # every point checked first
+
+    def evaluate_point(point: dict) -> dict:
+        changes = {"hardware": hardware[points.index(point)]}
+        changes.update({name: point[name] for name in ("update_budget", "readout_scale") if name in point})
+        point_config = dataclasses.replace(config, **changes)
+        return evaluate_chip(params, point_config, images, args.tasks, args.queries, args.seed)
+
+    rows = sweep.run(points, evaluate_point, FEWSHOT_SWEEP_METRICS, progress=not args.json)
+    plot = {"metric": "accuracy_mean", "ci": "accuracy_ci95", "ylabel": "query accuracy after the inner loop (%)"}
+    plot["y_scale"] = 100.0
+    finish_sweep(args, rows, "fewshot_sweep", config.hardware, {**plot, "title": "few-shot on the chip"})
+
+
+def _fewshot_demo(args: argparse.Namespace) -> None:
+    """Software 32-bit, 4-bit and chip on the same unseen tasks, with plots."""
+    import jax
+    import numpy as np
+
+    from l2l_pcm.fewshot.data import TaskSampler
+    from l2l_pcm.fewshot.deploy import ChipFewShotLearner
+    from l2l_pcm.fewshot.evaluate import (
+        evaluate_chip,
+        evaluate_software,
+        plot_example_task,
+        plot_inner_step_curves,
+        plot_training_curves,
+    )
+    from l2l_pcm.training import training_record
+
+    params, config, metadata, images = _load_fewshot(args)
+    out = Path(args.out)
+    results = {
+        "software 32-bit": evaluate_software(params, config, images, args.tasks, "fp32", args.queries, args.seed),
+        "software 4-bit": evaluate_software(params, config, images, args.tasks, "4bit", args.queries, args.seed),
+        "software PCM model": evaluate_software(params, config, images, args.tasks, "pcm", args.queries, args.seed),
+        "emulated PCM chip": evaluate_chip(params, config, images, args.tasks, args.queries, args.seed, progress=True),
+    }
+    for label, result in results.items():
+        print(
+            f"{label:>18}: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_ci95']:.2f} % "
+            f"(per step: {' → '.join(f'{100 * a:.1f}' for a in result['accuracy_per_step'])})"
+        )
+    chip = results["emulated PCM chip"]
+    print(
+        f"chip: {chip['devices_reprogrammed_mean']:.1f} devices re-programmed per task "
+        f"({100 * chip['devices_reprogrammed_fraction']:.1f} % of the readout's {chip['readout_devices']})"
+    )
+    paths = [plot_inner_step_curves(results, out / "fewshot_inner_steps.png")]
+    if metadata.get("metrics"):
+        paths.append(plot_training_curves(training_record(metadata), out / "fewshot_training.png"))
+    sampler = TaskSampler(images, config.ways, config.shots, args.queries)
+    sx, sy, qx, qy = (a[0] for a in sampler.sample(args.seed + 99, 1))
+    learner = ChipFewShotLearner(params, config, jax.random.PRNGKey(args.seed))
+    task = learner.adapt(sx, sy, qx, qy, jax.random.PRNGKey(args.seed + 1))
+    paths.append(
+        plot_example_task(sx, sy, qx, qy, np.asarray(task.predictions), out / "fewshot_example_task.png", config.ways)
+    )
+    from l2l_pcm._io import atomic_write_text
+
+    record = {**results, "provenance": command_provenance(args, config.hardware, backend="software+chip")}
+    paths.append(atomic_write_text(out / "fewshot_results.json", json.dumps(record, indent=1)))
+    print("wrote: " + ", ".join(str(p) for p in paths))
+
+
+def add_commands(commands) -> None:
+    """The ``fewshot`` subcommands: train, pretrain, eval, sweep and demo."""
+    fewshot = commands.add_parser("fewshot", help="few-shot Omniglot with MAML").add_subparsers(
+        dest="fewshot_command", required=True
+    )
+    train = fewshot.add_parser("train", help="meta-train in software (checkpoints, metrics, resume)")
+    add_train_arguments(
+        train, "MAMLConfig", "start from a few-shot checkpoint's parameters or a 'fewshot pretrain' run's conv body"
+    )
+    train.add_argument(
+        "--variant",
+        choices=("fp32", "4bit", "pcm"),
+        help="weights seen in training: 32-bit, 4-bit, or the PCM device model (default: the config's)",
+    )
+    train.add_argument("--meta-batch", type=positive_int, help="tasks per outer iteration (default: config's)")
+    train.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+    train.set_defaults(run=_fewshot_train)
+
+    pretrain = fewshot.add_parser(
+        "pretrain",
+        help="supervised pre-training of the conv body on all meta-training classes (then: train --init-from)",
+    )
+    add_train_arguments(pretrain, "PretrainConfig", init_from=None)
+    pretrain.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+    pretrain.set_defaults(run=_fewshot_pretrain)
+
+    def add_eval_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--checkpoint", help="few-shot checkpoint (default: the shipped one)")
+        sub.add_argument("--tasks", type=positive_int, default=600, help="unseen tasks (default 600)")
+        sub.add_argument("--queries", type=positive_int, default=15, help="query images per class (default 15)")
+        sub.add_argument(
+            "--shots",
+            type=positive_int,
+            metavar="K",
+            help="labelled images per class in each task, K + queries <= 20 (default: the checkpoint's, 5)",
+        )
+        sub.add_argument(
+            "--ways",
+            type=positive_int,
+            metavar="N",
+            help="classes per task; must equal the readout's outputs (default: the checkpoint's, 5)",
+        )
+        sub.add_argument("--seed", type=seed_arg, default=0, help="task seed: same seed, same tasks on every backend")
+        sub.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+        sub.add_argument(
+            "--alphabets",
+            choices=("evaluation", "validation"),
+            default="evaluation",
+            help="tasks from the evaluation alphabets (the test set; default) or from the background alphabets "
+            "meta-training held out for validation, where deployment settings are chosen",
+        )
+        sub.add_argument(
+            "--update-budget",
+            type=non_negative_int,
+            metavar="N",
+            help="readout weights changed per inner step, largest updates first (default: the checkpoint's; 0 = all)",
+        )
+        sub.add_argument(
+            "--readout-scale",
+            type=positive_float,
+            metavar="S",
+            help="readout weight per device weight unit: range ±S·w_max, update step S/16 (default: the "
+            "checkpoint's; 1 = the authors' mapping)",
+        )
+        sub.add_argument(
+            "--normalisation",
+            choices=("support", "per_set"),
+            help="support statistics (no leak between queries) or the authors' per-set rule "
+            "(default: the checkpoint's)",
+        )
+        add_hardware_arguments(sub, "the checkpoint's")
+
+    evaluate = fewshot.add_parser("eval", help="meta-test accuracy on unseen tasks, software or chip")
+    add_eval_arguments(evaluate)
+    add_backend_arguments(evaluate, "fp32")
+    evaluate.set_defaults(run=_fewshot_eval)
+    sweep_fs = fewshot.add_parser(
+        "sweep", help="chip accuracy over time since programming, compensation, budgets, bits, devices"
+    )
+    add_eval_arguments(sweep_fs)
+    add_sweep_arguments(sweep_fs, readout_axes=True)
+    sweep_fs.set_defaults(run=_fewshot_sweep, tasks=200)
+    demo_fs = fewshot.add_parser("demo", help="software 32-bit / 4-bit / chip on the same tasks, with plots")
+    add_eval_arguments(demo_fs)
+    demo_fs.add_argument("--out", default="outputs", help="folder for plots and results (default: outputs/)")
+    demo_fs.set_defaults(run=_fewshot_demo)

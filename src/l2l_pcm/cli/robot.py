@@ -1,0 +1,198 @@
+"""``l2l-pcm robot``: meta-training, evaluation, sweeps and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from l2l_pcm.cli.common import (
+    add_backend_arguments,
+    add_hardware_arguments,
+    add_sweep_arguments,
+    add_train_arguments,
+    command_hardware,
+    command_precision,
+    command_provenance,
+    finish_sweep,
+    join_cluster,
+    point_hardware,
+    positive_int,
+    print_summary,
+    read_json,
+    refuse_chip_only_flags,
+    seed_arg,
+    sweep_axes,
+)
+
+ROBOT_SWEEP_METRICS = (
+    "mse_before",
+    "mse_before_ci95",
+    "mse_after",
+    "mse_after_ci95",
+    "mse_ratio_after_to_before",
+    "mse_ratio_ci95",
+    "devices_reprogrammed_fraction",
+)
+
+
+def _robot_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    join_cluster(args)
+    from l2l_pcm.robot.train import RobotTrainConfig, train
+
+    config = RobotTrainConfig.from_json(read_json(args.config)) if args.config else RobotTrainConfig()
+    model = {name: getattr(args, name) for name in ("batch", "seed", "arm") if getattr(args, name) is not None}
+    if args.software_only:
+        model["hardware_aware"] = False
+    model["hardware"] = command_hardware(args, config.model.hardware)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
+    if args.iterations is not None:
+        config = dataclasses.replace(config, iterations=args.iterations)
+    summary = train(
+        config,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        init_from=args.init_from,
+        overwrite=args.overwrite,
+    )
+    print_summary(summary)
+
+
+def _robot_eval(args: argparse.Namespace) -> None:
+    from l2l_pcm.robot.evaluate import evaluate
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+
+    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    model = _robot_overrides(args, config.model)
+    refuse_chip_only_flags(args, model.hardware)
+    precision = command_precision(args, "trained")
+    result = evaluate(params, model, args.backend, args.tasks, args.seed, precision)
+    result["provenance"] = command_provenance(
+        args, model.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
+    )
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{result['backend']} ({result['precision']}), {result['tasks']} unseen trajectories: Cartesian MSE "
+        f"{result['mse_before']:.4f} ± {result['mse_before_ci95']:.4f} before → {result['mse_after']:.4f} ± "
+        f"{result['mse_after_ci95']:.4f} m² after one update (ratio {result['mse_ratio_after_to_before']:.2f}); "
+        f"mean distance {result['distance_cm_before']:.1f} → {result['distance_cm_after']:.1f} cm"
+    )
+    if result["devices_reprogrammed_mean"] is not None:
+        print(
+            f"devices re-programmed per update: {result['devices_reprogrammed_mean']:.0f} "
+            f"({100 * result['devices_reprogrammed_fraction']:.2f} % of the trainee's devices); energy estimate "
+            f"{result['energy_estimate_pJ_per_update'] / 1e3:.1f} nJ per update"
+        )
+
+
+def _robot_overrides(args: argparse.Namespace, model):
+    """The checkpoint's robot config with ``--hardware``, ``--device`` and ``--angle-clipping`` applied."""
+    changes = {"hardware": command_hardware(args, model.hardware)}
+    if args.angle_clipping is not None:
+        changes["clip_predicted_angles"] = args.angle_clipping == "on"
+    return dataclasses.replace(model, **changes)
+
+
+def _robot_sweep(args: argparse.Namespace) -> None:
+    from l2l_pcm import sweep
+    from l2l_pcm.robot.evaluate import evaluate
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+
+    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    model = _robot_overrides(args, config.model)
+    points = sweep.grid(sweep_axes(args, model.hardware, readout_axes=False))
+    hardware = [point_hardware(model.hardware, point) for point in points]  # every point checked first
+
+    def evaluate_point(point: dict) -> dict:
+        point_model = dataclasses.replace(model, hardware=hardware[points.index(point)])
+        return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained")
+
+    rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json)
+    plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "ylabel": "MSE after / before the update"}
+    finish_sweep(args, rows, "robot_sweep", model.hardware, {**plot, "title": "robot arm on the chip", "log_y": True})
+
+
+def _robot_demo(args: argparse.Namespace) -> None:
+    """Software vs chip on the same trajectories, with the figures and the GIF."""
+    from l2l_pcm._io import atomic_write_text
+    from l2l_pcm.robot.evaluate import animate_arm, evaluate, plot_spikes_and_signals, plot_trajectories
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+
+    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    model = _robot_overrides(args, config.model)
+    out = Path(args.out)
+    software = evaluate(params, model, "software", args.tasks, args.seed)
+    chip, (targets, result) = evaluate(params, model, "chip", args.tasks, args.seed, keep_examples=True)
+    for r in (software, chip):
+        print(
+            f"{r['backend']:>8}: MSE {r['mse_before']:.4f} → {r['mse_after']:.4f} ± {r['mse_after_ci95']:.4f} m² "
+            f"(ratio {r['mse_ratio_after_to_before']:.2f}), distance {r['distance_cm_after']:.1f} cm"
+        )
+    print(
+        f"chip: {chip['devices_reprogrammed_mean']:.0f} devices re-programmed per update "
+        f"({100 * chip['devices_reprogrammed_fraction']:.2f} %)"
+    )
+    paths = [
+        plot_trajectories(targets, result, out / "robot_trajectory.png"),
+        plot_spikes_and_signals(result, out / "robot_spikes.png"),
+        animate_arm(config.model.arm_model, targets, result, out / "robot_arm.gif"),
+        atomic_write_text(
+            out / "robot_results.json",
+            json.dumps(
+                {
+                    "software": software,
+                    "chip": chip,
+                    "provenance": command_provenance(args, model.hardware, backend="both"),
+                },
+                indent=1,
+            ),
+        ),
+    ]
+    print("wrote: " + ", ".join(str(p) for p in paths))
+
+
+def add_commands(commands) -> None:
+    """The ``robot`` subcommands: train, eval, sweep and demo."""
+    robot = commands.add_parser("robot", help="robot-arm motor learning with natural e-prop").add_subparsers(
+        dest="robot_command", required=True
+    )
+    robot_train = robot.add_parser("train", help="meta-train trainee initial weights and the LSG (BPTT)")
+    add_train_arguments(robot_train, "RobotTrainConfig")
+    robot_train.add_argument("--batch", type=positive_int, help="trajectories per outer iteration")
+    robot_train.add_argument(
+        "--arm", choices=("scorbot", "two_link"), help="Scorbot ER-VII or the planar 2-link arm (default: config's)"
+    )
+    robot_train.add_argument("--software-only", action="store_true", help="meta-train without the PCM model")
+    robot_train.set_defaults(run=_robot_train)
+
+    def add_robot_eval_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--checkpoint", help="robot checkpoint (default: the shipped one)")
+        sub.add_argument("--tasks", type=positive_int, default=200, help="unseen trajectories (default 200)")
+        sub.add_argument("--seed", type=seed_arg, default=0, help="trajectory seed: same seed, same trajectories")
+        add_hardware_arguments(sub, "the checkpoint's")
+        sub.add_argument(
+            "--angle-clipping",
+            choices=("on", "off"),
+            help="clip the predicted joint angles to the safe space (default: the checkpoint's; the authors: off)",
+        )
+
+    robot_eval = robot.add_parser("eval", help="MSE before/after the single update, software or chip")
+    add_robot_eval_arguments(robot_eval)
+    add_backend_arguments(robot_eval, "trained")
+    robot_eval.set_defaults(run=_robot_eval)
+    robot_sweep = robot.add_parser(
+        "sweep", help="chip MSE before/after over time since programming, compensation, bits, devices"
+    )
+    add_robot_eval_arguments(robot_sweep)
+    add_sweep_arguments(robot_sweep, readout_axes=False)
+    robot_sweep.set_defaults(run=_robot_sweep)
+    robot_demo = robot.add_parser("demo", help="software vs chip, trajectory/spike figures and an arm GIF")
+    add_robot_eval_arguments(robot_demo)
+    robot_demo.add_argument("--out", default="outputs", help="folder for figures and results (default: outputs/)")
+    robot_demo.set_defaults(run=_robot_demo)
