@@ -239,6 +239,40 @@ def other_model_size(files, mp):
     yield ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2"]
 
 
+@case(
+    "--resume to an iteration the run has reached (its config read from the run)",
+    r"last.safetensors is at iteration 2, and the run is to end at iteration 2: nothing to do",
+)
+def resume_nothing_to_do(files, mp):
+    run = files.copy_of_robot_run("done_run")
+    before = snapshot(run)
+    yield ["robot", "train", "--out", str(run), "--resume", "--iterations", "2", "--no-progress"]
+    assert snapshot(run) == before
+
+
+@case("train --out '' (an unset shell variable)", r"--out is empty \(an unset variable\?\)")
+def train_out_empty(files, mp):
+    yield ["robot", "train", "--config", str(files.robot_config()), "--out", ""]
+
+
+@case("eval --checkpoint '' (an unset shell variable)", r"--checkpoint is empty \(an unset variable\?\)")
+def eval_checkpoint_empty(files, mp):
+    yield ["robot", "eval", "--checkpoint", "", "--tasks", "2"]
+
+
+@case(
+    "a deployment age past float32's reach (--time-since-programming 1e40)",
+    r"clock.deployment_age_s: must be None or a number of seconds in \[0, .*\] \(1000 years\), got 1e\+40",
+)
+def age_overflow(files, mp):
+    yield ["robot", "eval", "--time-since-programming", "1e40", "--tasks", "2"]
+
+
+@case("more device samples than memory allows (chip stats)", r"samples must be in 2\.\.10,000,000 .*got 10000000000")
+def too_many_samples(files, mp):
+    yield ["chip", "stats", "--samples", "10000000000"]
+
+
 @case("--resume with another config", r"was trained with another config \(only --iterations may change on resume\)")
 def resume_other_config(files, mp):
     run = files.copy_of_robot_run("other_config_run")
@@ -357,7 +391,7 @@ def nan_lr(files, mp):
 
 @case(
     'negative age, config `{"hardware": {"clock": {"training_age_s": -1}}}`',
-    r"few-shot config.hardware.clock.training_age_s: must be a finite number >= 0, got -1",
+    r"few-shot config.hardware.clock.training_age_s: must be a number of seconds in \[0, .*\] \(1000 years\), got -1",
 )
 def negative_time_config(files, mp):
     config = files.fewshot_config(hardware={"clock": {"training_age_s": -1}})
@@ -611,6 +645,41 @@ def export_set_unknown_field(files, mp):
     destination = files.root / "exported.safetensors"
     yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "readout_scal=0.35"]
     assert not destination.exists()
+
+
+@case("export onto its own input", r"is also the input .*: refusing to write over what is being read")
+def export_onto_itself(files, mp):
+    source = files.root / "own.safetensors"
+    shutil.copy(files.fewshot_checkpoint(), source)
+    before = source.read_bytes()
+    yield ["export", str(source), str(files.root / "." / "own.safetensors")]
+    assert source.read_bytes() == before
+
+
+@case("export over an existing file", r"exported.safetensors already exists; pass --overwrite to replace it")
+def export_over_existing(files, mp):
+    destination = files.root / "exported.safetensors"
+    destination.write_bytes(b"keep me")
+    yield ["export", str(files.fewshot_checkpoint()), str(destination)]
+    assert destination.read_bytes() == b"keep me"
+
+
+@case(
+    "export --set of a model size the tensors do not have",
+    r"the exported copy would not load, so it is not written: .*exported.safetensors: tensor .* has shape",
+)
+def export_set_other_model_size(files, mp):
+    destination = files.root / "exported.safetensors"
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "channels=16"]
+    assert not destination.exists() and not list(files.root.glob(".*checking"))
+
+
+@case("import-authors onto its own source", r"is also the input .*: refusing to write over what is being read")
+def import_authors_onto_itself(files, mp):
+    source = files.root / "weights.pickle"
+    source.write_bytes(b"not really a pickle")
+    yield ["import-authors", "robot", str(source), str(source)]
+    assert source.read_bytes() == b"not really a pickle"
 
 
 @case(
@@ -910,7 +979,7 @@ def test_bad_input_gives_one_clean_error_line(name, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- property tests
-class Reached(Exception):
+class Reached(BaseException):  # not an Exception: the CLI turns those into "internal error" lines
     """Raised by a stubbed heavy function: the command line was accepted."""
 
 
@@ -1017,3 +1086,40 @@ def test_robot_config_values(tmp_path, where, field, value):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("l2l_pcm.robot.train.train", stub)
         outcome(["robot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
+
+
+HARDWARE_PATHS = [
+    ("arrays", "count"),
+    ("forward", "dac_bits"),
+    ("forward", "adc_range"),
+    ("forward", "read_noise_mode"),
+    ("update", "step"),
+    ("update", "rounding"),
+    ("update", "seconds_between"),
+    ("clock", "training_age_s"),
+    ("clock", "deployment_age_s"),
+    (None, "drift_compensation"),
+]
+
+
+@SETTINGS
+@given(where=st.sampled_from(HARDWARE_PATHS), value=JSON_NUMBER | st.sampled_from(["nearest", "per_batch", "array"]))
+def test_an_accepted_hardware_value_is_the_value_the_chip_uses(where, value):
+    """Refused, or taken exactly: a hardware JSON value the parser accepts comes back unchanged from the tree,
+    from a chip built on it and from a JSON round trip (no coercion: 1.0 is no arrays count, true no bits)."""
+    from l2l_pcm.chip import Chip, ChipConfig
+    from l2l_pcm.errors import ConfigError
+
+    section, field = where
+    data = {field: value} if section is None else {section: {field: value}}
+    try:
+        config = ChipConfig.from_json(data)
+    except ConfigError:
+        return
+    held = config if section is None else getattr(config, section)
+    got = getattr(held, field)
+    assert got == value and isinstance(got, bool) == isinstance(value, bool) and isinstance(got, str) == isinstance(
+        value, str
+    )
+    assert ChipConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    assert Chip(config).config == config

@@ -579,6 +579,11 @@ def test_calibrated_drift_compensation_holds_the_output_scale_over_time_and_ages
 def test_drift_compensation_names_and_older_configs():
     assert ChipConfig(drift_compensation=True).drift_compensation == "global"
     assert ChipConfig(drift_compensation=False).drift_compensation == "none"
-    assert ChipConfig.from_json({"drift_compensation": True}).drift_compensation == "global"
+    with pytest.raises(ConfigError, match="drift_compensation: expected str, got bool"):  # a JSON file is strict
+        ChipConfig.from_json({"drift_compensation": True})
+    from l2l_pcm.checkpoint import migrated_config  # ... a checkpoint of the flat format with a bool is migrated
+
+    old = {"format_version": 4, "config": {"hardware": {"drift_compensation": True}}}
+    assert ChipConfig.from_json(migrated_config(old)["hardware"]).drift_compensation == "global"
     with pytest.raises(ConfigError, match="drift_compensation must be one of"):
         ChipConfig(drift_compensation="sometimes")

@@ -168,6 +168,54 @@ def test_a_chip_file_whose_config_disagrees_with_its_conductances_is_refused(key
         Chip.load(path)
 
 
+def _rewrite_safetensors(path, edit_header=None, swap=None):
+    """Tamper with a safetensors file in place, as a careless tool might: edit the l2l-pcm metadata in the
+    header (``edit_header(metadata)``), or swap the data offsets of two same-shaped tensors."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8 : 8 + length]), raw[8 + length :]
+    if edit_header is not None:
+        metadata = json.loads(header["__metadata__"]["l2l_pcm"])
+        edit_header(metadata)
+        header["__metadata__"]["l2l_pcm"] = json.dumps(metadata)
+    if swap is not None:
+        first, second = swap
+        header[first]["data_offsets"], header[second]["data_offsets"] = (
+            header[second]["data_offsets"],
+            header[first]["data_offsets"],
+        )
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def test_a_file_edited_or_reordered_after_it_was_written_is_refused(key, tmp_path):
+    """Every l2l-pcm file carries a hash of its tensors and metadata: a config edited by hand (g_max doubled,
+    every read would halve) or two same-shaped tensors' offsets swapped in the header (a model that loads
+    and scores wrong) is refused, naming the file; a training checkpoint the same."""
+    path = tmp_path / "chip.safetensors"
+    tensors, _ = _saved_chip(key, path)
+    _rewrite_safetensors(path, edit_header=lambda meta: meta["config"]["device"].update(g_max_uS=50.0))
+    with pytest.raises(CheckpointError, match=r"chip.safetensors: its tensors or metadata differ .*content hash"):
+        Chip.load(path)
+    _saved_chip(key, path)
+    same_shape = sorted(name for name in tensors if name.startswith("fc/g_"))[:2]
+    assert tensors[same_shape[0]].shape == tensors[same_shape[1]].shape
+    _rewrite_safetensors(path, swap=same_shape)
+    with pytest.raises(CheckpointError, match="content hash does not match"):
+        Chip.load(path)
+    from l2l_pcm.checkpoint import save_checkpoint
+
+    checkpoint = tmp_path / "model.safetensors"
+    save_checkpoint(checkpoint, "robot-l2l", {"params": {"a": jnp.ones((2, 3)), "b": jnp.zeros((2, 3))}}, {})
+    _rewrite_safetensors(checkpoint, swap=("params/a", "params/b"))
+    with pytest.raises(CheckpointError, match="model.safetensors: its tensors or metadata differ"):
+        _io.load_tensors(checkpoint)
+
+
 def test_nan_inputs_are_counted_and_named_not_passed_silently(key):
     chip = Chip()
     deploy({"fc": jnp.ones((8, 4))}, chip, key)

@@ -71,3 +71,41 @@ def test_the_cli_keeps_compiled_code_in_a_persistent_cache_unless_off(tmp_path, 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     cli._use_compilation_cache()
     assert calls["jax_compilation_cache_dir"] == str(tmp_path / "xdg" / "l2l-pcm" / "jax")
+
+
+def test_eval_without_checkpoint_uses_and_records_the_shipped_one_and_refuses_an_empty_path():
+    from l2l_pcm.cli.common import checkpoint_path
+    from l2l_pcm.errors import L2LPCMError
+    from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT as FEWSHOT
+    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT as ROBOT
+
+    for command, shipped in (("fewshot", FEWSHOT), ("robot", ROBOT)):
+        path = checkpoint_path(argparse.Namespace(command=command, checkpoint=None))
+        assert path == shipped and path.is_file()
+    assert str(checkpoint_path(argparse.Namespace(command="robot", checkpoint="a.safetensors"))) == "a.safetensors"
+    with pytest.raises(L2LPCMError, match="--checkpoint is empty"):
+        checkpoint_path(argparse.Namespace(command="robot", checkpoint=" "))
+
+
+def test_an_unexpected_exception_is_one_error_line_with_the_traceback_in_a_file(monkeypatch, capsys):
+    """The last line of defence: a bug (not bad input) exits 70 with one line naming the command and the
+    file that holds the traceback; bad input never reaches it (every catalogued case exits 2)."""
+    from pathlib import Path
+
+    from l2l_pcm.cli import INTERNAL_ERROR
+    from l2l_pcm.cli import chip as chip_commands
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(chip_commands, "_chip_demo", broken)
+    monkeypatch.setenv("L2L_PCM_COMPILATION_CACHE", "off")
+    assert main(["chip", "demo"]) == INTERNAL_ERROR == 70
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    match = re.fullmatch(r"error: internal error in chip demo: ZeroDivisionError: division by zero; "
+                         r"the traceback is in (\S+)", err)  # fmt: skip
+    assert match, err
+    report = Path(match.group(1))
+    assert "ZeroDivisionError" in report.read_text() and "broken" in report.read_text()
+    report.unlink()

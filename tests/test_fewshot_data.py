@@ -186,6 +186,16 @@ def test_cache_is_used_and_rebuilt_when_the_source_changes(tiny, tmp_path, monke
     rebuilt = load_omniglot("background", data_dir=tree, cache_dir=cache)
     np.testing.assert_array_equal(rebuilt.images, changed.images)
 
+    # a cache whose images were blanked under the same key is not read (it would score at chance): rebuilt
+    path = max(cache.glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)  # the one just rebuilt
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["images"] = np.zeros_like(arrays["images"])
+    np.savez_compressed(path, **arrays)
+    with pytest.warns(RuntimeWarning, match="does not match the hash of its arrays"):
+        again = load_omniglot("background", data_dir=tree, cache_dir=cache)
+    np.testing.assert_array_equal(again.images, changed.images)
+
 
 def test_default_cache_goes_to_data_dir_or_to_home_when_read_only(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -227,3 +227,65 @@ def test_software_pcm_model_and_chip_agree_on_the_same_trajectories():
         assert difference <= chip[f"{metric}_ci95"] + software[f"{metric}_ci95"], (metric, chip, software)
     ratio = abs(chip["mse_ratio_after_to_before"] - software["mse_ratio_after_to_before"])
     assert ratio < 0.05, (chip["mse_ratio_after_to_before"], software["mse_ratio_after_to_before"])
+
+
+def test_export_set_merges_a_section_field_by_field(tiny_checkpoint, tmp_path):
+    """``--set 'model={"batch": 4}'`` changes the batch and nothing else of the model (it used to replace
+    the whole model config, silently resetting its hardware to the defaults)."""
+    path, config = tiny_checkpoint
+    model = config.model.with_hardware(device="authors", update__rounding="stochastic")
+    source = tmp_path / "authors.safetensors"
+    from l2l_pcm.checkpoint import save_checkpoint
+
+    params, _, _ = load_robot_checkpoint(path)
+    save_checkpoint(
+        source, "robot-l2l", {"params": params}, {"config": dataclasses.replace(config, model=model).to_json()}
+    )
+    exported = tmp_path / "exported.safetensors"
+    assert main(["export", str(source), str(exported), "--set", 'model={"batch": 4}']) == 0
+    _, loaded, meta = load_robot_checkpoint(exported)
+    assert loaded.model == dataclasses.replace(model, batch=4)
+    assert meta["export_changes"] == {"model": {"batch": 4}}
+
+
+def test_resume_without_a_config_continues_the_runs_own(tiny_checkpoint, tmp_path):
+    """``--resume`` needs no ``--config``: the run's config is in its checkpoint (it used to fail with a
+    misleading model-size error against the default config)."""
+    import shutil
+
+    path, config = tiny_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(path.parent, run)
+    assert main(["robot", "train", "--out", str(run), "--resume", "--iterations", "3", "--no-progress"]) == 0
+    _, loaded, meta = load_robot_checkpoint(run / "last.safetensors")
+    assert meta["iteration"] == 3 and loaded == dataclasses.replace(config, iterations=3)
+
+
+def test_one_writer_per_run_folder_and_a_killed_holder_leaves_no_lock(tiny_checkpoint, tmp_path, capsys):
+    """A second run into a folder another process is writing gets one error naming the holder, and leaves
+    the folder as it was; once the holder is killed (no clean exit), the folder can be written again."""
+    import shutil
+    import subprocess
+    import sys
+
+    path, _ = tiny_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(path.parent, run)
+    hold = (
+        "import sys, time\nfrom pathlib import Path\nfrom l2l_pcm.training import run_folder_lock\n"
+        "with run_folder_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = {p.name: p.read_bytes() for p in run.glob("*.safetensors")}
+        argv = ["robot", "train", "--out", str(run), "--resume", "--iterations", "3", "--no-progress"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"is being written by another l2l-pcm run (pid {holder.pid} on " in err
+        assert {p.name: p.read_bytes() for p in run.glob("*.safetensors")} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv) == 0  # the OS released the killed holder's lock
+    assert not (run / ".l2l-pcm.lock.owner").exists()

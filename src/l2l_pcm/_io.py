@@ -85,6 +85,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def refuse_output(output: str | os.PathLike, inputs: tuple, overwrite: bool = False) -> Path:
+    """An output file a command may write: never one of its ``inputs`` (the same path or the same file under
+    another name: writing it would destroy what is being read), and not an existing file unless
+    ``overwrite``. Raises :class:`~l2l_pcm.errors.L2LPCMError` naming both."""
+    output = Path(output)
+    if not str(output).strip():
+        raise L2LPCMError("the output path is empty (an unset variable?)")
+    for source in inputs:
+        source = Path(source)
+        same = output.resolve() == source.resolve()
+        if not same and output.exists() and source.exists():
+            same = os.path.samefile(output, source)
+        if same:
+            raise L2LPCMError(f"{output} is also the input {source}: refusing to write over what is being read")
+    if output.exists() and not overwrite:
+        raise L2LPCMError(f"{output} already exists; pass --overwrite to replace it")
+    return output
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks (checksums of data sets, checkpoints, imported files)."""
     digest = hashlib.sha256()
@@ -98,15 +117,35 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+CONTENT_HASH = "content_sha256"
+"""Metadata field holding :func:`content_sha256` of a file's tensors and other metadata."""
+
+
+def content_sha256(tensors: Mapping[str, np.ndarray], metadata: Mapping) -> str:
+    """SHA-256 of every tensor (name, dtype, shape, bytes, in name order) and of the metadata (as sorted JSON,
+    without this hash): a tensor whose bytes moved (e.g. two same-shaped tensors' offsets swapped in the
+    header), or a config edited by hand, no longer matches."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: v for k, v in metadata.items() if k != CONTENT_HASH}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping) -> Path:
     """Save named arrays and a JSON-serialisable ``metadata`` dict as one safetensors file.
 
     The metadata travels inside the safetensors header (as a JSON string under ``"l2l_pcm"``), so a
-    checkpoint is a single file that is either complete or absent.
+    checkpoint is a single file that is either complete or absent; it carries :func:`content_sha256`, which
+    :func:`load_tensors` verifies.
     """
     from safetensors.numpy import save
 
     arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
+    metadata = json.loads(json.dumps(metadata))  # as it will be read back (tuples become lists)
+    metadata[CONTENT_HASH] = content_sha256(arrays, metadata)
     header = {"l2l_pcm": json.dumps(metadata, sort_keys=True)}
     return atomic_write_bytes(path, save(arrays, metadata=header))
 
@@ -145,6 +184,14 @@ def load_tensors(path: str | os.PathLike, kind: str | None = None) -> tuple[dict
         metadata = json.loads(header["l2l_pcm"])
     except json.JSONDecodeError:
         raise CheckpointError(f"corrupt metadata in checkpoint {path}") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"corrupt metadata in checkpoint {path}: a JSON object expected")
+    stored = metadata.get(CONTENT_HASH)  # files written before content hashes carry none: read as they are
+    if stored is not None and stored != content_sha256(tensors, metadata):
+        raise CheckpointError(
+            f"{path}: its tensors or metadata differ from what was written (the content hash does not match: "
+            "edited or damaged); refusing to read it"
+        )
     if kind is not None and metadata.get("kind") != kind:
         raise CheckpointError(f"{path} holds a '{metadata.get('kind')}' checkpoint, expected '{kind}'")
     return tensors, metadata

@@ -13,11 +13,13 @@ state, and only process 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -151,6 +153,37 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+LOCK = ".l2l-pcm.lock"
+"""The advisory lock a run holds on its folder for its whole life (and the sidecar naming its holder)."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path):
+    """Hold ``out_dir``'s lock (filelock: an OS file lock, released by the OS when a process dies, so a lock
+    left by a killed run never blocks the next); a second writer gets one error naming the holder."""
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out_dir / LOCK, timeout=0)
+    owner = out_dir / f"{LOCK}.owner"
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = owner.read_text().strip() if owner.is_file() else "another process"
+        raise L2LPCMError(
+            f"{out_dir} is being written by another l2l-pcm run ({holder}); wait for it to finish, or use "
+            "another --out"
+        ) from None
+    try:
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
 def run(
     trainer: MetaTrainer,
     out_dir: str | Path,
@@ -160,20 +193,32 @@ def run(
 ) -> dict:
     """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors``.
 
+    One writer per folder: the run holds :func:`run_folder_lock` for its whole life (process 0 of a
+    multi-process run).
     Refuses to start over an existing run unless ``overwrite``, and to resume where no checkpoint exists.
     SIGINT/SIGTERM stop the run after the current iteration with a checkpoint of it
     (:class:`TrainingStopped`); in a multi-process run a SIGTERM to any process stops all of them at one
     agreed iteration (:func:`l2l_pcm.distributed.reached_stop_point`). Temp files of a previously killed
     write are removed first; every file written is atomic.
     """
+    if not str(out_dir).strip():
+        raise L2LPCMError("--out is empty (an unset variable?): name the run folder")
+    out_dir = Path(out_dir)
+    if not distributed.is_main():
+        return _run(trainer, out_dir, resume, progress, overwrite)
+    _check_out_dir(out_dir, resume, overwrite)  # before the folder is made: a mistyped --out leaves nothing
+    _io.writable_folder(out_dir)
+    with run_folder_lock(out_dir):
+        return _run(trainer, out_dir, resume, progress, overwrite)
+
+
+def _run(trainer: MetaTrainer, out_dir: Path, resume: bool, progress: bool, overwrite: bool) -> dict:
     from tqdm.auto import tqdm
 
     config = trainer.config
-    out_dir = Path(out_dir)
     main = distributed.is_main()
     if main:
-        _check_out_dir(out_dir, resume, overwrite)
-        _io.writable_folder(out_dir)
+        _check_out_dir(out_dir, resume, overwrite)  # again, under the lock: no other run can start between
         _io.remove_stale_temporaries(out_dir, (LAST, BEST, *METRICS))
     params, opt_state = trainer.init()
     start, rows, best, elapsed = 0, [], -math.inf, 0.0
@@ -189,6 +234,11 @@ def run(
             )
         params, opt_state = trees["params"], trees["opt"]
         start, rows, best, elapsed = meta["iteration"], meta["metrics"], meta["best_score"], meta["seconds"]
+        if config.iterations <= start:
+            raise ConfigError(
+                f"--resume: {out_dir / LAST} is at iteration {start}, and the run is to end at iteration "
+                f"{config.iterations}: nothing to do; give --iterations above {start} to train on"
+            )
         history = meta.get("history") or history
         if main and progress:  # errors stay one line on stderr; the summary says it always
             print(f"resuming {out_dir} from iteration {start}", file=sys.stderr, flush=True)
@@ -271,16 +321,36 @@ def run(
     }
 
 
+def _merged(base: dict, changes: Mapping) -> dict:
+    """``base`` with ``changes`` laid over it: a JSON object merges field by field into the one it replaces."""
+    out = dict(base)
+    for name, value in changes.items():
+        nested = isinstance(value, Mapping) and isinstance(base.get(name), dict)
+        out[name] = _merged(base[name], value) if nested else value
+    return out
+
+
 def export_checkpoint(
-    source, destination, config_changes: Mapping[str, Any] | None = None, config_from_json: Callable | None = None
+    source,
+    destination,
+    config_changes: Mapping[str, Any] | None = None,
+    config_from_json: Callable | None = None,
+    *,
+    load: Callable | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Copy a training checkpoint without its optimiser state (what a user needs to deploy it).
 
     ``config_changes`` set deployment fields the training did not choose (a readout scale, an update
-    budget, ``hardware.forward.dac_bits``: a dotted path reaches into the config's sections); the changed
-    config must pass ``config_from_json`` (the kind's own validation), and the changes are recorded in the
-    metadata as ``export_changes``, so the file says how it differs from its run.
+    budget, ``hardware.forward.dac_bits``: a dotted path reaches into the config's sections; a JSON object
+    merges into the section it names, field by field); the changed config must pass ``config_from_json``
+    (the kind's own validation), and the changes are recorded in the metadata as ``export_changes``, so
+    the file says how it differs from its run. ``load``, the kind's loader, reads the copy exactly as an
+    evaluation will (config against tensors) before it takes the destination's name, so a copy that
+    would fail there is never written. The destination is never the source, and an existing file is
+    replaced only with ``overwrite``.
     """
+    destination = _io.refuse_output(destination, (source,), overwrite)
     tensors, metadata = _io.load_tensors(source)
     if "kind" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{source} is not a training checkpoint (no kind/config)")
@@ -297,7 +367,7 @@ def export_checkpoint(
                 if not isinstance(level.get(part), dict):
                     raise ConfigError(f"--set {dotted}: {part!r} is not a section of the checkpoint's config")
                 level = level[part]
-            level[name] = value
+            level.update(_merged(level, {name: value}))
         if config_from_json is None:
             raise ConfigError("changing a checkpoint's config on export needs its config class to check it")
         config_from_json(config)
@@ -308,4 +378,18 @@ def export_checkpoint(
             "format_version": FORMAT_VERSION,
             "export_changes": {**earlier, **config_changes},
         }
-    return _io.save_tensors(destination, params, metadata)
+    if load is None:
+        return _io.save_tensors(destination, params, metadata)
+    checking = destination.with_name(f".{destination.name}.checking")
+    _io.save_tensors(checking, params, metadata)
+    try:
+        load(checking)
+    except L2LPCMError as exc:
+        checking.unlink(missing_ok=True)
+        message = str(exc).replace(str(checking), str(destination))
+        raise type(exc)(f"the exported copy would not load, so it is not written: {message}") from None
+    except BaseException:
+        checking.unlink(missing_ok=True)
+        raise
+    os.replace(checking, destination)
+    return destination

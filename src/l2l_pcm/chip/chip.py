@@ -17,7 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm import _io
-from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig, Periphery, ReprogramReport, sectioned_hardware
+from l2l_pcm.chip.config import (
+    CALIBRATION_VECTORS,
+    MAX_AGE_S,
+    ChipConfig,
+    Periphery,
+    ReprogramReport,
+    sectioned_hardware,
+)
 from l2l_pcm.chip.crossbar import (
     LayerState,
     MVMCounts,
@@ -383,6 +390,11 @@ class Chip:
             isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0
         ):
             raise ConfigError(f"time to advance must be a finite number of seconds >= 0, got {seconds!r}")
+        if self.now_s + seconds > MAX_AGE_S:
+            raise ConfigError(
+                f"advancing {seconds:g} s would take the chip's clock past {MAX_AGE_S:g} s (1000 years): the drift "
+                "law is measured up to days and its float32 reads overflow far beyond"
+            )
         if seconds:
             fixed = self.config.device.fixed_age_s
             if fixed is not None and warn_fixed_age and not self._fixed_age_warned:

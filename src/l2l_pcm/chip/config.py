@@ -30,8 +30,6 @@ CALIBRATION_VECTORS = 32
 measure its drift; every read is counted."""
 
 
-
-
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -109,6 +107,11 @@ class UpdateConfig:
             raise ConfigError(f"update.seconds_between must be a finite number >= 0, got {self.seconds_between!r}")
 
 
+MAX_AGE_S = 1000 * 365 * 86400.0
+"""The oldest a device may be (1000 years): the drift law (paper.md §3) is fitted to measurements over
+days, and float32 reads of t^-nu overflow to NaN far beyond (an age of 1e40 s did)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ClockConfig:
     """The two ages of a model's weights, named apart: the one it was meta-trained at and the one it is used at."""
@@ -120,11 +123,17 @@ class ClockConfig:
     """Time since programming at which the chip is used (evaluation, sweeps); None = ``training_age_s``."""
 
     def __post_init__(self) -> None:
-        if not (_finite(self.training_age_s) and self.training_age_s >= 0):
-            raise ConfigError(f"clock.training_age_s must be a finite number >= 0, got {self.training_age_s!r}")
+        if not (_finite(self.training_age_s) and 0 <= self.training_age_s <= MAX_AGE_S):
+            raise ConfigError(
+                f"clock.training_age_s must be a number of seconds in [0, {MAX_AGE_S:g}] (1000 years), "
+                f"got {self.training_age_s!r}"
+            )
         age = self.deployment_age_s
-        if age is not None and not (_finite(age) and age >= 0):
-            raise ConfigError(f"clock.deployment_age_s must be None or a finite number >= 0, got {age!r}")
+        if age is not None and not (_finite(age) and 0 <= age <= MAX_AGE_S):
+            raise ConfigError(
+                f"clock.deployment_age_s must be None or a number of seconds in [0, {MAX_AGE_S:g}] (1000 years), "
+                f"got {age!r}"
+            )
 
     @property
     def age_in_use_s(self) -> float:
@@ -182,9 +191,7 @@ class ChipConfig:
                 f"drift_compensation must be one of {DRIFT_COMPENSATIONS}, got {self.drift_compensation!r}"
             )
         if self.update.step > self.device.w_max:
-            raise ConfigError(
-                f"update.step must be in (0, w_max={self.device.w_max:g}], got {self.update.step!r}"
-            )
+            raise ConfigError(f"update.step must be in (0, w_max={self.device.w_max:g}], got {self.update.step!r}")
         self.device.refuse_fixed_age(self.clock.deployment_age_s, "clock.deployment_age_s")
 
     def to_json(self) -> dict:
@@ -244,8 +251,6 @@ class ChipConfig:
                 raise ConfigError(
                     f"{path}: settings of the flat hardware config given; their homes in the tree: {homes}"
                 )
-            if isinstance(data.get("drift_compensation"), bool):  # configs before "global" had a name
-                data["drift_compensation"] = "global" if data["drift_compensation"] else "none"
             if "device" in data:
                 data["device"] = device_from_json(data["device"], f"{path}.device")
         return parse(cls, data, path)

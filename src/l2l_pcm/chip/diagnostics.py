@@ -19,6 +19,10 @@ READ_CHECK_TIME_S = 3600.0
 DEMO_TIMES_S = (1.0, 10.0, 60.0, 600.0, 3600.0, 36000.0, 86400.0)
 
 
+MAX_SAMPLES = 10_000_000
+"""The most samples per conductance :func:`device_statistics` draws (about 200 MB of float32 arrays)."""
+
+
 def device_statistics(
     device: PCMDevice, key: jax.Array, g_targets_uS=DEFAULT_GRID_uS, samples: int = 100_000
 ) -> list[dict]:
@@ -29,8 +33,10 @@ def device_statistics(
     t = ``READ_CHECK_TIME_S`` of a device sitting exactly at g_T (so only read noise varies).
     The grid stays away from 0 and g_max, where clipping to [0, g_max] narrows the programming noise.
     """
-    if samples < 2:
-        raise ConfigError(f"samples must be >= 2, got {samples}")
+    if not 2 <= samples <= MAX_SAMPLES:
+        raise ConfigError(
+            f"samples must be in 2..{MAX_SAMPLES:,} (memory: 5 float32 arrays of that size), got {samples}"
+        )
     rows = []
     for g_target, sample_key in zip(g_targets_uS, jax.random.split(key, len(g_targets_uS)), strict=True):
         if not 0 < g_target <= device.g_max_uS:

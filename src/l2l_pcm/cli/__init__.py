@@ -15,8 +15,10 @@ from l2l_pcm.errors import L2LPCMError
 
 
 def _import_authors(args: argparse.Namespace) -> None:
+    from l2l_pcm._io import refuse_output
     from l2l_pcm.import_authors import import_authors
 
+    refuse_output(args.destination, (args.source,), args.overwrite)
     print(import_authors(args.scenario, args.source, args.destination))
 
 
@@ -25,25 +27,33 @@ def _export(args: argparse.Namespace) -> None:
     from l2l_pcm.training import export_checkpoint
 
     changes = dict(args.set or [])
-    config_from_json = None
-    if changes:
-        config_from_json = _config_classes().get(checkpoint_kind(args.source))
-        if config_from_json is None:
-            raise L2LPCMError(f"--set: {args.source} is not a checkpoint of a kind whose config l2l-pcm knows")
-    print(export_checkpoint(args.source, args.destination, changes, config_from_json))
+    kind = checkpoint_kind(args.source)
+    config_from_json, load = _checkpoint_kinds().get(kind, (None, None))
+    if changes and config_from_json is None:
+        raise L2LPCMError(f"--set: {args.source} is not a checkpoint of a kind whose config l2l-pcm knows")
+    print(
+        export_checkpoint(args.source, args.destination, changes, config_from_json, load=load, overwrite=args.overwrite)
+    )
 
 
-def _config_classes() -> dict:
-    """Checkpoint kind -> the config parser that validates its config."""
+def _checkpoint_kinds() -> dict:
+    """Checkpoint kind -> (the config parser that validates its config, the loader evaluation reads it with)."""
+    from l2l_pcm import training
     from l2l_pcm.fewshot import pretrain as fewshot_pretrain
     from l2l_pcm.fewshot import train as fewshot_train
     from l2l_pcm.fewshot.maml import MAMLConfig
     from l2l_pcm.robot import train as robot_train
 
+    def pretrained(path):
+        config, _ = training.checkpoint_config(
+            path, fewshot_pretrain.CHECKPOINT_KIND, fewshot_pretrain.PretrainConfig.from_json
+        )
+        return fewshot_pretrain.pretrained_body(path, config.fewshot)
+
     return {
-        fewshot_train.CHECKPOINT_KIND: MAMLConfig.from_json,
-        fewshot_pretrain.CHECKPOINT_KIND: fewshot_pretrain.PretrainConfig.from_json,
-        robot_train.CHECKPOINT_KIND: robot_train.RobotTrainConfig.from_json,
+        fewshot_train.CHECKPOINT_KIND: (MAMLConfig.from_json, fewshot_train.load_fewshot_checkpoint),
+        fewshot_pretrain.CHECKPOINT_KIND: (fewshot_pretrain.PretrainConfig.from_json, pretrained),
+        robot_train.CHECKPOINT_KIND: (robot_train.RobotTrainConfig.from_json, robot_train.load_robot_checkpoint),
     }
 
 
@@ -79,11 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("scenario", choices=("fewshot", "robot"), help="which of the authors' two models")
     imports.add_argument("source", help="the authors' pretrained-weights.pickle")
     imports.add_argument("destination", help="l2l-pcm checkpoint to write (.safetensors)")
+    imports.add_argument("--overwrite", action="store_true", help="replace an existing destination (default: refuse)")
     imports.set_defaults(run=_import_authors)
 
     export = commands.add_parser("export", help="copy a training checkpoint without optimiser state")
     export.add_argument("source", help="training checkpoint (last.safetensors or best.safetensors)")
     export.add_argument("destination", help="checkpoint to write, parameters and config only")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing destination (default: refuse)")
     export.add_argument(
         "--set",
         action="append",
@@ -91,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="change a config field of the copy (a deployment setting, e.g. readout_scale=0.35, or a path into "
         "the hardware tree, e.g. hardware.forward.dac_bits=8); checked by the checkpoint's config class and "
-        "recorded as export_changes; repeatable",
+        "recorded as export_changes; a JSON object merges into the section it names; the copy is loaded as an "
+        "evaluation will load it before it is written; repeatable",
     )
     export.set_defaults(run=_export)
     _remember_subcommands(parser)
@@ -166,4 +179,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: one line, the traceback kept in a file for the report
+        command = " ".join(args.command_prog.split()[1:]) if hasattr(args, "command_prog") else args.command
+        report = _write_traceback()
+        where = f"; the traceback is in {report}" if report else ""
+        print(f"error: internal error in {command}: {type(exc).__name__}: {' '.join(str(exc).split())}{where}",
+              file=sys.stderr)  # fmt: skip
+        return INTERNAL_ERROR
     return 0
+
+
+INTERNAL_ERROR = 70
+"""Exit status of an unexpected exception (``EX_SOFTWARE`` of BSD's sysexits.h); bad input exits 2."""
+
+
+def _write_traceback() -> Path | None:
+    """The current exception's traceback in a new file under the temp folder (None if none can be written)."""
+    import tempfile
+    import traceback
+
+    try:
+        handle, name = tempfile.mkstemp(prefix="l2l-pcm-error-", suffix=".txt")
+        with os.fdopen(handle, "w") as file:
+            traceback.print_exc(file=file)
+    except OSError:
+        return None
+    return Path(name)

@@ -80,11 +80,38 @@ def command_precision(args: argparse.Namespace, software_default: str) -> str:
     return args.precision or software_default
 
 
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """The checkpoint an ``eval``/``demo``/``sweep`` loads: ``--checkpoint``, or the scenario's shipped one
+    when the flag is not given. An empty path (an unset shell variable) is refused, not read as "not given"."""
+    if args.checkpoint is not None:
+        if not args.checkpoint.strip():
+            raise L2LPCMError("--checkpoint is empty (an unset variable?); leave it out for the shipped checkpoint")
+        return Path(args.checkpoint)
+    if args.command == "fewshot":
+        from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT
+    else:
+        from l2l_pcm.robot.train import SHIPPED_CHECKPOINT
+    return SHIPPED_CHECKPOINT
+
+
+def starting_config(args: argparse.Namespace, kind: str, from_json, default):
+    """The config a ``train`` command starts from: ``--config``; on ``--resume`` without it, the run's own
+    (stored in OUT/last.safetensors, so a resumed run needs no config file); else the defaults."""
+    if args.config:
+        return from_json(read_json(args.config))
+    if args.resume:
+        from l2l_pcm.training import LAST, checkpoint_config
+
+        last = Path(args.out) / LAST
+        if last.is_file():
+            return checkpoint_config(last, kind, from_json)[0]
+    return default
+
+
 def command_provenance(args: argparse.Namespace, hardware, **settings) -> dict:
     from l2l_pcm.provenance import provenance
 
-    shipped = {"fewshot": "fewshot_omniglot_5way5shot.safetensors", "robot": "robot_scorbot.safetensors"}
-    checkpoint = args.checkpoint or Path(__file__).parent / "checkpoints" / shipped[args.command]
+    checkpoint = checkpoint_path(args)
     asked = {
         "seed": args.seed,
         "tasks": args.tasks,

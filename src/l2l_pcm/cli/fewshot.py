@@ -13,6 +13,7 @@ from l2l_pcm.cli.common import (
     add_hardware_arguments,
     add_sweep_arguments,
     add_train_arguments,
+    checkpoint_path,
     command_hardware,
     command_precision,
     command_provenance,
@@ -23,9 +24,9 @@ from l2l_pcm.cli.common import (
     positive_float,
     positive_int,
     print_summary,
-    read_json,
     refuse_chip_only_flags,
     seed_arg,
+    starting_config,
     sweep_axes,
 )
 from l2l_pcm.errors import L2LPCMError
@@ -36,11 +37,9 @@ def _fewshot_train(args: argparse.Namespace) -> None:
 
     join_cluster(args)
     from l2l_pcm.fewshot.maml import MAMLConfig
-    from l2l_pcm.fewshot.train import train
+    from l2l_pcm.fewshot.train import CHECKPOINT_KIND, train
 
-    config = MAMLConfig()
-    if args.config:
-        config = MAMLConfig.from_json(read_json(args.config))
+    config = starting_config(args, CHECKPOINT_KIND, MAMLConfig.from_json, MAMLConfig())
     overrides = {name: getattr(args, name) for name in ("variant", "iterations", "meta_batch", "seed")}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     config = dataclasses.replace(config, hardware=command_hardware(args, config.hardware))
@@ -60,9 +59,9 @@ def _fewshot_pretrain(args: argparse.Namespace) -> None:
     import dataclasses
 
     join_cluster(args)
-    from l2l_pcm.fewshot.pretrain import PretrainConfig, pretrain
+    from l2l_pcm.fewshot.pretrain import CHECKPOINT_KIND, PretrainConfig, pretrain
 
-    config = PretrainConfig.from_json(read_json(args.config)) if args.config else PretrainConfig()
+    config = starting_config(args, CHECKPOINT_KIND, PretrainConfig.from_json, PretrainConfig())
     overrides = {name: getattr(args, name) for name in ("iterations", "seed")}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     fewshot = dataclasses.replace(config.fewshot, hardware=command_hardware(args, config.fewshot.hardware))
@@ -79,9 +78,9 @@ def _fewshot_pretrain(args: argparse.Namespace) -> None:
 
 def _load_fewshot(args: argparse.Namespace):
     from l2l_pcm.fewshot.omniglot import load_omniglot, split_background
-    from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT, load_fewshot_checkpoint
+    from l2l_pcm.fewshot.train import load_fewshot_checkpoint
 
-    path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
+    path = checkpoint_path(args)
     params, config, metadata = load_fewshot_checkpoint(path)
     overrides = {
         "update_budget": args.update_budget,

@@ -12,6 +12,7 @@ from l2l_pcm.cli.common import (
     add_hardware_arguments,
     add_sweep_arguments,
     add_train_arguments,
+    checkpoint_path,
     command_hardware,
     command_precision,
     command_provenance,
@@ -20,9 +21,9 @@ from l2l_pcm.cli.common import (
     point_hardware,
     positive_int,
     print_summary,
-    read_json,
     refuse_chip_only_flags,
     seed_arg,
+    starting_config,
     sweep_axes,
 )
 
@@ -41,9 +42,9 @@ def _robot_train(args: argparse.Namespace) -> None:
     import dataclasses
 
     join_cluster(args)
-    from l2l_pcm.robot.train import RobotTrainConfig, train
+    from l2l_pcm.robot.train import CHECKPOINT_KIND, RobotTrainConfig, train
 
-    config = RobotTrainConfig.from_json(read_json(args.config)) if args.config else RobotTrainConfig()
+    config = starting_config(args, CHECKPOINT_KIND, RobotTrainConfig.from_json, RobotTrainConfig())
     model = {name: getattr(args, name) for name in ("batch", "seed", "arm") if getattr(args, name) is not None}
     if args.software_only:
         model["hardware_aware"] = False
@@ -64,9 +65,9 @@ def _robot_train(args: argparse.Namespace) -> None:
 
 def _robot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.robot.evaluate import evaluate
-    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+    from l2l_pcm.robot.train import load_robot_checkpoint
 
-    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    params, config, _ = load_robot_checkpoint(checkpoint_path(args))
     model = _robot_overrides(args, config.model)
     refuse_chip_only_flags(args, model.hardware)
     precision = command_precision(args, "trained")
@@ -102,9 +103,9 @@ def _robot_overrides(args: argparse.Namespace, model):
 def _robot_sweep(args: argparse.Namespace) -> None:
     from l2l_pcm import sweep
     from l2l_pcm.robot.evaluate import evaluate
-    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+    from l2l_pcm.robot.train import load_robot_checkpoint
 
-    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    params, config, _ = load_robot_checkpoint(checkpoint_path(args))
     model = _robot_overrides(args, config.model)
     points = sweep.grid(sweep_axes(args, model.hardware, readout_axes=False))
     hardware = [point_hardware(model.hardware, point) for point in points]  # every point checked first
@@ -122,9 +123,9 @@ def _robot_demo(args: argparse.Namespace) -> None:
     """Software vs chip on the same trajectories, with the figures and the GIF."""
     from l2l_pcm._io import atomic_write_text
     from l2l_pcm.robot.evaluate import animate_arm, evaluate, plot_spikes_and_signals, plot_trajectories
-    from l2l_pcm.robot.train import SHIPPED_CHECKPOINT, load_robot_checkpoint
+    from l2l_pcm.robot.train import load_robot_checkpoint
 
-    params, config, _ = load_robot_checkpoint(Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT)
+    params, config, _ = load_robot_checkpoint(checkpoint_path(args))
     model = _robot_overrides(args, config.model)
     out = Path(args.out)
     software = evaluate(params, model, "software", args.tasks, args.seed)

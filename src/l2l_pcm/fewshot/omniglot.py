@@ -83,7 +83,7 @@ DOWNLOAD_URL = "https://github.com/brendenlake/omniglot/raw/master/python/images
 DOWNLOAD_TIMEOUT_S = 10.0
 ENV_VAR = "L2L_PCM_DATA"
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the cache records the hash of its arrays
 _RESAMPLE_NAME = "box"
 _REPO_ROOT = Path(__file__).resolve().parents[3]
 _NPZ_KEYS = (
@@ -489,8 +489,18 @@ def _cache_key(split: str, form: str, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _arrays_sha256(small: np.ndarray, class_names, alphabet_names) -> str:
+    """SHA-256 of a cache's arrays: the images (shape and bytes) and both name lists."""
+    digest = hashlib.sha256(repr(small.shape).encode())
+    digest.update(np.ascontiguousarray(small).tobytes())
+    digest.update(json.dumps([list(map(str, class_names)), list(map(str, alphabet_names))]).encode())
+    return digest.hexdigest()
+
+
 def _read_cache(path: Path, key: str) -> tuple[np.ndarray, list[str], list[str]] | None:
-    """The cached arrays, or ``None`` for a missing, damaged or foreign cache (it is then rebuilt)."""
+    """The cached arrays, or ``None`` for a missing, damaged or foreign cache (it is then rebuilt). The
+    cache records the hash of its arrays: one whose images changed under the same key (blanked, edited)
+    is rebuilt with a warning, never read."""
     if not path.is_file():
         return None
     try:
@@ -498,7 +508,16 @@ def _read_cache(path: Path, key: str) -> tuple[np.ndarray, list[str], list[str]]
             if str(npz["key"]) != key:
                 return None
             small, class_names, alphabet_names = npz["images"], npz["class_names"], npz["alphabet_names"]
+            recorded = str(npz["arrays_sha256"]) if "arrays_sha256" in npz.files else None
     except Exception:  # a damaged cache is not an error: it is only rebuilt
+        return None
+    if recorded != _arrays_sha256(small, class_names, alphabet_names):
+        warnings.warn(
+            f"Omniglot cache {path} does not match the hash of its arrays (edited or damaged); rebuilding it "
+            "from the source",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     if (
         small.dtype != np.uint8
@@ -521,6 +540,7 @@ def _write_cache(
         images=small,
         class_names=np.array(class_names),
         alphabet_names=np.array(alphabet_names),
+        arrays_sha256=np.array(_arrays_sha256(small, class_names, alphabet_names)),
     )
     problems = []
     for folder in folders:
