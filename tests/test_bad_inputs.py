@@ -273,6 +273,15 @@ def too_many_samples(files, mp):
     yield ["chip", "stats", "--samples", "10000000000"]
 
 
+@case(
+    "--device with the fp32 software model (it has no devices)",
+    r"--device does not apply to the fp32 software model \(it has no devices\)",
+    needs_data=True,
+)
+def device_on_fp32_software(files, mp):
+    yield ["fewshot", "eval", "--backend", "software", "--device", "hermes", "--tasks", "2"]
+
+
 @case("--resume with another config", r"was trained with another config \(only --iterations may change on resume\)")
 def resume_other_config(files, mp):
     run = files.copy_of_robot_run("other_config_run")

@@ -133,7 +133,7 @@ def test_chip_with_noise_off_matches_software(key, budget):
         np.testing.assert_allclose(f_q_chip, f_q, rtol=1e-4, atol=1e-4)
         chip_result = learner.adapt(sx, sy, qx, qy, key)
         batch = tuple(a[None] for a in (sx, sy, qx, qy))
-        software = np.asarray(evaluate_batch(params, batch, key, config))[0]
+        software = np.asarray(evaluate_batch(params, batch, key, config).accuracies)[0]
         np.testing.assert_allclose(chip_result.accuracy_per_step, software, atol=1e-6)
         assert chip_result.devices_reprogrammed > 0
         if budget:  # one device per changed weight, two only where a weight changes sign
@@ -157,7 +157,8 @@ def test_chip_and_software_pcm_model_store_the_readout_at_its_scale(key, readout
     chip_readout = learner.chip.read_weights("readout")
     f_s, f_q = learner.features(sx, qx, key)
     _, software = adapt_task(config, params["readout"], f_s, sy, f_q, qy, key)
-    np.testing.assert_allclose(chip_result.accuracy_per_step, software, atol=1e-6)
+    np.testing.assert_allclose(chip_result.accuracy_per_step, software.accuracies, atol=1e-6)
+    assert int(software.updates_clipped) == chip_result.updates_clipped  # the same count on both
     steps = np.asarray(chip_readout) / (readout_scale * config.hardware.update.step)
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
     assert np.abs(steps).max() >= 1
@@ -311,6 +312,14 @@ def test_cli_eval_json_on_both_backends(tmp_path, capsys, monkeypatch):
     result = json.loads(out)
     assert result["readout_scale"] == 0.001 and result["readout_updates_clipped_mean"] > 0
     assert "readout updates were clipped" in err
+    # ... and the same in the software models that store the readout at that scale; fp32 has none: refused
+    software = [*args, "--data-dir", str(SHARED), "--readout-scale", "0.001", "--backend", "software"]
+    for precision in ("pcm", "4bit"):
+        assert main([*software, "--precision", precision]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["readout_updates_clipped_mean"] > 0 and "readout updates were clipped" in err
+    assert main([*software, "--precision", "fp32"]) == 2
+    assert "--readout-scale does not apply to the fp32 software model" in capsys.readouterr().err
     # tasks from the held-out validation alphabets instead, where deployment settings are chosen
     from l2l_pcm.fewshot import data
 

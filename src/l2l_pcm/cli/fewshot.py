@@ -103,12 +103,30 @@ def _load_fewshot(args: argparse.Namespace):
     return params, config, metadata, images
 
 
+def _refuse_what_fp32_ignores(args: argparse.Namespace, precision: str) -> None:
+    """The fp32 software model has no devices: it keeps the readout as it is (no range, no grid) and reads no
+    device model, so a readout scale, a device or a hardware file given for it could not take effect."""
+    if args.backend != "software" or precision != "fp32":
+        return
+    for flag, given in (
+        ("--readout-scale", args.readout_scale is not None),
+        ("--device", args.device is not None),
+        ("--hardware", args.hardware is not None),
+    ):
+        if given:
+            raise L2LPCMError(
+                f"{flag} does not apply to the fp32 software model (it has no devices); evaluate with "
+                "--precision pcm or 4bit, or --backend chip"
+            )
+
+
 def _fewshot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
 
     params, config, _, images = _load_fewshot(args)
     refuse_chip_only_flags(args, config.hardware, software_mvms=False)
     precision = command_precision(args, "fp32")
+    _refuse_what_fp32_ignores(args, config.variant if precision == "trained" else precision)
     if args.backend == "chip":
         result = evaluate_chip(
             params,

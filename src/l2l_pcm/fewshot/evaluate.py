@@ -30,7 +30,7 @@ def validate(params, sampler: TaskSampler, config: MAMLConfig, tasks: int, seed:
     for start in range(0, tasks, batch_size):
         n = min(batch_size, tasks - start)
         batch = sampler.sample(seed * 1_000_003 + start, n)
-        accuracies = evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config)
+        accuracies = evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config).accuracies
         finals.extend(np.asarray(accuracies[:, -1]).tolist())
     return mean_ci95(finals)
 
@@ -97,10 +97,13 @@ def evaluate_software(
         raise ConfigError(f"precision must be 'trained' or one of {VARIANTS}, got {precision!r}")
     _check_request(params, config, tasks)
     config = dataclasses.replace(config, variant=precision)
-    per_step = []
+    per_step, clipped = [], []
     for start, batch in _task_batches(images, config, tasks, queries, seed):
-        per_step.append(np.asarray(evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config)))
-    per_step = np.concatenate(per_step)
+        outputs = evaluate_batch(params, batch, jax.random.PRNGKey(seed + start), config)
+        per_step.append(np.asarray(outputs.accuracies))
+        clipped.append(np.asarray(outputs.updates_clipped))
+    per_step, clipped = np.concatenate(per_step), np.concatenate(clipped)
+    stored_at_scale = precision in ("pcm", "4bit")  # fp32 keeps the readout as it is: no range, no clipping
     return _summary(
         "software",
         config,
@@ -110,6 +113,9 @@ def evaluate_software(
         devices_reprogrammed_mean=None,
         devices_reprogrammed_max=None,
         devices_reprogrammed_fraction=None,
+        readout_scale=config.readout_scale if stored_at_scale else None,
+        readout_updates_clipped_mean=float(np.mean(clipped)) if stored_at_scale else None,
+        warnings=_clipping_warnings(clipped, config) if stored_at_scale else [],
     )
 
 

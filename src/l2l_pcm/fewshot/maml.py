@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -259,10 +260,20 @@ def readout_state(config: MAMLConfig, readout0: jax.Array, key: jax.Array) -> La
     return program_layer(config.device, key, jax.lax.stop_gradient(readout0) / config.readout_scale, 0.0)
 
 
+class TaskOutputs(NamedTuple):
+    """What one task's inner loop shows besides its loss."""
+
+    accuracies: jax.Array
+    """Query accuracy after 0..inner_steps updates."""
+    updates_clipped: jax.Array
+    """Readout weights an update would have taken past ±readout_scale·w_max (summed over the steps; the
+    ``pcm`` and ``4bit`` variants store the readout in that range, as the chip does, and count them alike)."""
+
+
 def adapt_task(
     config: MAMLConfig, readout0, f_support, y_support, f_query, y_query, key, state=None
 ):
-    """Run the inner loop on one task's features; returns (final query loss, query accuracy per step 0..K).
+    """Run the inner loop on one task's features; returns (final query loss, :class:`TaskOutputs`).
 
     ``pcm`` (``state`` from :func:`readout_state`, or programmed for this task if None): the chip's inner
     loop, on the chip's pure functions. The readout is read at ``hardware.clock.training_age_s``, with fresh read
@@ -274,7 +285,8 @@ def adapt_task(
     now_s = config.hardware.clock.training_age_s
     if state is None:  # a task on its own: its readout programmed for it
         state = readout_state(config, readout0, jax.random.fold_in(key, 0x5EAD))
-    accuracies = []
+    accuracies, clipped = [], jnp.zeros((), jnp.int32)
+    limit = config.readout_scale * config.device.w_max
     for step, step_key in enumerate(jax.random.split(key, config.inner_steps + 1)):
         key_read, key_update = jax.random.split(step_key)
         if config.variant == "pcm":
@@ -300,12 +312,21 @@ def adapt_task(
         if config.variant == "pcm":
             key_round, key_program = jax.random.split(key_update)
             step = keep_largest(-config.inner_lr * gradient, config.update_budget)
-            readout, update = _pcm_write(config, readout, step, key_round)
+            written, update = _pcm_write(config, readout, step, key_round)
+            clipped += _past(readout + config.readout_scale * update, limit)
+            readout = written
             state, _ = reprogram_layer(config.device, key_program, state, jax.lax.stop_gradient(update), now_s)
             now_s = now_s + config.hardware.update.seconds_between
         else:
+            if config.variant == "4bit":
+                clipped += _past(readout + keep_largest(-config.inner_lr * gradient, config.update_budget), limit)
             readout = inner_update(config, readout, gradient, key_update)
-    return loss, jnp.stack(accuracies)
+    return loss, TaskOutputs(jnp.stack(accuracies), clipped)
+
+
+def _past(weights: jax.Array, limit: float) -> jax.Array:
+    """How many of ``weights`` lie beyond ±``limit`` (no gradient: a count for the user, not the loss)."""
+    return jnp.sum(jnp.abs(jax.lax.stop_gradient(weights)) > limit).astype(jnp.int32)
 
 
 def read_kernels(config: MAMLConfig, conv_params: dict, key: jax.Array) -> list[jax.Array]:
@@ -317,7 +338,7 @@ def read_kernels(config: MAMLConfig, conv_params: dict, key: jax.Array) -> list[
 def one_task_outputs(
     config: MAMLConfig, kernels, readout0, task, key, conv=software_conv, state=None
 ):
-    """(final query loss, query accuracy per inner step [K+1]) of one task ``(sx, sy, qx, qy)``."""
+    """(final query loss, :class:`TaskOutputs`) of one task ``(sx, sy, qx, qy)``."""
     support_x, support_y, query_x, query_y = task
     f_s, f_q = embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
     return adapt_task(config, readout0, f_s, support_y, f_q, query_y, key, state)
@@ -338,7 +359,7 @@ def _conv_params(params: dict) -> dict:
 
 
 def task_outputs(params, batch, key, config: MAMLConfig):
-    """Query loss [tasks] and query accuracy per inner step [tasks, K+1] of a batch of tasks (vmapped).
+    """Query loss [tasks] and :class:`TaskOutputs` (accuracies [tasks, K+1]) of a batch of tasks (vmapped).
 
     Conv kernels are read once per batch (one chip), the readout once per task and step.
     """
@@ -354,8 +375,8 @@ def task_outputs(params, batch, key, config: MAMLConfig):
 
 def meta_batch_loss(params, batch, key, config: MAMLConfig):
     """Mean query loss over a meta-batch, and mean accuracy per inner step [K+1]: the outer objective."""
-    losses, accuracies = task_outputs(params, batch, key, config)
-    return jnp.mean(losses), jnp.mean(accuracies, axis=0)
+    losses, outputs = task_outputs(params, batch, key, config)
+    return jnp.mean(losses), jnp.mean(outputs.accuracies, axis=0)
 
 
 def meta_gradient(params, batch, key, config: MAMLConfig):
@@ -380,8 +401,8 @@ def meta_gradient(params, batch, key, config: MAMLConfig):
         return one_task_outputs(config, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2, state=state)
 
     def task_sums(shared, task):
-        (loss, accuracies), grads = jax.value_and_grad(task_loss, has_aux=True)(shared, task)
-        return loss, accuracies, grads
+        (loss, outputs), grads = jax.value_and_grad(task_loss, has_aux=True)(shared, task)
+        return loss, outputs.accuracies, grads
 
     loss, accuracies, (kernel_grads, readout_grad) = distributed.sum_over_tasks(
         task_sums, (kernels, params["readout"]), (*batch, task_keys)
@@ -412,6 +433,7 @@ def train_step(params, opt_state, batch, key, config: MAMLConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def evaluate_batch(params, batch, key, config: MAMLConfig):
-    """Query accuracy per inner step [tasks, K+1] of a batch of tasks, in software."""
+def evaluate_batch(params, batch, key, config: MAMLConfig) -> TaskOutputs:
+    """Query accuracy per inner step [tasks, K+1] and clipped readout updates [tasks] of a batch of tasks,
+    in software."""
     return task_outputs(params, batch, key, config)[1]
