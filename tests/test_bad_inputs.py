@@ -282,6 +282,19 @@ def device_on_fp32_software(files, mp):
     yield ["fewshot", "eval", "--backend", "software", "--device", "hermes", "--tasks", "2"]
 
 
+@case("--device /dev/zero (no end to read)", r"config /dev/zero is larger than 1 MiB: not a config file")
+def device_dev_zero(files, mp):
+    yield ["robot", "eval", "--device", "/dev/zero", "--tasks", "2"]
+
+
+@case(
+    "more evaluation tasks than a run could finish (--tasks 100000000)",
+    r"must be an integer in 2\.\.100,000 .*got 100000000",
+)
+def too_many_tasks(files, mp):
+    yield ["robot", "eval", "--tasks", "100000000"]
+
+
 @case("--resume with another config", r"was trained with another config \(only --iterations may change on resume\)")
 def resume_other_config(files, mp):
     run = files.copy_of_robot_run("other_config_run")
@@ -376,7 +389,10 @@ def negative_seed(files, mp):
     yield ["robot", "eval", "--seed", "-1"]
 
 
-@case("one robot evaluation task (no confidence interval)", r"number of tasks must be >= 2")
+@case(
+    "one robot evaluation task (no confidence interval)",
+    r"number of tasks must be an integer in 2\.\.100,000 \(two at least, for a confidence interval\), got 1",
+)
 def one_robot_task(files, mp):
     yield ["robot", "eval", "--checkpoint", str(files.robot_run() / "last.safetensors"), "--tasks", "1"]
 
@@ -1127,8 +1143,10 @@ def test_an_accepted_hardware_value_is_the_value_the_chip_uses(where, value):
         return
     held = config if section is None else getattr(config, section)
     got = getattr(held, field)
-    assert got == value and isinstance(got, bool) == isinstance(value, bool) and isinstance(got, str) == isinstance(
-        value, str
+    assert (
+        got == value
+        and isinstance(got, bool) == isinstance(value, bool)
+        and isinstance(got, str) == isinstance(value, str)
     )
     assert ChipConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
     assert Chip(config).config == config

@@ -84,6 +84,21 @@ def training_record(metadata: dict) -> list[dict]:
     return history
 
 
+MAX_EVAL_TASKS = 100_000
+"""The most tasks one evaluation takes (600 few-shot tasks take minutes on the chip; 1e8 would run for
+days without a word): more is refused before any work starts."""
+
+
+def check_task_count(tasks: object) -> int:
+    """An evaluation's number of tasks: an integer in 2..MAX_EVAL_TASKS (two at least, for an interval)."""
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or not 2 <= tasks <= MAX_EVAL_TASKS:
+        raise ConfigError(
+            f"number of tasks must be an integer in 2..{MAX_EVAL_TASKS:,} (two at least, for a confidence "
+            f"interval), got {tasks!r}"
+        )
+    return tasks
+
+
 def mean_ci95(values) -> tuple[float, float]:
     """Mean and half-width of its normal-approximation 95 % confidence interval (nan for < 2 values)."""
     values = np.asarray(values, dtype=np.float64)

@@ -200,9 +200,21 @@ def finish_sweep(args, rows: list[dict], stem: str, hardware, plot_args: dict) -
         print(f"wrote {path}")
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest JSON config read (1 MiB; a config is a few kB): ``/dev/zero`` or a data file given by
+mistake is refused instead of read without end."""
+
+
 def read_json(path: str) -> dict:
+    """A JSON object from a config file (``--config``, ``--hardware``, ``--device``), one error line otherwise."""
+    if not str(path).strip():
+        raise L2LPCMError("a config path is empty (an unset variable?)")
     try:
-        data = json.loads(Path(path).read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise L2LPCMError(f"config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file")
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise L2LPCMError(f"config file not found: {path}") from None
     except OSError as exc:

@@ -18,7 +18,7 @@ from l2l_pcm.fewshot.deploy import ChipFewShotLearner
 from l2l_pcm.fewshot.maml import VARIANTS, MAMLConfig, evaluate_batch
 from l2l_pcm.fewshot.omniglot import OmniglotImages
 from l2l_pcm.plotting import pyplot, save_figure
-from l2l_pcm.training import mean_ci95
+from l2l_pcm.training import check_task_count, mean_ci95
 
 TASK_BATCH = 50
 
@@ -42,8 +42,7 @@ def _check_request(params, config: MAMLConfig, tasks: int) -> None:
         raise ConfigError(
             f"ways={config.ways} but the checkpoint's readout has {readout_ways} outputs ({readout_ways}-way)"
         )
-    if tasks < 2:
-        raise ConfigError(f"number of tasks must be >= 2 (for a confidence interval), got {tasks}")
+    check_task_count(tasks)
 
 
 def _task_batches(images: OmniglotImages, config: MAMLConfig, tasks: int, queries: int, seed: int):

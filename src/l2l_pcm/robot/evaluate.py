@@ -21,7 +21,7 @@ from l2l_pcm.robot.deploy import ChipTrainee
 from l2l_pcm.robot.eprop import software_memory
 from l2l_pcm.robot.model import RobotConfig, default_memory, inner_loop
 from l2l_pcm.robot.train import trajectories
-from l2l_pcm.training import mean_ci95
+from l2l_pcm.training import check_task_count, mean_ci95
 
 TEST_KEY = 2**31 - 101
 TASK_BATCH = 25
@@ -66,8 +66,7 @@ def evaluate(
     """
     if precision == "trained":
         precision = "pcm" if config.hardware_aware else "fp32"
-    if tasks < 2:
-        raise ConfigError(f"number of tasks must be >= 2 (for a confidence interval), got {tasks}")
+    check_task_count(tasks)
     if backend not in ("software", "chip"):
         raise ConfigError(f"backend must be 'software' or 'chip', got {backend!r}")
     if precision == "4bit":
