@@ -56,20 +56,20 @@ def test_the_help_lists_every_device_profile():
 def test_the_cli_keeps_compiled_code_in_a_persistent_cache_unless_off(tmp_path, monkeypatch):
     import jax
 
-    from l2l_pcm import cli
+    from l2l_pcm import compilation_cache as cache
 
     calls = {}
     monkeypatch.setattr(jax.config, "update", lambda name, value: calls.__setitem__(name, value))
-    monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(tmp_path / "cache"))
-    cli._use_compilation_cache()
+    monkeypatch.setenv(cache.COMPILATION_CACHE_ENV, str(tmp_path / "cache"))
+    cache.use_compilation_cache()
     assert calls["jax_compilation_cache_dir"] == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
     calls.clear()
-    monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, "off")
-    cli._use_compilation_cache()
+    monkeypatch.setenv(cache.COMPILATION_CACHE_ENV, "off")
+    cache.use_compilation_cache()
     assert calls == {}
-    monkeypatch.delenv(cli.COMPILATION_CACHE_ENV)
+    monkeypatch.delenv(cache.COMPILATION_CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    cli._use_compilation_cache()
+    cache.use_compilation_cache()
     assert calls["jax_compilation_cache_dir"] == str(tmp_path / "xdg" / "l2l-pcm" / "jax")
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from l2l_pcm.cli import chip, fewshot, robot
+from l2l_pcm.compilation_cache import use_compilation_cache
 from l2l_pcm.errors import L2LPCMError
 
 
@@ -135,34 +136,9 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-COMPILATION_CACHE_ENV = "L2L_PCM_COMPILATION_CACHE"
-"""A folder for JAX's persistent compilation cache, or "off"; default ``$XDG_CACHE_HOME/l2l-pcm/jax``
-(``~/.cache/l2l-pcm/jax``)."""
-
-
-def _use_compilation_cache() -> None:
-    """Keep compiled computations across runs (JAX's persistent compilation cache): a repeated command
-    starts in seconds instead of recompiling every jitted function (measured: a 10-task chip eval of the
-    shipped few-shot model, 30 s cold, 5.8 s on the second run; identical results)."""
-    setting = os.environ.get(COMPILATION_CACHE_ENV, "")
-    if setting.lower() == "off":
-        return
-    import jax
-
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    folder = Path(setting) if setting else cache_home / "l2l-pcm" / "jax"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:  # an unwritable home: run without the cache rather than fail
-        return
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    # eager operations compile in ~0.1 s each, and there are many: keep them too (1.8 MB for a few-shot eval)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _use_compilation_cache()
+    use_compilation_cache()
     from l2l_pcm.training import TrainingStopped
 
     try:
