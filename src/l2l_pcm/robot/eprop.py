@@ -218,6 +218,7 @@ def pcm_memory(
     seconds_after_update: float = 1.0,
     readout_on_pcm: bool = False,
     spec: MVMSpec = IDEAL_MVM,
+    drift_compensation: bool = False,
 ) -> WeightMemory:
     """Statistical PCM model of the crossbar, for hardware-aware meta-training (straight-through).
 
@@ -231,7 +232,8 @@ def pcm_memory(
     (gradient of the exact weights), variances carry no gradient. ``mask`` (e.g. :func:`recurrent_mask`)
     keeps absent synapses at zero. ``readout_on_pcm`` puts ``W_out`` on PCM too (programmed once, read
     with noise at every step). ``spec``: how the crossbar reads run
-    (:meth:`l2l_pcm.chip.ChipConfig.software_mvm_spec`).
+    (:meth:`l2l_pcm.chip.ChipConfig.software_mvm_spec`). ``drift_compensation``: the oracle ("global")
+    compensation of :func:`~l2l_pcm.chip.read_statistics` on every read.
     """
 
     def masked(stats: WeightStatistics) -> WeightStatistics:
@@ -243,7 +245,7 @@ def pcm_memory(
 
     def deployed(weights: jax.Array, key: jax.Array) -> tuple[WeightStatistics, tuple]:
         state = program_layer(device, key, jax.lax.stop_gradient(weights), 0.0)
-        stats = read_statistics(device, state, time_since_programming_s, drift_compensation=False)
+        stats = read_statistics(device, state, time_since_programming_s, drift_compensation)
         return straight_through(weights, stats), state
 
     def read_initial(w_stack: jax.Array, key: jax.Array) -> tuple[WeightStatistics, tuple]:
@@ -255,7 +257,7 @@ def pcm_memory(
             applied = jax.lax.stop_gradient(applied)
             new_state, _ = reprogram_layer(device, task_key, state, applied, time_since_programming_s)
             now = time_since_programming_s + seconds_after_update
-            return read_statistics(device, new_state, now, drift_compensation=False)
+            return read_statistics(device, new_state, now, drift_compensation)
 
         stats = jax.vmap(one_task)(update.applied, jax.random.split(key, update.applied.shape[0]))
         return masked(straight_through(update.weights, stats))

@@ -243,6 +243,13 @@ def default_memory(config: RobotConfig) -> WeightMemory:
     """The software model meta-training uses: exact, or the PCM model if ``hardware_aware``."""
     if not config.hardware_aware:
         return software_memory(config.w_max)
+    compensation = config.hardware.drift_compensation
+    if compensation in ("array", "column"):
+        raise ConfigError(
+            f"hardware.drift_compensation {compensation!r} is measured by the chip's calibration reads, which the "
+            "robot's software PCM model does not run: use 'none' or 'global' (the oracle) for hardware-aware "
+            "training and software evaluation, or evaluate on the chip"
+        )
     mask = recurrent_mask(config.trainee)
     return pcm_memory(
         config.device,
@@ -251,6 +258,7 @@ def default_memory(config: RobotConfig) -> WeightMemory:
         config.hardware.update.seconds_between,
         config.w_out_on_pcm,
         config.hardware.software_mvm_spec(),
+        drift_compensation=compensation == "global",
     )
 
 
