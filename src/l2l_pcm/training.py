@@ -34,6 +34,7 @@ import numpy as np
 from l2l_pcm import _io, distributed
 from l2l_pcm.checkpoint import FORMAT_VERSION, check_format, load_checkpoint, migrated_config, save_checkpoint
 from l2l_pcm.errors import CheckpointError, ConfigError, L2LPCMError
+from l2l_pcm.validation import merged
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -336,15 +337,6 @@ def _run(trainer: MetaTrainer, out_dir: Path, resume: bool, progress: bool, over
     }
 
 
-def _merged(base: dict, changes: Mapping) -> dict:
-    """``base`` with ``changes`` laid over it: a JSON object merges field by field into the one it replaces."""
-    out = dict(base)
-    for name, value in changes.items():
-        nested = isinstance(value, Mapping) and isinstance(base.get(name), dict)
-        out[name] = _merged(base[name], value) if nested else value
-    return out
-
-
 def export_checkpoint(
     source,
     destination,
@@ -382,7 +374,7 @@ def export_checkpoint(
                 if not isinstance(level.get(part), dict):
                     raise ConfigError(f"--set {dotted}: {part!r} is not a section of the checkpoint's config")
                 level = level[part]
-            level.update(_merged(level, {name: value}))
+            level.update(merged(level, {name: value}))
         if config_from_json is None:
             raise ConfigError("changing a checkpoint's config on export needs its config class to check it")
         config_from_json(config)

@@ -54,6 +54,16 @@ def refuse_unknown_fields(cls: type, data: Mapping, path: str) -> None:
             refuse_unknown_fields(nested, value, f"{path}.{name}")
 
 
+def merged(base: Mapping, changes: Mapping) -> dict:
+    """``base`` with ``changes`` laid over it: a JSON object merges field by field into the object it
+    replaces, anything else replaces (``--hardware`` files over a model's tree, ``export --set`` sections)."""
+    out = dict(base)
+    for name, value in changes.items():
+        nested = isinstance(value, Mapping) and isinstance(base.get(name), Mapping)
+        out[name] = merged(base[name], value) if nested else value
+    return out
+
+
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 

@@ -16,7 +16,7 @@ from l2l_pcm.chip.crossbar import MVMSpec
 from l2l_pcm.chip.energy import EnergyModel
 from l2l_pcm.errors import ConfigError, check_int, check_number
 from l2l_pcm.pcm import PCMDevice, device_from_json
-from l2l_pcm.validation import parse
+from l2l_pcm.validation import merged, parse
 from l2l_pcm.vocabulary import (
     CONVERTER_BITS,
     DRIFT_COMPENSATIONS,
@@ -203,13 +203,6 @@ class ChipConfig:
         a file, keeps its training age and update rule); parsed and checked like :meth:`from_json`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a JSON object of hardware settings, got {data!r}")
-
-        def merged(base: dict, over: Mapping) -> dict:
-            out = dict(base)
-            for name, value in over.items():
-                nested = isinstance(value, Mapping) and isinstance(base.get(name), dict)
-                out[name] = merged(base[name], value) if nested else value
-            return out
 
         moved = [name for name in data if name in FLAT_HOMES]
         if moved:  # refused by from_json with their homes, not merged beside the sections
