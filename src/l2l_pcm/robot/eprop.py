@@ -233,7 +233,8 @@ def pcm_memory(
     keeps absent synapses at zero. ``readout_on_pcm`` puts ``W_out`` on PCM too (programmed once, read
     with noise at every step). ``spec``: how the crossbar reads run
     (:meth:`l2l_pcm.chip.ChipConfig.software_mvm_spec`). ``drift_compensation``: the oracle ("global")
-    compensation of :func:`~l2l_pcm.chip.read_statistics` on every read.
+    compensation of :func:`~l2l_pcm.chip.read_statistics` on every read (the calibrated ones are 1 at the
+    training age, :func:`l2l_pcm.robot.model.default_memory`).
     """
 
     def masked(stats: WeightStatistics) -> WeightStatistics:
