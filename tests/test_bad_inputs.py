@@ -295,6 +295,28 @@ def too_many_tasks(files, mp):
     yield ["robot", "eval", "--tasks", "100000000"]
 
 
+@case(
+    "--init-from the run's own best.safetensors with --overwrite",
+    r"best.safetensors is the run's own best.safetensors, which the run writes",
+)
+def init_from_own_output(files, mp):
+    run = files.copy_of_robot_run("own_init_run")
+    before = snapshot(run)
+    config = str(files.robot_config())
+    yield [
+        "robot",
+        "train",
+        "--config",
+        config,
+        "--out",
+        str(run),
+        "--init-from",
+        str(run / "best.safetensors"),
+        "--overwrite",
+    ]
+    assert snapshot(run) == before
+
+
 @case("--resume with another config", r"was trained with another config \(only --iterations may change on resume\)")
 def resume_other_config(files, mp):
     run = files.copy_of_robot_run("other_config_run")
@@ -1024,14 +1046,15 @@ JSON_NUMBER = st.one_of(
 )
 
 
-def outcome(argv: list[str]) -> str:
-    """ "ok" if the heavy function was reached, "error" for a clean one-line error; fails otherwise."""
+def outcome(argv: list[str]):
+    """The arguments the stubbed heavy function was called with (the command line was accepted: the caller
+    checks they are the values given), or "error" for a clean one-line error; fails otherwise."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(argv)
-        except Reached:
-            return "ok"
+        except Reached as reached:
+            return reached.args
         except SystemExit as exc:
             code = exc.code
     assert code == 2, (argv, code, err.getvalue())
@@ -1041,7 +1064,19 @@ def outcome(argv: list[str]) -> str:
 
 
 def stub(*args, **kwargs):
-    raise Reached
+    raise Reached(*args, *kwargs.values())
+
+
+def same_value(got, given) -> bool:
+    """An accepted value arrived unchanged: equal, and neither a bool nor a string where the other was not
+    (``true`` is no count, ``"3"`` no number); JSON lists arrive as tuples."""
+    if isinstance(given, list):
+        given = tuple(given)
+    return (
+        got == given
+        and isinstance(got, bool) == isinstance(given, bool)
+        and isinstance(got, str) == isinstance(given, str)
+    )
 
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -1060,7 +1095,12 @@ def test_chip_stats_values(samples, seed):
 def test_robot_train_values(batch, iterations, seed):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("l2l_pcm.robot.train.train", stub)
-        outcome(["robot", "train", "--out", "unused", "--batch", batch, "--iterations", iterations, "--seed", seed])
+        called = outcome(
+            ["robot", "train", "--out", "unused", "--batch", batch, "--iterations", iterations, "--seed", seed]
+        )
+    if called != "error":  # accepted: the run gets exactly these values
+        config = called[0]
+        assert (config.model.batch, config.iterations, config.model.seed) == (int(batch), int(iterations), int(seed))
 
 
 @SETTINGS
@@ -1076,7 +1116,13 @@ def test_fewshot_eval_values(tasks, queries, time):
         mp.setattr("l2l_pcm.fewshot.evaluate.evaluate_batch", stub)
         mp.setattr("l2l_pcm.fewshot.evaluate.ChipFewShotLearner", stub)
         argv = ["fewshot", "eval", "--tasks", tasks, "--queries", queries, "--time-since-programming", time]
-        outcome(argv + ["--backend", "software"])
+        assert outcome(argv + ["--backend", "software"]) == "error"  # the time is the chip's: refused
+        called = outcome(argv + ["--backend", "chip"])
+    if called != "error":  # accepted: the chip is used at exactly that age
+        from l2l_pcm.cli.common import seconds_arg
+
+        config = called[1]
+        assert config.hardware.clock.deployment_age_s == seconds_arg(time) and int(tasks) >= 2
 
 
 FEWSHOT_FIELDS = [field.name for field in dataclasses.fields(MAMLConfig)]
@@ -1092,7 +1138,9 @@ def test_fewshot_config_values(tmp_path, field, value):
     path.write_text(json.dumps({field: value}))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("l2l_pcm.fewshot.train.train", stub)
-        outcome(["fewshot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
+        called = outcome(["fewshot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
+    if called != "error":  # accepted: the run's config holds exactly that value
+        assert same_value(getattr(called[0], field), value), (field, value, getattr(called[0], field))
 
 
 @SETTINGS
@@ -1110,7 +1158,12 @@ def test_robot_config_values(tmp_path, where, field, value):
     path.write_text(json.dumps(data))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("l2l_pcm.robot.train.train", stub)
-        outcome(["robot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
+        called = outcome(["robot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
+    if called != "error":  # accepted: the run's config holds exactly that value where it was given
+        config = called[0]
+        held = {"run": config, "model": config.model, "hardware": config.model.hardware}.get(where)
+        held = getattr(config.model.hardware, where) if held is None else held
+        assert same_value(getattr(held, field), value), (where, field, value, getattr(held, field))
 
 
 HARDWARE_PATHS = [

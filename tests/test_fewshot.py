@@ -304,6 +304,9 @@ def test_cli_eval_json_on_both_backends(tmp_path, capsys, monkeypatch):
         assert keys <= set(result) and result["backend"] == backend and result["tasks"] == 3
         assert len(result["accuracy_per_step"]) == 5
     assert outputs["chip"]["devices_reprogrammed_fraction"] > 0
+    # the provenance records what took effect: no hardware model in the fp32 software model, the chip's tree
+    assert outputs["software"]["provenance"]["hardware"] is None
+    assert outputs["chip"]["provenance"]["hardware"]["update"]["step"] == TINY.hardware.update.step
     assert outputs["chip"]["readout_scale"] == 1.0 and outputs["chip"]["warnings"] == []
     # a readout range far too small for the updates: the clipped updates are counted and warned about
     args = ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2", "--queries", "2", "--json"]

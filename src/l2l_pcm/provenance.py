@@ -38,18 +38,19 @@ def git_commit() -> str | None:
     return (commit + ("+dirty" if dirty else "")) or None
 
 
-def provenance(checkpoint: str | os.PathLike, hardware: ChipConfig, **settings) -> dict:
+def provenance(checkpoint: str | os.PathLike, hardware: ChipConfig | None, **settings) -> dict:
     """The provenance block: version, checkpoint path and sha256, the full hardware configuration (its
-    device's profile name and every field), the settings of the run as asked (seed, tasks, backend, time
-    since programming...), UTC date, commit."""
+    device's profile name and every field; None where no hardware model took part, e.g. the few-shot fp32
+    software model), the settings of the run as asked (seed, tasks, backend, time since programming...),
+    UTC date, commit."""
     from l2l_pcm import __version__
 
     return {
         "l2l_pcm_version": __version__,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
-        "device_profile": profile_name(hardware.device),
-        "hardware": dataclasses.asdict(hardware),
+        "device_profile": None if hardware is None else profile_name(hardware.device),
+        "hardware": None if hardware is None else dataclasses.asdict(hardware),
         **settings,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),

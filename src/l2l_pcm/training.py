@@ -206,8 +206,11 @@ def run(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    inputs: tuple = (),
 ) -> dict:
     """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors``.
+
+    ``inputs``: files the run reads (``--init-from``): none may be one of the files the run writes.
 
     One writer per folder: the run holds :func:`run_folder_lock` for its whole life (process 0 of a
     multi-process run).
@@ -220,6 +223,13 @@ def run(
     if not str(out_dir).strip():
         raise L2LPCMError("--out is empty (an unset variable?): name the run folder")
     out_dir = Path(out_dir)
+    for source in inputs:
+        for name in (LAST, BEST, *METRICS):
+            if Path(source).resolve() == (out_dir / name).resolve():
+                raise L2LPCMError(
+                    f"{source} is the run's own {name}, which the run writes: copy it elsewhere to start from it, "
+                    "or continue the run with --resume"
+                )
     if not distributed.is_main():
         return _run(trainer, out_dir, resume, progress, overwrite)
     _check_out_dir(out_dir, resume, overwrite)  # before the folder is made: a mistyped --out leaves nothing

@@ -126,7 +126,8 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     params, config, _, images = _load_fewshot(args)
     refuse_chip_only_flags(args, config.hardware, software_mvms=False)
     precision = command_precision(args, "fp32")
-    _refuse_what_fp32_ignores(args, config.variant if precision == "trained" else precision)
+    variant = config.variant if precision == "trained" else precision
+    _refuse_what_fp32_ignores(args, variant)
     if args.backend == "chip":
         result = evaluate_chip(
             params,
@@ -139,8 +140,9 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
         )
     else:
         result = evaluate_software(params, config, images, args.tasks, precision, args.queries, args.seed)
+    hardware_used = None if args.backend == "software" and variant == "fp32" else config.hardware  # what took effect
     result["provenance"] = command_provenance(
-        args, config.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
+        args, hardware_used, backend=args.backend, precision=precision if args.backend == "software" else None
     )
     for line in result.get("warnings", []):  # on stderr, so --json output stays one object
         print(f"warning: {line}", file=sys.stderr)

@@ -121,4 +121,5 @@ def train(
         resume=resume,
         progress=progress,
         overwrite=overwrite,
+        inputs=() if init_from is None else (init_from,),
     )

@@ -129,7 +129,9 @@ def train(
     overwrite: bool = False,
 ) -> dict:
     """Meta-train the trainee's initial weights and the LSG; see :mod:`l2l_pcm.training` for the files."""
-    return training.run(make_trainer(config, init_from), out_dir, resume=resume, progress=progress, overwrite=overwrite)
+    inputs = () if init_from is None else (init_from,)
+    trainer = make_trainer(config, init_from)
+    return training.run(trainer, out_dir, resume=resume, progress=progress, overwrite=overwrite, inputs=inputs)
 
 
 def load_robot_checkpoint(path) -> tuple[dict, RobotTrainConfig, dict]:
