@@ -317,6 +317,26 @@ def init_from_own_output(files, mp):
     assert snapshot(run) == before
 
 
+@case(
+    "a readout scale float32 cannot hold (--readout-scale 1e-300: the readout read NaN, accuracy at chance)",
+    r"readout_scale must be in \[1e-06, 1e\+06\] .*got 1e-300",
+    needs_data=True,
+)
+def readout_scale_underflow(files, mp):
+    yield [
+        "fewshot",
+        "eval",
+        "--backend",
+        "software",
+        "--precision",
+        "pcm",
+        "--readout-scale",
+        "1e-300",
+        "--tasks",
+        "2",
+    ]
+
+
 @case("--resume with another config", r"was trained with another config \(only --iterations may change on resume\)")
 def resume_other_config(files, mp):
     run = files.copy_of_robot_run("other_config_run")

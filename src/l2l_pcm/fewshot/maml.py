@@ -61,6 +61,8 @@ from l2l_pcm.pcm import PCMDevice, keep_largest, quantize, quantize_weights
 from l2l_pcm.validation import parse
 
 VARIANTS = ("fp32", "4bit", "pcm")
+READOUT_SCALE_RANGE = (1e-6, 1e6)
+"""Readout weights per device unit the float32 readout can hold (updates are divided by the scale)."""
 
 
 def _is_int(value: object) -> bool:
@@ -150,6 +152,12 @@ class MAMLConfig:
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        low, high = READOUT_SCALE_RANGE
+        if not low <= self.readout_scale <= high:  # float32 weights: 1e-300 is 0, and updates / 0 are NaN
+            raise ConfigError(
+                f"readout_scale must be in [{low:g}, {high:g}] (the readout is float32: a scale outside divides "
+                f"its updates into inf/NaN), got {self.readout_scale!r}"
+            )
         for name in ("augment_rotations", "learn_initial_readout"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
