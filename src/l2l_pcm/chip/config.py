@@ -34,6 +34,12 @@ def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+MAX_ARRAYS = 4096
+MAX_ARRAY_SIDE = 4096
+"""Bounds of the emulated arrays (resources: a chip keeps per-array bookkeeping; IBM's HERMES chip has 64
+cores of 256x256): 10^9 arrays were accepted and exhausted 24 GB of memory before this bound."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ArraysConfig:
     """The crossbar arrays layers are placed on (paper.md §2: two 256×256 arrays)."""
@@ -43,8 +49,9 @@ class ArraysConfig:
     cols: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("count", "rows", "cols"):
-            check_int(f"arrays.{name}", getattr(self, name))
+        for name, most in (("count", MAX_ARRAYS), ("rows", MAX_ARRAY_SIDE), ("cols", MAX_ARRAY_SIDE)):
+            if check_int(f"arrays.{name}", getattr(self, name)) > most:
+                raise ConfigError(f"arrays.{name} must be at most {most:,}, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
