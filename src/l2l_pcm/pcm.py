@@ -89,17 +89,22 @@ class PCMDevice:
     drift_mu_coeffs: tuple[float, float] = (-0.0155, 0.0244)
     """(a, b) of μ_ν = a·ln ĝ + b."""
     drift_mu_clip: tuple[float, float] = (0.049, 0.1)
+    """(low, high) that μ_ν is clipped to."""
     drift_sigma_coeffs: tuple[float, float] = (-0.0125, -0.0059)
     """(a, b) of σ_ν = a·ln ĝ + b."""
     drift_sigma_clip: tuple[float, float] = (0.008, 0.045)
+    """(low, high) that σ_ν is clipped to."""
     drift_scale: float = 1.0
     """Multiplier on ν (0 switches drift off)."""
     t0_s: float = 20.0
     """Reference time of the drift law; no drift before it (aihwkit default 20 s; the authors' code
     evaluates drift at the fixed ratio t/t0 = 32)."""
     read_noise_q_coeff: float = 0.0088
+    """c of the 1/f read-noise amplitude Q_s = min(c·ĝ^(−e), Q_max) (Nandakumar et al. 2019)."""
     read_noise_q_exponent: float = 0.65
+    """e of Q_s = min(c·ĝ^(−e), Q_max)."""
     read_noise_q_max: float = 0.2
+    """Q_max of Q_s = min(c·ĝ^(−e), Q_max)."""
     t_read_s: float = 250e-9
     """Integration time of one read."""
     read_noise_scale: float = 1.0

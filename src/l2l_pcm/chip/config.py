@@ -45,8 +45,11 @@ class ArraysConfig:
     """The crossbar arrays layers are placed on (paper.md §2: two 256×256 arrays)."""
 
     count: int = 2
+    """Number of crossbar arrays; a network that does not fit is refused with the count it needs."""
     rows: int = 256
+    """Word lines (inputs) per array; taller layers are split over arrays and summed digitally."""
     cols: int = 256
+    """Bit lines (outputs, one differential pair each) per array; wider layers are split too."""
 
     def __post_init__(self) -> None:
         for name, most in (("count", MAX_ARRAYS), ("rows", MAX_ARRAY_SIDE), ("cols", MAX_ARRAY_SIDE)):

@@ -25,11 +25,18 @@ from l2l_pcm.errors import check_number
 
 @dataclasses.dataclass(frozen=True)
 class EnergyModel:
+    """Per-operation constants of the energy and latency estimates (sources in the module docstring)."""
+
     mvm_energy_pJ_per_mac: float = 0.19
+    """Energy of one analog multiply-accumulate (IBM HERMES, 10.5 TOPS/W)."""
     mvm_latency_ns: float = 133.0
+    """Latency of one MVM on one 256×256 array (IBM 64-core HERMES chip, 63.1 TOPS over 64 cores)."""
     program_pulses_per_device: float = 10.0
+    """Program-and-verify iterations per device programmed (this project's assumption)."""
     program_energy_pJ_per_pulse: float = 50.0
+    """Energy of one programming pulse and its verify read (this project's assumption)."""
     program_latency_ns_per_pulse: float = 1000.0
+    """Latency of one row-parallel programming pulse and verify (this project's assumption)."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
