@@ -43,7 +43,8 @@ SMALL_ROBOT_MODEL = dict(
 )
 SMALL_ROBOT = dict(model=SMALL_ROBOT_MODEL, iterations=2, validate_every=2, validation_tasks=3, checkpoint_every=1)
 AUTHORS = Path(__file__).resolve().parents[2] / "shared/reference/authors_checkpoints"
-TINY_FEWSHOT = MAMLConfig(channels=8, meta_batch=2, iterations=2, validate_every=2, validation_tasks=2, queries=2)
+TINY_FEWSHOT = MAMLConfig(channels=8, meta_batch=2, queries=2)
+TINY_FEWSHOT_RUN = dict(iterations=2, validate_every=2, validation_tasks=2)
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
@@ -87,7 +88,10 @@ class Files:
         return path
 
     def fewshot_config(self, **changes) -> Path:
-        data = {**TINY_FEWSHOT.to_json(), **changes}
+        """A few-shot run config file: the tiny model with ``changes`` (a run setting beside it, a model
+        setting in it)."""
+        run = {name: changes.pop(name) for name in ("iterations", "validate_every", "seed") if name in changes}
+        data = {**TINY_FEWSHOT_RUN, **run, "model": {**TINY_FEWSHOT.to_json(), **changes}}
         path = self.root / f"fewshot_{len(list(self.root.glob('fewshot_*.json')))}.json"
         path.write_text(json.dumps(data, allow_nan=True))
         return path
@@ -235,7 +239,10 @@ def other_model_size(files, mp):
 
     bigger = fewshot_init(jax.random.PRNGKey(0), dataclasses.replace(TINY_FEWSHOT, channels=12).cnn)
     path = files.root / "bigger.safetensors"
-    save_checkpoint(path, "fewshot-maml", {"params": bigger}, {"config": TINY_FEWSHOT.to_json()})
+    from l2l_pcm.fewshot.train import FewshotTrainConfig
+
+    metadata = {"config": FewshotTrainConfig(model=TINY_FEWSHOT).to_json()}
+    save_checkpoint(path, "fewshot-maml", {"params": bigger}, metadata)
     yield ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2"]
 
 
@@ -458,7 +465,8 @@ def nan_lr(files, mp):
 
 @case(
     'negative age, config `{"hardware": {"clock": {"training_age_s": -1}}}`',
-    r"few-shot config.hardware.clock.training_age_s: must be a number of seconds in \[0, .*\] \(1000 years\), got -1",
+    r"few-shot config.model.hardware.clock.training_age_s: must be a number of seconds in \[0, .*\] \(1000 years\), "
+    r"got -1",
 )
 def negative_time_config(files, mp):
     config = files.fewshot_config(hardware={"clock": {"training_age_s": -1}})
@@ -467,7 +475,7 @@ def negative_time_config(files, mp):
 
 @case(
     'a hardware setting beside the tree, config `{"update_rounding": "nearest"}`',
-    r"few-shot config: hardware settings belong in the config's hardware tree: update_rounding -> "
+    r"few-shot config.model: hardware settings belong in the config's hardware tree: update_rounding -> "
     r"hardware.update.rounding",
 )
 def hardware_setting_beside_the_tree(files, mp):
@@ -480,12 +488,12 @@ def zero_meta_batch(files, mp):
     yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(meta_batch=0))]
 
 
-@case('fractional size, config `{"channels": 8.5}`', r"few-shot config\.channels: expected int, got float")
+@case('fractional size, config `{"channels": 8.5}`', r"few-shot config\.model\.channels: expected int, got float")
 def fractional_channels(files, mp):
     yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(channels=8.5))]
 
 
-@case('boolean for a count, config `{"ways": true}`', r"few-shot config\.ways: expected int, got bool")
+@case('boolean for a count, config `{"ways": true}`', r"few-shot config\.model\.ways: expected int, got bool")
 def boolean_ways(files, mp):
     yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(ways=True))]
 
@@ -534,7 +542,7 @@ def unknown_pretrain_field(files, mp):
     assert not (files.root / "run").exists()
 
 
-@case('unknown field, config `{"wayz": 5}`', r"few-shot config: unknown MAMLConfig fields \['wayz'\]")
+@case('unknown field, config `{"wayz": 5}`', r"few-shot config.model: unknown MAMLConfig fields \['wayz'\]")
 def unknown_field(files, mp):
     yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.fewshot_config(wayz=5))]
 
@@ -710,7 +718,7 @@ def readout_scale_zero(files, mp):
 @case("export --set of a field the config does not have", r"unknown MAMLConfig fields \['readout_scal'\]")
 def export_set_unknown_field(files, mp):
     destination = files.root / "exported.safetensors"
-    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "readout_scal=0.35"]
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "model.readout_scal=0.35"]
     assert not destination.exists()
 
 
@@ -737,7 +745,7 @@ def export_over_existing(files, mp):
 )
 def export_set_other_model_size(files, mp):
     destination = files.root / "exported.safetensors"
-    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "channels=16"]
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "model.channels=16"]
     assert not destination.exists() and not list(files.root.glob(".*checking"))
 
 
@@ -751,25 +759,25 @@ def import_authors_onto_itself(files, mp):
 
 @case(
     "export --set of a path that is not in the hardware tree",
-    r"--set hardware.forwrd.dac_bits: 'forwrd' is not a section of the checkpoint's config",
+    r"--set model.hardware.forwrd.dac_bits: .forwrd. is not a section of the checkpoint.s config",
 )
 def export_set_unknown_section(files, mp):
     destination = files.root / "exported.safetensors"
-    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "hardware.forwrd.dac_bits=8"]
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "model.hardware.forwrd.dac_bits=8"]
     assert not destination.exists()
 
 
 @case("export --set of a hardware value of the wrong type", r"hardware.forward.dac_bits: expected int \| null, got str")
 def export_set_hardware_wrong_type(files, mp):
     destination = files.root / "exported.safetensors"
-    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "hardware.forward.dac_bits=x"]
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "model.hardware.forward.dac_bits=x"]
     assert not destination.exists()
 
 
 @case("export --set of an impossible value", r"readout_scale must be a finite number > 0, got -1")
 def export_set_bad_value(files, mp):
     destination = files.root / "exported.safetensors"
-    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "readout_scale=-1"]
+    yield ["export", str(files.fewshot_checkpoint()), str(destination), "--set", "model.readout_scale=-1"]
     assert not destination.exists()
 
 
@@ -1014,10 +1022,10 @@ def robot_model_not_an_object(files, mp):
 
 @case(
     "device given inside and outside the hardware config",
-    r"few-shot config: hardware settings belong in the config's hardware tree: device -> hardware.device",
+    r"few-shot config.model: hardware settings belong in the config's hardware tree: device -> hardware.device",
 )
 def device_twice(files, mp):
-    (files.root / "cfg.json").write_text('{"device": "ibm", "hardware": {"device": "authors"}}')
+    (files.root / "cfg.json").write_text('{"model": {"device": "ibm", "hardware": {"device": "authors"}}}')
     yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(files.root / "cfg.json")]
     assert not (files.root / "run").exists()
 
@@ -1120,7 +1128,7 @@ def test_robot_train_values(batch, iterations, seed):
         )
     if called != "error":  # accepted: the run gets exactly these values
         config = called[0]
-        assert (config.model.batch, config.iterations, config.model.seed) == (int(batch), int(iterations), int(seed))
+        assert (config.model.batch, config.iterations, config.seed) == (int(batch), int(iterations), int(seed))
 
 
 @SETTINGS
@@ -1146,7 +1154,7 @@ def test_fewshot_eval_values(tasks, queries, time):
 
 
 FEWSHOT_FIELDS = [field.name for field in dataclasses.fields(MAMLConfig)]
-ROBOT_MODEL_FIELDS = ["n_steps", "batch", "eta", "lr", "lr_decay", "reg_lambda", "seed"]
+ROBOT_MODEL_FIELDS = ["n_steps", "batch", "eta", "lr", "lr_decay", "reg_lambda"]
 DEVICE_FIELDS = ["g_max_uS", "w_max", "t0_s", "t_read_s", "drift_scale", "drift_mu_clip", "prog_noise_coeffs_uS"]
 HARDWARE_FIELDS = ["step", "seconds_between", "training_age_s", "deployment_age_s", "drift_compensation"]
 
@@ -1155,18 +1163,21 @@ HARDWARE_FIELDS = ["step", "seconds_between", "training_age_s", "deployment_age_
 @given(field=st.sampled_from(FEWSHOT_FIELDS), value=JSON_NUMBER)
 def test_fewshot_config_values(tmp_path, field, value):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({field: value}))
+    path.write_text(json.dumps({"model": {field: value}}))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("l2l_pcm.fewshot.train.train", stub)
         called = outcome(["fewshot", "train", "--out", str(tmp_path / "run"), "--config", str(path)])
-    if called != "error":  # accepted: the run's config holds exactly that value
-        assert same_value(getattr(called[0], field), value), (field, value, getattr(called[0], field))
+    if called != "error":  # accepted: the run's model config holds exactly that value
+        got = getattr(called[0].model, field)
+        assert same_value(got, value), (field, value, got)
 
 
 @SETTINGS
 @given(
     where=st.sampled_from(["run", "model", "hardware", "device", "update", "clock"]),
-    field=st.sampled_from(["iterations", "validate_every"] + ROBOT_MODEL_FIELDS + DEVICE_FIELDS + HARDWARE_FIELDS),
+    field=st.sampled_from(
+        ["iterations", "validate_every", "seed"] + ROBOT_MODEL_FIELDS + DEVICE_FIELDS + HARDWARE_FIELDS
+    ),
     value=JSON_NUMBER,
 )
 def test_robot_config_values(tmp_path, where, field, value):

@@ -266,15 +266,21 @@ def test_one_checkpoint_migration_says_what_older_formats_meant():
     from l2l_pcm.checkpoint import migrated_config
 
     fewshot = {"ways": 5, "update_rounding": "nearest", "time_since_programming_s": 32.0, "hardware": {"dac_bits": 8}}
-    format3 = {"format_version": 3, "config": fewshot}
+    format3 = {"format_version": 3, "config": {**fewshot, "iterations": 40, "seed": 3}}
     assert migrated_config(format3) == {
-        "ways": 5,
-        "hardware": {
-            "forward": {"dac_bits": 8, "read_noise_rng": "threefry"},
-            "update": {"rounding": "nearest"},
-            "clock": {"training_age_s": 32.0},
+        "iterations": 40,  # format 6: the run's settings beside the model config
+        "seed": 3,
+        "model": {
+            "ways": 5,
+            "hardware": {
+                "forward": {"dac_bits": 8, "read_noise_rng": "threefry"},
+                "update": {"rounding": "nearest"},
+                "clock": {"training_age_s": 32.0},
+            },
         },
     }
+    pretraining = {"format_version": 5, "config": {"iterations": 9, "fewshot": {"ways": 5, "iterations": 40}}}
+    assert migrated_config(pretraining) == {"iterations": 9, "fewshot": {"ways": 5}}
     robot = {"device": "authors", "quantize_step": 0.0625, "seconds_after_update": 2.0, "trainee": {}, "lsg": {}}
     format2 = {"format_version": 2, "config": {"model": robot}}
     model = migrated_config(format2)["model"]

@@ -26,8 +26,9 @@ from l2l_pcm.fewshot.model import (
 from l2l_pcm.fewshot.train import load_fewshot_checkpoint, save_fewshot_checkpoint
 from l2l_pcm.pcm import PCMDevice
 
-TINY = MAMLConfig(
-    channels=8, meta_batch=2, iterations=4, validate_every=2, validation_tasks=2, checkpoint_every=2, queries=2
+TINY = MAMLConfig(channels=8, meta_batch=2, queries=2)
+TINY_RUN = train_module.FewshotTrainConfig(
+    model=TINY, iterations=4, validate_every=2, validation_tasks=2, checkpoint_every=2
 )
 
 
@@ -199,17 +200,17 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path, key):
     bigger = init_params(key, CNNConfig(channels=12))
     from l2l_pcm.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / "other.safetensors", "fewshot-maml", {"params": bigger}, {"config": TINY.to_json()})
+    save_checkpoint(tmp_path / "other.safetensors", "fewshot-maml", {"params": bigger}, {"config": TINY_RUN.to_json()})
     with pytest.raises(CheckpointError, match="shape"):
         load_fewshot_checkpoint(tmp_path / "other.safetensors")
     # a deployment setting chosen after training, set on export and recorded as such
     exported = tmp_path / "exported.safetensors"
-    sets = ["readout_scale=0.35", "update_budget=8", "hardware.update.rounding=nearest"]
+    sets = ["model.readout_scale=0.35", "model.update_budget=8", "model.hardware.update.rounding=nearest"]
     assert main(["export", str(path), str(exported), *(arg for text in sets for arg in ("--set", text))]) == 0
     loaded, config, meta = load_fewshot_checkpoint(exported)
     expected = dataclasses.replace(TINY, readout_scale=0.35, update_budget=8)
     assert config == expected.with_hardware(update__rounding="nearest")  # a path into the hardware tree
-    changes = {"readout_scale": 0.35, "update_budget": 8, "hardware.update.rounding": "nearest"}
+    changes = {"model.readout_scale": 0.35, "model.update_budget": 8, "model.hardware.update.rounding": "nearest"}
     assert meta["export_changes"] == changes and meta["note"] == 1
     np.testing.assert_array_equal(loaded["readout"], params["readout"])
     save_checkpoint(tmp_path / "robot.safetensors", "robot-l2l", {"params": bigger}, {})
@@ -231,14 +232,16 @@ def test_impossible_configs_are_rejected():
 @needs_shared
 def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
     straight = tmp_path / "straight"
-    train_module.train(TINY, straight, data_dir=SHARED, progress=False)
+    train_module.train(TINY_RUN, straight, data_dir=SHARED, progress=False)
     interrupted = tmp_path / "interrupted"
-    train_module.train(dataclasses.replace(TINY, iterations=2), interrupted, data_dir=SHARED, progress=False)
+    train_module.train(dataclasses.replace(TINY_RUN, iterations=2), interrupted, data_dir=SHARED, progress=False)
     with pytest.raises(CheckpointError, match="another config"):
-        train_module.train(dataclasses.replace(TINY, seed=5), interrupted, data_dir=SHARED, resume=True, progress=False)
+        train_module.train(
+            dataclasses.replace(TINY_RUN, seed=5), interrupted, data_dir=SHARED, resume=True, progress=False
+        )
     _, _, meta = load_fewshot_checkpoint(interrupted / "last.safetensors")
     assert meta["iteration"] == 2
-    train_module.train(TINY, interrupted, data_dir=SHARED, resume=True, progress=False)  # continue to 4
+    train_module.train(TINY_RUN, interrupted, data_dir=SHARED, resume=True, progress=False)  # continue to 4
     a, _, _ = load_fewshot_checkpoint(straight / "last.safetensors")
     b, _, _ = load_fewshot_checkpoint(interrupted / "last.safetensors")
     for name in a:
@@ -252,14 +255,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     original = train_module.train_step
     calls = {"n": 0}
 
-    def flaky(params, opt_state, batch, key, config):
+    def flaky(params, opt_state, batch, key, config, schedule_steps=0):
         calls["n"] += 1
-        params, opt_state, loss, accuracies = original(params, opt_state, batch, key, config)
+        params, opt_state, loss, accuracies = original(params, opt_state, batch, key, config, schedule_steps)
         return params, opt_state, (loss * jnp.nan if calls["n"] == 3 else loss), accuracies
 
     monkeypatch.setattr(train_module, "train_step", flaky)
     with pytest.raises(L2LPCMError, match="iteration 3.*last good checkpoint.*iteration 2"):
-        train_module.train(TINY, tmp_path, data_dir=SHARED, progress=False)
+        train_module.train(TINY_RUN, tmp_path, data_dir=SHARED, progress=False)
     _, _, meta = load_fewshot_checkpoint(tmp_path / "last.safetensors")
     assert meta["iteration"] == 2
 
@@ -366,9 +369,9 @@ def test_init_from_keeps_the_earlier_stages_in_the_record(tmp_path):
     from l2l_pcm.training import training_record
 
     first = tmp_path / "first"
-    train_module.train(TINY, first, data_dir=SHARED, progress=False)
+    train_module.train(TINY_RUN, first, data_dir=SHARED, progress=False)
     second = tmp_path / "second"
-    stage2 = dataclasses.replace(TINY, iterations=2, seed=3)
+    stage2 = dataclasses.replace(TINY_RUN, iterations=2, seed=3)
     train_module.train(
         dataclasses.replace(stage2, iterations=1),
         second,

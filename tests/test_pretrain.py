@@ -23,7 +23,10 @@ from l2l_pcm.fewshot.pretrain import (
     sample_groups,
 )
 
-TINY_FEWSHOT = MAMLConfig(channels=8, meta_batch=2, iterations=2, validate_every=1, validation_tasks=2, queries=2)
+TINY_FEWSHOT = MAMLConfig(channels=8, meta_batch=2, queries=2)
+TINY_FEWSHOT_RUN = train_module.FewshotTrainConfig(
+    model=TINY_FEWSHOT, iterations=2, validate_every=1, validation_tasks=2
+)
 TINY = PretrainConfig(
     iterations=3, groups=2, validate_every=3, validation_tasks=2, checkpoint_every=3, fewshot=TINY_FEWSHOT
 )
@@ -103,7 +106,7 @@ def test_meta_training_starts_from_the_pretrained_body_and_keeps_its_record(tmp_
     assert set(body) == {*CONV_NAMES, "readout"} and np.all(np.asarray(body["readout"]) == 0)
 
     meta_run = tmp_path / "meta"
-    train_module.train(TINY_FEWSHOT, meta_run, data_dir=SHARED, progress=False, init_from=pre / "best.safetensors")
+    train_module.train(TINY_FEWSHOT_RUN, meta_run, data_dir=SHARED, progress=False, init_from=pre / "best.safetensors")
     _, _, meta = train_module.load_fewshot_checkpoint(meta_run / "last.safetensors")
     record = training_record(meta)
     assert [row["stage"] for row in record] == [1] + [2, 2]  # pre-training's validation row, then meta-training's

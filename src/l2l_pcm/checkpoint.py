@@ -59,15 +59,20 @@ def unflatten(prefix: str, tensors: Mapping[str, np.ndarray], template, source: 
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Version of the checkpoint format. 1 (no ``format_version`` field): files before the authors' Scorbot
 kinematics and LSB-first target code; 2: since; 3: the model config holds one ``hardware`` tree
 (:class:`l2l_pcm.chip.ChipConfig`) instead of separate ``device`` and update-step fields; 4: the chip's
 default read-noise generator is the counter-based one (a format-3 hardware tree without
 ``read_noise_rng`` was measured with threefry, and keeps it); 5: the hardware tree has sections
 (arrays, forward, update, clock) and holds the update rounding, the time between updates and the
-training age that the scenario configs held. Loaders refuse newer files, and :func:`migrated_config`
-says what an older one means."""
+training age that the scenario configs held; 6: a few-shot run's config is ``{run settings, "model":
+MAMLConfig}`` (iterations, cadences and seed left the model config), and a robot run's seed moved from its
+model config to the run config. Loaders refuse newer files, and
+:func:`migrated_config` says what an older one means."""
+
+FEWSHOT_RUN_FIELDS = ("iterations", "validate_every", "validation_tasks", "checkpoint_every", "seed")
+"""Run-loop settings a few-shot model config held until format 5."""
 
 def format_version(metadata: Mapping) -> int:
     version = metadata.get("format_version", 1)
@@ -96,7 +101,8 @@ def migrated_config(metadata: Mapping) -> dict:
     tree without ``read_noise_rng`` keeps the generator it was measured with, threefry (the default until
     format 4). Format ≤ 4: the flat tree gets its sections (:func:`l2l_pcm.chip.config.sectioned_hardware`),
     and the scenario's hardware fields (:data:`~l2l_pcm.chip.config.SCENARIO_FIELD_HOMES`) move into it;
-    a robot model rounded its updates to the nearest step (hard-coded until format 5)."""
+    a robot model rounded its updates to the nearest step (hard-coded until format 5). Format ≤ 5: a few-shot
+    model config's run-loop settings (:data:`FEWSHOT_RUN_FIELDS`) move beside it, into its run config."""
     config = metadata.get("config")
     if not isinstance(config, Mapping):
         raise CheckpointError(f"checkpoint config must be a JSON object, got {config!r}")
@@ -126,6 +132,14 @@ def migrated_config(metadata: Mapping) -> dict:
                     home = home.setdefault(section, {})
                 home[field] = level.pop(name)
             level["hardware"] = hardware
+    if version < 6 and "ways" in config and "model" not in config:  # a few-shot run: model and run apart
+        run = {name: config.pop(name) for name in FEWSHOT_RUN_FIELDS if name in config}
+        config = {**run, "model": config}
+    if version < 6 and isinstance(config.get("fewshot"), dict):  # a pretraining's few-shot model
+        for name in FEWSHOT_RUN_FIELDS:
+            config["fewshot"].pop(name, None)
+    if version < 6 and isinstance(config.get("model"), dict) and "seed" in config["model"]:  # a robot run's seed
+        config["seed"] = config["model"].pop("seed")
     return config
 
 

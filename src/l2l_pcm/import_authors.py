@@ -101,7 +101,7 @@ def _check_robot_shapes(params: dict[str, np.ndarray], config, source: str) -> N
 
 def import_authors(scenario: str, source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Convert the authors' ``scenario`` ("fewshot" or "robot") pickle at ``source``; nothing is written on error."""
-    from l2l_pcm.fewshot.train import CHECKPOINT_KIND as FEWSHOT_KIND
+    from l2l_pcm.fewshot.train import save_fewshot_checkpoint
     from l2l_pcm.robot.train import CHECKPOINT_KIND as ROBOT_KIND
 
     if scenario not in ("fewshot", "robot"):
@@ -113,9 +113,7 @@ def import_authors(scenario: str, source: str | os.PathLike, destination: str | 
         channels, ways = arrays["readout"].shape
         config = fewshot_config(int(channels), int(ways))
         params = {name: jnp.asarray(value) for name, value in arrays.items()}
-        return save_checkpoint(
-            destination, FEWSHOT_KIND, {"params": params}, {"config": config.to_json(), **provenance}
-        )
+        return save_fewshot_checkpoint(destination, params, config, provenance)
     config = robot_config()
     params = {ROBOT_NAMES[name]: np.array(value) for name, value in arrays.items()}
     _check_robot_shapes(params, config, str(source))

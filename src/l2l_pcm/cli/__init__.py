@@ -42,7 +42,6 @@ def _checkpoint_kinds() -> dict:
     from l2l_pcm import training
     from l2l_pcm.fewshot import pretrain as fewshot_pretrain
     from l2l_pcm.fewshot import train as fewshot_train
-    from l2l_pcm.fewshot.maml import MAMLConfig
     from l2l_pcm.robot import train as robot_train
 
     def pretrained(path):
@@ -52,7 +51,10 @@ def _checkpoint_kinds() -> dict:
         return fewshot_pretrain.pretrained_body(path, config.fewshot)
 
     return {
-        fewshot_train.CHECKPOINT_KIND: (MAMLConfig.from_json, fewshot_train.load_fewshot_checkpoint),
+        fewshot_train.CHECKPOINT_KIND: (
+            fewshot_train.FewshotTrainConfig.from_json,
+            fewshot_train.load_fewshot_checkpoint,
+        ),
         fewshot_pretrain.CHECKPOINT_KIND: (fewshot_pretrain.PretrainConfig.from_json, pretrained),
         robot_train.CHECKPOINT_KIND: (robot_train.RobotTrainConfig.from_json, robot_train.load_robot_checkpoint),
     }
@@ -102,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_config_assignment,
         metavar="FIELD=VALUE",
-        help="change a config field of the copy (a deployment setting, e.g. readout_scale=0.35, or a path into "
-        "the hardware tree, e.g. hardware.forward.dac_bits=8); checked by the checkpoint's config class and "
-        "recorded as export_changes; a JSON object merges into the section it names; the copy is loaded as an "
-        "evaluation will load it before it is written; repeatable",
+        help="change a config field of the copy by its path (a deployment setting, e.g. model.readout_scale=0.35, "
+        "or one in the hardware tree, e.g. model.hardware.forward.dac_bits=8); checked by the checkpoint's "
+        "config class and recorded as export_changes; a JSON object merges into the section it names; the copy is "
+        "loaded as an evaluation will load it before it is written; repeatable",
     )
     export.set_defaults(run=_export)
     _remember_subcommands(parser)

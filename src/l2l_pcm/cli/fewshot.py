@@ -36,13 +36,13 @@ def _fewshot_train(args: argparse.Namespace) -> None:
     import dataclasses
 
     join_cluster(args)
-    from l2l_pcm.fewshot.maml import MAMLConfig
-    from l2l_pcm.fewshot.train import CHECKPOINT_KIND, train
+    from l2l_pcm.fewshot.train import CHECKPOINT_KIND, FewshotTrainConfig, train
 
-    config = starting_config(args, CHECKPOINT_KIND, MAMLConfig.from_json, MAMLConfig())
-    overrides = {name: getattr(args, name) for name in ("variant", "iterations", "meta_batch", "seed")}
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    config = dataclasses.replace(config, hardware=command_hardware(args, config.hardware))
+    config = starting_config(args, CHECKPOINT_KIND, FewshotTrainConfig.from_json, FewshotTrainConfig())
+    model = {name: getattr(args, name) for name in ("variant", "meta_batch") if getattr(args, name) is not None}
+    model["hardware"] = command_hardware(args, config.model.hardware)
+    run = {name: getattr(args, name) for name in ("iterations", "seed") if getattr(args, name) is not None}
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model), **run)
     summary = train(
         config,
         args.out,
@@ -251,7 +251,9 @@ def add_commands(commands) -> None:
     )
     train = fewshot.add_parser("train", help="meta-train in software (checkpoints, metrics, resume)")
     add_train_arguments(
-        train, "MAMLConfig", "start from a few-shot checkpoint's parameters or a 'fewshot pretrain' run's conv body"
+        train,
+        "FewshotTrainConfig",
+        "start from a few-shot checkpoint's parameters or a 'fewshot pretrain' run's conv body",
     )
     train.add_argument(
         "--variant",

@@ -45,13 +45,13 @@ def _robot_train(args: argparse.Namespace) -> None:
     from l2l_pcm.robot.train import CHECKPOINT_KIND, RobotTrainConfig, train
 
     config = starting_config(args, CHECKPOINT_KIND, RobotTrainConfig.from_json, RobotTrainConfig())
-    model = {name: getattr(args, name) for name in ("batch", "seed", "arm") if getattr(args, name) is not None}
+    model = {name: getattr(args, name) for name in ("batch", "arm") if getattr(args, name) is not None}
     if args.software_only:
         model["hardware_aware"] = False
     model["hardware"] = command_hardware(args, config.model.hardware)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
-    if args.iterations is not None:
-        config = dataclasses.replace(config, iterations=args.iterations)
+    run = {name: getattr(args, name) for name in ("iterations", "seed") if getattr(args, name) is not None}
+    config = dataclasses.replace(config, **run)
     summary = train(
         config,
         args.out,

@@ -46,7 +46,7 @@ from l2l_pcm.chip import (
     straight_through,
     weight_sample,
 )
-from l2l_pcm.errors import ConfigError, check_seed
+from l2l_pcm.errors import ConfigError
 from l2l_pcm.fewshot.model import (
     CONV_NAMES,
     CNNConfig,
@@ -103,12 +103,7 @@ class MAMLConfig:
     chip). 1 is the authors' mapping (w = g/g_max). The readout starts at zero and is written only by a
     few small updates, so a smaller scale spends the devices' range on them: finer steps, and less
     programming and read noise relative to them; too small, and updates clip (the chip counts them)."""
-    iterations: int = 3000
-    validate_every: int = 250
-    validation_tasks: int = 200
-    checkpoint_every: int = 250
     augment_rotations: bool = True
-    seed: int = 0
     normalisation: str = "support"
     """"support" (no leak between query images) or "per_set" (the authors' transductive rule); see
     :class:`l2l_pcm.fewshot.model.CNNConfig`."""
@@ -130,10 +125,6 @@ class MAMLConfig:
             "channels",
             "inner_steps",
             "meta_batch",
-            "iterations",
-            "validate_every",
-            "validation_tasks",
-            "checkpoint_every",
             "weight_bits",
             "update_budget",
         ):
@@ -161,7 +152,6 @@ class MAMLConfig:
         for name in ("augment_rotations", "learn_initial_readout"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        check_seed("seed", self.seed)
         if self.outer_lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"outer_lr_schedule must be 'constant' or 'cosine', got {self.outer_lr_schedule!r}")
         if self.variant not in VARIANTS:
@@ -422,18 +412,23 @@ def meta_gradient(params, batch, key, config: MAMLConfig):
     return (loss / tasks, accuracies / tasks), grads
 
 
-def make_optimizer(config: MAMLConfig) -> optax.GradientTransformation:
+def make_optimizer(config: MAMLConfig, schedule_steps: int = 0) -> optax.GradientTransformation:
+    """Adam at ``outer_lr``; with the cosine schedule, decaying to 0 over ``schedule_steps`` (the run's
+    iterations: a run-loop setting, so it is passed in, and only a cosine run's compiled step depends on it)."""
     if config.outer_lr_schedule == "cosine":
-        return optax.adam(optax.cosine_decay_schedule(config.outer_lr, config.iterations))
+        if not (_is_int(schedule_steps) and schedule_steps >= 1):
+            raise ConfigError(f"the cosine schedule needs the run's iterations (>= 1), got {schedule_steps!r}")
+        return optax.adam(optax.cosine_decay_schedule(config.outer_lr, schedule_steps))
     return optax.adam(config.outer_lr)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def train_step(params, opt_state, batch, key, config: MAMLConfig):
+@functools.partial(jax.jit, static_argnames=("config", "schedule_steps"))
+def train_step(params, opt_state, batch, key, config: MAMLConfig, schedule_steps: int = 0):
     """One outer iteration: meta-gradient through the inner loop, Adam, projection onto the weight range
-    (±w_max; the readout ±readout_scale·w_max)."""
+    (±w_max; the readout ±readout_scale·w_max). Keyed on the model config alone (and, for a cosine schedule,
+    its length), so runs of another length, seed or cadence share the compiled step."""
     (loss, accuracies), grads = meta_gradient(params, batch, key, config)
-    updates, opt_state = make_optimizer(config).update(grads, opt_state, params)
+    updates, opt_state = make_optimizer(config, schedule_steps).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     bounds = {name: config.device.w_max * (config.readout_scale if name == "readout" else 1.0) for name in params}
     params = {name: jnp.clip(w, -bounds[name], bounds[name]) for name, w in params.items()}

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from l2l_pcm.chip import ChipConfig, UpdateConfig
-from l2l_pcm.errors import ConfigError, check_int, check_number, check_seed
+from l2l_pcm.errors import ConfigError, check_int, check_number
 from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.eprop import (
@@ -132,7 +132,6 @@ class RobotConfig:
     ``update`` section the written update (step, rounding; default "nearest", the authors' robot rule) and
     the time until pass 2, its ``clock.training_age_s`` the age the PCM model reads the trainee at, and
     the chip is built from it."""
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.trainee, TraineeConfig) or not isinstance(self.lsg, LSGConfig):
@@ -164,7 +163,6 @@ class RobotConfig:
             raise ConfigError(f"RobotConfig.xyz_code must be one of {XYZ_CODES}, got {self.xyz_code!r}")
         if not isinstance(self.hardware, ChipConfig):
             raise ConfigError(f"RobotConfig.hardware must be a ChipConfig, got {type(self.hardware).__name__}")
-        check_seed("RobotConfig.seed", self.seed)
         if self.xyz_bits > 24:
             raise ConfigError(f"RobotConfig.xyz_bits must be <= 24, got {self.xyz_bits}")
         expected = self.trainee.n_in + 3 * self.xyz_bits

@@ -16,7 +16,7 @@ import jax
 from l2l_pcm import distributed, training
 from l2l_pcm.checkpoint import format_version, load_checkpoint
 from l2l_pcm.chip import refuse_hardware_fields
-from l2l_pcm.errors import CheckpointError, ConfigError
+from l2l_pcm.errors import CheckpointError, ConfigError, check_seed
 from l2l_pcm.robot.model import ROBOT_HARDWARE, RobotConfig, init_params, make_optimizer, meta_loss, train_step
 from l2l_pcm.robot.tasks import sample_trajectories
 from l2l_pcm.training import MetaTrainer
@@ -36,12 +36,16 @@ class RobotTrainConfig:
     validate_every: int = 250
     validation_tasks: int = 64
     checkpoint_every: int = 100
+    seed: int = 0
+    """Seed of the initial weights and of every iteration's trajectories and noise, ``(seed, iteration)``; a
+    run-loop setting beside the model, so runs that differ only in it share the compiled step."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "validate_every", "validation_tasks", "checkpoint_every"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_seed("seed", self.seed)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,11 +105,11 @@ def make_trainer(config: RobotTrainConfig, init_from: str | Path | None = None) 
         history = training.training_record(source_metadata)
 
     def init():
-        params = init_params(jax.random.PRNGKey(model.seed), model) if init_from is None else source_params
+        params = init_params(jax.random.PRNGKey(config.seed), model) if init_from is None else source_params
         return params, make_optimizer(model).init(params)
 
     def step(params, opt_state, iteration):
-        key = jax.random.fold_in(jax.random.PRNGKey(model.seed), iteration)
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), iteration)
         key_targets, key_step = jax.random.split(key)
         targets = distributed.shard_tasks(trajectories(model, key_targets, model.batch))
         params, opt_state, loss, aux = train_step(params, opt_state, targets, key_step, model)
