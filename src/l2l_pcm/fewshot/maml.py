@@ -231,7 +231,11 @@ def _pcm_statistics(config: MAMLConfig, weights, state: LayerState, now_s, scale
 def inner_update(config: MAMLConfig, readout, gradient, key) -> jax.Array:
     """One inner SGD step on the readout, written as the variant's hardware would store it (the ``pcm``
     variant's device state follows in :func:`adapt_task`)."""
-    step = keep_largest(-config.inner_lr * gradient, config.update_budget)
+    return _write(config, readout, keep_largest(-config.inner_lr * gradient, config.update_budget), key)
+
+
+def _write(config: MAMLConfig, readout, step, key) -> jax.Array:
+    """``readout + step`` as the variant stores it (pcm: on the device grid; 4bit: re-quantized)."""
     scale = config.readout_scale
     if config.variant == "pcm":
         return _pcm_write(config, readout, step, key)[0]
@@ -307,18 +311,18 @@ def adapt_task(
             loss = cross_entropy(query_logits, y_query)
             break
         gradient = readout_gradient(f_support, logits(f_support, key_support), y_support)
+        delta = keep_largest(-config.inner_lr * gradient, config.update_budget)  # the readout's SGD step
         if config.variant == "pcm":
             key_round, key_program = jax.random.split(key_update)
-            step = keep_largest(-config.inner_lr * gradient, config.update_budget)
-            written, update = _pcm_write(config, readout, step, key_round)
+            written, update = _pcm_write(config, readout, delta, key_round)
             clipped += _past(readout + config.readout_scale * update, limit)
             readout = written
             state, _ = reprogram_layer(config.device, key_program, state, jax.lax.stop_gradient(update), now_s)
             now_s = now_s + config.hardware.update.seconds_between
         else:
             if config.variant == "4bit":
-                clipped += _past(readout + keep_largest(-config.inner_lr * gradient, config.update_budget), limit)
-            readout = inner_update(config, readout, gradient, key_update)
+                clipped += _past(readout + delta, limit)
+            readout = _write(config, readout, delta, key_update)
     return loss, TaskOutputs(jnp.stack(accuracies), clipped)
 
 
