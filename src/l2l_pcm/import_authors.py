@@ -25,6 +25,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from l2l_pcm import _io
 from l2l_pcm.authors_pickle import read_authors_pickle, sha256_of
 from l2l_pcm.checkpoint import save_checkpoint
 from l2l_pcm.chip import ChipConfig, ClockConfig, ForwardConfig, UpdateConfig
@@ -99,14 +100,18 @@ def _check_robot_shapes(params: dict[str, np.ndarray], config, source: str) -> N
             )
 
 
-def import_authors(scenario: str, source: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """Convert the authors' ``scenario`` ("fewshot" or "robot") pickle at ``source``; nothing is written on error."""
+def import_authors(
+    scenario: str, source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Convert the authors' ``scenario`` ("fewshot" or "robot") pickle at ``source``; nothing is written on error.
+    The destination is never the source, and an existing file is replaced only with ``overwrite``."""
     from l2l_pcm.fewshot.train import save_fewshot_checkpoint
     from l2l_pcm.robot.train import CHECKPOINT_KIND as ROBOT_KIND
 
     if scenario not in ("fewshot", "robot"):
         raise ConfigError(f"scenario must be 'fewshot' or 'robot', got {scenario!r}")
-    source, destination = Path(source), Path(destination)
+    destination = _io.refuse_output(destination, (source,), overwrite)
+    source = Path(source)
     arrays = read_authors_pickle(source, scenario)
     provenance = {"imported_from": source.name, "source_sha256": sha256_of(source), "attribution": ATTRIBUTION}
     if scenario == "fewshot":

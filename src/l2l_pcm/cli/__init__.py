@@ -16,11 +16,9 @@ from l2l_pcm.errors import L2LPCMError
 
 
 def _import_authors(args: argparse.Namespace) -> None:
-    from l2l_pcm._io import refuse_output
     from l2l_pcm.import_authors import import_authors
 
-    refuse_output(args.destination, (args.source,), args.overwrite)
-    print(import_authors(args.scenario, args.source, args.destination))
+    print(import_authors(args.scenario, args.source, args.destination, args.overwrite))
 
 
 def _export(args: argparse.Namespace) -> None:
