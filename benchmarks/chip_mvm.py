@@ -2,8 +2,8 @@
 
 Exact per-read noise needs a second matmul for the output variance (x² @ σ²) and one normal per
 output, so its floor is about 2x; "per_batch" noise (one device-noise draw per call) needs one matmul.
-Both run jitted on the same inputs in one process, interleaved, best of several repeats each, so the
-ratio is robust to a shared machine's noise. Also timed: the layer API, ``analog_dense(chip.layer(...))``
+Both run jitted on the same inputs in one process, taking turns round by round, best of several rounds
+each, so the ratio is robust to a shared machine's noise. Also timed: the layer API, ``analog_dense(chip.layer(...))``
 jitted (no Python per call; its reads are booked on the chip by a callback), and the chip with the
 threefry noise generator (``ChipConfig(forward=ForwardConfig(read_noise_rng="threefry"))``, the default
 before the counter-based one), against the same plain matmul.
@@ -23,15 +23,19 @@ SHAPES = ((1024, 504, 56), (1024, 256, 256))
 MODES = ("per_read", "per_batch")
 
 
-def best_time(fn, repeats: int, inner: int) -> float:
-    jax.block_until_ready(fn())
-    best = float("inf")
+def best_times(fns, repeats: int, inner: int) -> list[float]:
+    """Seconds per call of each of ``fns``, best of ``repeats`` rounds; the functions take turns within
+    every round, so a slow spell of a shared machine hits them alike and their ratio stays put."""
+    for fn in fns:
+        jax.block_until_ready(fn())
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            out = fn()
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / inner)
+        for index, fn in enumerate(fns):
+            start = time.perf_counter()
+            for _ in range(inner):
+                out = fn()
+            jax.block_until_ready(out)
+            best[index] = min(best[index], (time.perf_counter() - start) / inner)
     return best
 
 
@@ -45,17 +49,17 @@ def programmed_chip(config: ChipConfig, weights, key) -> Chip:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--inner", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--inner", type=int, default=30)
     args = parser.parse_args()
     key = jax.random.PRNGKey(0)
     matmul = jax.jit(lambda x, w: x @ w)
     dense = jax.jit(analog_dense)
     calls = args.inner * (args.repeats + 1)
 
-    def timed(fn) -> float:  # fn(x, key), fresh keys for every call
+    def with_fresh_keys(fn):  # fn(key) -> a call without arguments, a new key every time
         keys = iter(jax.random.split(key, calls))
-        return best_time(lambda: fn(next(keys)), args.repeats, args.inner)
+        return lambda: fn(next(keys))
 
     variants = {
         "per_read": lambda chip, x: lambda k: chip.mvm("layer", x, k),
@@ -77,8 +81,9 @@ def main() -> None:
         x = jax.random.uniform(key, (batch, fan_in))
         for name, make in variants.items():
             run = make(programmed_chip(configs[name], weights, key), x)
-            t_matmul = best_time(lambda x=x, w=weights: matmul(x, w), args.repeats, args.inner)
-            t_chip = timed(run)
+            t_matmul, t_chip = best_times(
+                [lambda x=x, w=weights: matmul(x, w), with_fresh_keys(run)], args.repeats, args.inner
+            )
             ratios[name].append(t_chip / t_matmul)
             chip_ms[name].append(t_chip * 1e3)
             print(

@@ -58,6 +58,7 @@ def run_variant(variant: str, iterations: int, meta_batch: int) -> dict:
     from l2l_pcm.fewshot.maml import MAMLConfig, make_optimizer, train_step
     from l2l_pcm.fewshot.model import init_params
     from l2l_pcm.fewshot.omniglot import load_omniglot, split_background
+
     config = MAMLConfig(variant=variant, meta_batch=meta_batch)
     train_set, _ = split_background(load_omniglot("background"))
     sampler = TaskSampler(train_set, config.ways, config.shots, config.queries, augment_rotations=True)

@@ -15,8 +15,11 @@ from l2l_pcm.chip import (
     ChipConfig,
     ClockConfig,
     ForwardConfig,
+    MVMSpec,
+    WeightStatistics,
     analog_conv,
     analog_dense,
+    analog_mvm,
     deploy,
     hardware_aware,
     hardware_aware_layers,
@@ -221,8 +224,40 @@ def test_nan_inputs_are_counted_and_named_not_passed_silently(key):
     deploy({"fc": jnp.ones((8, 4))}, chip, key)
     outputs = chip.mvm("fc", jnp.ones((3, 8)).at[1, 2].set(jnp.nan), key)
     assert bool(jnp.all(jnp.isnan(outputs[1]))) and bool(jnp.all(jnp.isfinite(outputs[0])))
-    assert chip.counters["fc"]["nonfinite_inputs"] == 1
-    assert any("'fc': 1 input values were NaN" in line for line in chip.saturation_warnings())
+    assert chip.counters["fc"]["nonfinite_reads"] == 1
+    assert any("'fc': 1 input vectors held NaN" in line for line in chip.saturation_warnings())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        MVMSpec(read_noise_rng="counter"),
+        MVMSpec(dac=(8, 1.0, False), read_noise_rng="counter"),
+        MVMSpec(tiles=((0, 4, 0, 4), (4, 4, 0, 4)), adc=(8, 10.0)),
+        MVMSpec(read_noise_mode="per_batch"),
+    ],
+    ids=["ideal", "dac", "tiled_adc", "per_batch"],
+)
+def test_every_read_of_a_nonfinite_input_is_counted_on_every_mvm_path(key, spec):
+    """The ideal path proves finite inputs from finite outputs and counts the inputs only otherwise; inf
+    against all-zero weights (inf·0 = NaN), mixed signs (inf − inf) and behind a DAC must still count."""
+    stats = WeightStatistics(jnp.zeros((8, 4)).at[:, 1].set(1.0).at[:4, 2].set(-1.0), jnp.full((8, 4), 1e-4))
+    inputs = jnp.ones((2, 6, 8)).at[0, 1, 2].set(jnp.inf).at[1, 3, 0].set(-jnp.inf).at[1, 3, 5].set(jnp.nan)
+    inputs = inputs.at[1, 4, 7].set(jnp.nan)
+    for read_key in (key, None):
+        _, counts = jax.jit(analog_mvm, static_argnames="spec")(inputs, stats, read_key, spec=spec)
+        assert int(counts.nonfinite_reads) == 3  # vectors, not values
+        _, counts = analog_mvm(jnp.full((5, 8), 1e18), stats, read_key, spec)  # large but finite
+        assert int(counts.nonfinite_reads) == 0
+
+
+def test_the_noise_generators_log_is_exact_to_float_precision():
+    from l2l_pcm.chip.crossbar import _log_positive
+
+    y = np.geomspace(2.0**-126, 3e38, 200_001).astype(np.float32)
+    exact = np.log(y.astype(np.float64))
+    error = np.abs(np.asarray(_log_positive(jnp.asarray(y))) - exact)
+    assert np.all(error < 2e-6 + 2e-7 * np.abs(exact))  # float32 rounding of the result: |log y| · 6e-8
 
 
 def test_a_chip_file_with_a_clock_that_is_no_time_is_refused(key, tmp_path):

@@ -74,6 +74,7 @@ model config to the run config. Loaders refuse newer files, and
 FEWSHOT_RUN_FIELDS = ("iterations", "validate_every", "validation_tasks", "checkpoint_every", "seed")
 """Run-loop settings a few-shot model config held until format 5."""
 
+
 def format_version(metadata: Mapping) -> int:
     version = metadata.get("format_version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:

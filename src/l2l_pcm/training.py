@@ -188,8 +188,7 @@ def run_folder_lock(out_dir: Path):
     except Timeout:
         holder = owner.read_text().strip() if owner.is_file() else "another process"
         raise L2LPCMError(
-            f"{out_dir} is being written by another l2l-pcm run ({holder}); wait for it to finish, or use "
-            "another --out"
+            f"{out_dir} is being written by another l2l-pcm run ({holder}); wait for it to finish, or use another --out"
         ) from None
     try:
         started = time.strftime("%Y-%m-%d %H:%M:%S")

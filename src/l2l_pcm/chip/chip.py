@@ -57,7 +57,7 @@ COUNTER_NAMES = (
     "adc_conversions",
     "adc_saturated",
     "calibration_vectors",
-    "nonfinite_inputs",
+    "nonfinite_reads",
 )
 
 
@@ -533,7 +533,7 @@ class Chip:
             counters["mvm_vectors"] += vectors
             counters["array_mvms"] += vectors * len(placement.tiles)
             counters["macs"] += vectors * placement.shape[0] * placement.shape[1]
-            counters["nonfinite_inputs"] += int(counts.nonfinite_inputs)
+            counters["nonfinite_reads"] += int(counts.nonfinite_reads)
             if spec.dac is not None:
                 counters["dac_conversions"] += vectors * placement.shape[0]
                 counters["dac_saturated"] += int(counts.dac_saturated)
@@ -608,9 +608,9 @@ class Chip:
         layer that was read with NaN or inf inputs (its outputs are NaN)."""
         lines = []
         for name in self.layers:
-            nonfinite = self.counters[name]["nonfinite_inputs"]
+            nonfinite = self.counters[name]["nonfinite_reads"]
             if nonfinite:
-                lines.append(f"layer '{name}': {nonfinite} input values were NaN or inf; those reads returned NaN")
+                lines.append(f"layer '{name}': {nonfinite} input vectors held NaN or inf; their reads are NaN or inf")
             ranges = self.layer_periphery(name)
             for kind, fraction in self.saturation(name).items():
                 if fraction is not None and fraction > threshold:

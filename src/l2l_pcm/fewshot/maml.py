@@ -197,9 +197,7 @@ class MAMLConfig:
         return parse(cls, data, path)
 
 
-def read_weights(
-    config: MAMLConfig, weights: jax.Array, key: jax.Array, scale: float = 1.0
-) -> jax.Array:
+def read_weights(config: MAMLConfig, weights: jax.Array, key: jax.Array, scale: float = 1.0) -> jax.Array:
     """The weights the forward pass sees under the variant (straight-through gradients); ``scale`` is the
     layer's weight per device unit (``readout_scale`` for the readout, 1 for the conv kernels).
 
@@ -272,9 +270,7 @@ class TaskOutputs(NamedTuple):
     ``pcm`` and ``4bit`` variants store the readout in that range, as the chip does, and count them alike)."""
 
 
-def adapt_task(
-    config: MAMLConfig, readout0, f_support, y_support, f_query, y_query, key, state=None
-):
+def adapt_task(config: MAMLConfig, readout0, f_support, y_support, f_query, y_query, key, state=None):
     """Run the inner loop on one task's features; returns (final query loss, :class:`TaskOutputs`).
 
     ``pcm`` (``state`` from :func:`readout_state`, or programmed for this task if None): the chip's inner
@@ -337,9 +333,7 @@ def read_kernels(config: MAMLConfig, conv_params: dict, key: jax.Array) -> list[
     return [read_weights(config, conv_params[name], k) for name, k in zip(CONV_NAMES, keys, strict=True)]
 
 
-def one_task_outputs(
-    config: MAMLConfig, kernels, readout0, task, key, conv=software_conv, state=None
-):
+def one_task_outputs(config: MAMLConfig, kernels, readout0, task, key, conv=software_conv, state=None):
     """(final query loss, :class:`TaskOutputs`) of one task ``(sx, sy, qx, qy)``."""
     support_x, support_y, query_x, query_y = task
     f_s, f_q = embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)

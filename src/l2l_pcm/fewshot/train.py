@@ -71,7 +71,7 @@ class FewshotTrainConfig:
         data = dict(data)
         model_fields = sorted(set(data) & {field.name for field in dataclasses.fields(MAMLConfig)})
         if model_fields:
-            raise ConfigError(f"{path}: model settings belong in its \"model\" object: {model_fields}")
+            raise ConfigError(f'{path}: model settings belong in its "model" object: {model_fields}')
         if "model" in data:
             data["model"] = MAMLConfig.from_json(data["model"], f"{path}.model")
         return parse(cls, data, path)

@@ -392,6 +392,7 @@ def _simulate(
 def _simulate_fwd(p, spec, mean, variance, xs, keys):
     stats = WeightStatistics(mean, variance)
     offsets = jnp.zeros(xs.shape[:2] + (p.n_rec,), xs.dtype)
+
     def run(x, c):  # the read counts ride along as aux: integers carry no gradient
         z, psi, counts = _scan(p, spec, stats, x, keys, c)
         return (z, psi), counts
