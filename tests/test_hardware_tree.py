@@ -97,7 +97,7 @@ def test_training_age_is_where_the_software_models_read_and_the_chip_is_used(key
     read = {}
     for age in (1.0, 1e7):
         memory = default_memory(robot.with_hardware(clock__training_age_s=age))
-        read[age] = float(jnp.mean(jnp.abs(memory.read_initial(w_stack, key)[0].mean)))
+        read[age] = float(jnp.mean(jnp.abs(memory.read_initial(w_stack, key)[0].stats.mean)))
     assert read[1e7] < 0.95 * read[1.0]
     config = FEWSHOT.with_hardware(clock__training_age_s=120.0)
     assert ChipFewShotLearner(fewshot_params, config, key).chip.now_s == 120.0  # no deployment age: used at it
@@ -130,6 +130,6 @@ def test_drift_compensation_takes_effect_in_the_robots_software_model(key):
     read = {}
     for mode in ("none", "global", "array", "column"):
         memory = default_memory(robot.with_hardware(drift_compensation=mode, clock__training_age_s=1e7))
-        read[mode] = float(jnp.mean(jnp.abs(memory.read_initial(w_stack, key)[0].mean)))
+        read[mode] = float(jnp.mean(jnp.abs(memory.read_initial(w_stack, key)[0].stats.mean)))
     assert read["global"] > 1.1 * read["none"]  # the drift's shrink since programming undone
     assert read["array"] == read["column"] == read["none"]

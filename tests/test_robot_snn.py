@@ -6,6 +6,7 @@ cascade. All networks are tiny and the sequences short.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -265,9 +266,10 @@ def test_pcm_memory_keeps_untouched_devices(key):
     memory = pcm_memory(PCMDevice(), 3600.0)
     w = 0.3 * jax.random.normal(key, (6, 4))
     before, state = memory.read_initial(w, key)
+    before = before.stats
     applied = jnp.zeros((2, 6, 4)).at[0, 1, 2].set(0.125).at[1, 3, 0].set(-0.0625)
     update = WeightUpdate(w + applied, applied, jnp.array([1, 1]))
-    after = memory.read_updated(state, update, jax.random.fold_in(key, 1))
+    after = memory.read_updated(state, update, jax.random.fold_in(key, 1)).stats
     touched = np.asarray(applied != 0)
     # untouched devices keep their state: read 1 s later they have drifted by (3601/3600)^-nu only
     np.testing.assert_allclose(
@@ -276,7 +278,7 @@ def test_pcm_memory_keeps_untouched_devices(key):
     assert not np.allclose(np.asarray(after.mean)[touched], np.asarray(w + applied)[touched])
     assert float(jnp.abs(before.mean - w).max()) > 0  # programming noise and drift
     # straight-through: the update of untouched devices still gets a gradient (as in software)
-    grad = jax.grad(lambda a: memory.read_updated(state, WeightUpdate(w + a, a, None), key).mean.sum())(applied)
+    grad = jax.grad(lambda a: memory.read_updated(state, WeightUpdate(w + a, a, None), key).stats.mean.sum())(applied)
     inside = np.asarray(jnp.abs(w + applied) < 1)
     np.testing.assert_array_equal(np.asarray(grad)[inside], 1.0)
 
@@ -352,12 +354,16 @@ def test_inner_loop_with_chip_memory(key):
             chip.reprogram("trainee", applied, jax.random.fold_in(task_key, task), rounding="nearest")
             stats.append(chip.read_statistics("trainee"))
             chip.restore(deployed)
-        return WeightStatistics(*(jnp.stack(parts) for parts in zip(*stats, strict=True)))
+        stacked = WeightStatistics(*(jnp.stack(parts) for parts in zip(*stats, strict=True)))
+        return dataclasses.replace(chip.layer("trainee"), stats=stacked)
 
-    memory = WeightMemory(lambda w, k: (chip.read_statistics("trainee"), None), read_updated)
+    memory = WeightMemory(lambda w, k: (chip.layer("trainee"), None), read_updated)
+    vectors = chip.counters["trainee"]["mvm_vectors"]
     result = inner_loop(params, targets, key, config, memory=memory, read_key=jax.random.fold_in(key, 3))
     assert result.after.xyz.shape == (3, 40, 3) and bool(jnp.all(jnp.isfinite(result.after.xyz)))
     assert int(result.eprop.update.n_nonzero.sum()) > 0
+    # the chip's layers carry its ledger: both passes' reads are booked there, every task and step
+    assert chip.counters["trainee"]["mvm_vectors"] - vectors == 2 * 3 * 40
 
 
 # ------------------------------------------------------------------------------------ synaptic input

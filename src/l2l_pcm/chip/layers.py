@@ -61,6 +61,14 @@ class AnalogLayer:
         weights = jnp.asarray(weights)
         return cls(WeightStatistics(weights, jnp.zeros_like(weights)), bias)
 
+    def book(self, counts: MVMCounts) -> None:
+        """Book reads of this layer that ran outside :func:`analog_dense` on its chip (nothing for a layer
+        with no chip): code that reads through :func:`~l2l_pcm.chip.analog_mvm` many times inside one
+        compiled loop (a spiking network's time steps) sums the counts and books them once, where a
+        callback per step would cost more than the step. Call it outside ``jit``."""
+        if self.ledger is not None:
+            self.ledger(counts, spec=self.spec)
+
 
 jax.tree_util.register_dataclass(
     AnalogLayer, data_fields=["stats", "bias"], meta_fields=["spec", "kernel_shape", "ledger"]

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_pcm.chip import IDEAL_MVM, ChipConfig, WeightStatistics, chip_for_model, deploy
+from l2l_pcm.chip import AnalogLayer, ChipConfig, WeightStatistics, chip_for_model, deploy
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.robot.eprop import WeightMemory, WeightUpdate
 from l2l_pcm.robot.model import RobotConfig
@@ -78,19 +78,23 @@ class ChipTrainee:
     def devices(self) -> int:
         return self.chip.placements[TRAINEE].devices
 
-    def _masked(self, stats: WeightStatistics) -> WeightStatistics:
-        return WeightStatistics(stats.mean * self.mask, stats.variance * self.mask)
+    def _trainee(self, stats: WeightStatistics | None = None) -> AnalogLayer:
+        """The trainee as the layer API reads it (absent self-connections masked), with ``stats`` if given."""
+        layer = self.chip.layer(TRAINEE)
+        stats = layer.stats if stats is None else stats
+        return dataclasses.replace(layer, stats=WeightStatistics(stats.mean * self.mask, stats.variance * self.mask))
 
     def memory(self) -> WeightMemory:
-        """Reads through the chip; pass 2 re-programs the deployed chip once per task."""
+        """Reads through the chip's layers (their reads are booked on it); pass 2 re-programs the deployed
+        chip once per task."""
 
         def read_initial(w_stack, key):
             self.chip.restore(self._deployed)
-            return self._masked(self.chip.read_statistics(TRAINEE)), None
+            return self._trainee(), None
 
         def read_readout(w_out, key):
             self.chip.restore(self._deployed)
-            return self.chip.read_statistics(READOUT)
+            return self.chip.layer(READOUT)
 
         def read_updated(carry, update: WeightUpdate, key):
             means, variances = [], []
@@ -104,26 +108,11 @@ class ChipTrainee:
                     TRAINEE, applied[task], task_key, rounding="nearest", relative_to="programmed"
                 )
                 self.chip.advance(self.chip.config.update.seconds_between, warn_fixed_age=False)
-                stats = self._masked(self.chip.read_statistics(TRAINEE))
+                stats = self.chip.read_statistics(TRAINEE)
                 means.append(stats.mean)
                 variances.append(stats.variance)
                 self.record.devices_reprogrammed.append(report.devices_touched)
             self.chip.restore(self._deployed)
-            return WeightStatistics(jnp.stack(means), jnp.stack(variances))
+            return self._trainee(WeightStatistics(jnp.stack(means), jnp.stack(variances)))
 
-        on_pcm = self.config.w_out_on_pcm
-        return WeightMemory(
-            read_initial,
-            read_updated,
-            read_readout if on_pcm else None,
-            spec=self.chip.mvm_spec(TRAINEE),
-            readout_spec=self.chip.mvm_spec(READOUT) if on_pcm else IDEAL_MVM,
-        )
-
-    def book_reads(self, result) -> None:
-        """Book what both passes' crossbar reads did (an :class:`~l2l_pcm.robot.eprop.EpropResult` run on
-        :meth:`memory`) on the chip: vectors, converter conversions and clips, non-finite inputs."""
-        spec = self.chip.mvm_spec(TRAINEE)
-        self.chip.book_mvms(TRAINEE, result.before.reads.plus(result.after.reads), spec)
-        if result.readout_reads is not None:
-            self.chip.book_mvms(READOUT, result.readout_reads, self.chip.mvm_spec(READOUT))
+        return WeightMemory(read_initial, read_updated, read_readout if self.config.w_out_on_pcm else None)

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from l2l_pcm.chip import (
     IDEAL_MVM,
+    AnalogLayer,
     MVMCounts,
     MVMSpec,
     WeightStatistics,
@@ -94,24 +95,21 @@ UpdateFn = Callable[[jax.Array, jax.Array, jax.Array], WeightUpdate]
 
 
 class WeightMemory(NamedTuple):
-    """Where the trainee's ``W_stack`` lives and what a crossbar read of it returns.
+    """Where the trainee's ``W_stack`` lives and what a crossbar read of it returns: layers of the chip's
+    layer API (:class:`~l2l_pcm.chip.AnalogLayer`: read statistics, how the reads run, and for a chip the
+    ledger they are booked on).
 
-    ``read_initial(w_stack [n, m], key) -> (WeightStatistics, carry)``: the statistics ([n, m]: one
-    array for all tasks) that pass 1 reads, and whatever the memory needs to write the update later
-    (e.g. the programmed device state). ``read_updated(carry, update: WeightUpdate, key) ->
-    WeightStatistics`` ([B, n, m]) for pass 2 (devices the update does not touch keep their state).
+    ``read_initial(w_stack [n, m], key) -> (AnalogLayer, carry)``: the layer ([n, m]: one array for all
+    tasks) that pass 1 reads, and whatever the memory needs to write the update later (e.g. the programmed
+    device state). ``read_updated(carry, update: WeightUpdate, key) -> AnalogLayer`` ([B, n, m]) for pass 2
+    (devices the update does not touch keep their state).
     """
 
-    read_initial: Callable[[jax.Array, jax.Array], tuple[WeightStatistics, object]]
-    read_updated: Callable[[object, WeightUpdate, jax.Array], WeightStatistics]
-    read_readout: Callable[[jax.Array, jax.Array], WeightStatistics] | None = None
+    read_initial: Callable[[jax.Array, jax.Array], tuple[AnalogLayer, object]]
+    read_updated: Callable[[object, WeightUpdate, jax.Array], AnalogLayer]
+    read_readout: Callable[[jax.Array, jax.Array], AnalogLayer] | None = None
     """``read_readout(w_out [n_rec, n_out], key)``: the trainee's readout on PCM too (the authors' code,
     paper.md §11.3); None = digital readout with exact weights."""
-    spec: MVMSpec = IDEAL_MVM
-    """How the trainee's crossbar runs its reads (tiles, converters, read-noise mode): on a chip,
-    :meth:`l2l_pcm.chip.Chip.mvm_spec` of its layer."""
-    readout_spec: MVMSpec = IDEAL_MVM
-    """The same for the readout on PCM."""
 
 
 class SNNWeights(NamedTuple):
@@ -206,8 +204,8 @@ def software_update(quantize_step: float | None = 1.0 / 16, w_max: float = 1.0, 
 def software_memory(w_max: float = 1.0) -> WeightMemory:
     """Exact weights clipped to ±w_max, no read noise: the software model meta-training runs on by default."""
     return WeightMemory(
-        read_initial=lambda w_stack, key: (software_statistics(clip_straight_through(w_stack, w_max)), None),
-        read_updated=lambda carry, update, key: software_statistics(update.weights),
+        read_initial=lambda w_stack, key: (AnalogLayer.exact(clip_straight_through(w_stack, w_max)), None),
+        read_updated=lambda carry, update, key: AnalogLayer.exact(update.weights),
     )
 
 
@@ -249,11 +247,11 @@ def pcm_memory(
         stats = read_statistics(device, state, time_since_programming_s, drift_compensation)
         return straight_through(weights, stats), state
 
-    def read_initial(w_stack: jax.Array, key: jax.Array) -> tuple[WeightStatistics, tuple]:
+    def read_initial(w_stack: jax.Array, key: jax.Array) -> tuple[AnalogLayer, tuple]:
         stats, state = deployed(w_stack, key)
-        return masked(stats), state
+        return AnalogLayer(masked(stats), None, spec), state
 
-    def read_updated(state, update: WeightUpdate, key: jax.Array) -> WeightStatistics:
+    def read_updated(state, update: WeightUpdate, key: jax.Array) -> AnalogLayer:
         def one_task(applied: jax.Array, task_key: jax.Array) -> WeightStatistics:
             applied = jax.lax.stop_gradient(applied)
             new_state, _ = reprogram_layer(device, task_key, state, applied, time_since_programming_s)
@@ -261,12 +259,12 @@ def pcm_memory(
             return read_statistics(device, new_state, now, drift_compensation)
 
         stats = jax.vmap(one_task)(update.applied, jax.random.split(key, update.applied.shape[0]))
-        return masked(straight_through(update.weights, stats))
+        return AnalogLayer(masked(straight_through(update.weights, stats)), None, spec)
 
-    def read_readout(w_out: jax.Array, key: jax.Array) -> WeightStatistics:
-        return deployed(w_out, key)[0]
+    def read_readout(w_out: jax.Array, key: jax.Array) -> AnalogLayer:
+        return AnalogLayer(deployed(w_out, key)[0], None, spec)
 
-    return WeightMemory(read_initial, read_updated, read_readout if readout_on_pcm else None, spec, spec)
+    return WeightMemory(read_initial, read_updated, read_readout if readout_on_pcm else None)
 
 
 # ----------------------------------------------------------------------------------------- inner loop
@@ -300,7 +298,8 @@ def natural_eprop(
     the authors' reflection of :attr:`l2l_pcm.pcm.PCMDevice.initial_programming`).
     ``update_fn`` defaults to ``software_update(1/16, w_max)``, ``memory`` to :func:`software_memory`.
     ``key`` drives the update and the memory (programming noise); ``read_key`` (None = no read noise)
-    the per-read noise in both trainee passes, which run as ``memory.spec`` says. Pass 1 runs once
+    the per-read noise in both trainee passes, which run as the memory's layers say; reads of a chip's
+    layers are booked on it. Pass 1 runs once
     for all tasks when it is deterministic (shared weights, no read noise).
     """
     if lsg.n_out != trainee.n_rec:
@@ -316,10 +315,10 @@ def natural_eprop(
     raw_stack = stack_weights(trainee_weights.w_in, trainee_weights.w_rec)
     w_stack = clip_straight_through(raw_stack, w_max)
     # the memory sees the weights as meta-trained: how |w| > w_max is written is the device's business
-    stats_before, carry = memory.read_initial(raw_stack, key_before)
-    shared = stats_before.mean.ndim == 2 and read_before is None
+    layer_before, carry = memory.read_initial(raw_stack, key_before)
+    shared = layer_before.stats.mean.ndim == 2 and read_before is None
     clock_batch = jnp.broadcast_to(clock, (1 if shared else batch,) + clock.shape)
-    before = run_snn(trainee, clock_batch, stats_before, read_before, memory.spec)
+    before = run_snn(trainee, clock_batch, layer_before.stats, read_before, layer_before.spec)
 
     lsg_spikes, signal = learning_signals(lsg, lsg_weights, lsg_inputs)
     traces = presynaptic_traces(clock_batch, before.z, trainee.alpha)
@@ -327,15 +326,20 @@ def natural_eprop(
     delta_w = eprop_delta(traces, before.psi, signal, eta, mask)
 
     update = update_fn(w_stack, delta_w, key_update)
-    stats_after = memory.read_updated(carry, update, key_after)
+    layer_after = memory.read_updated(carry, update, key_after)
     clock_all = jnp.broadcast_to(clock, (batch,) + clock.shape)
-    after = run_snn(trainee, clock_all, stats_after, read_after, memory.spec)
-    w_out = trainee_weights.w_out
+    after = run_snn(trainee, clock_all, layer_after.stats, read_after, layer_after.spec)
+    layer_before.book(before.reads)  # on a chip's layers: its counters, converters and energy
+    layer_after.book(after.reads)
+    w_out, readout_spec = trainee_weights.w_out, IDEAL_MVM
     if memory.read_readout is not None:
-        w_out = memory.read_readout(w_out, key_readout)
+        readout_layer = memory.read_readout(w_out, key_readout)
+        w_out, readout_spec = readout_layer.stats, readout_layer.spec
 
-    output_before, reads_before = readout_with_reads(trainee, before.z, w_out, read_out_before, memory.readout_spec)
-    output_after, reads_after = readout_with_reads(trainee, after.z, w_out, read_out_after, memory.readout_spec)
+    output_before, reads_before = readout_with_reads(trainee, before.z, w_out, read_out_before, readout_spec)
+    output_after, reads_after = readout_with_reads(trainee, after.z, w_out, read_out_after, readout_spec)
+    if memory.read_readout is not None:
+        readout_layer.book(reads_before.plus(reads_after))
     return EpropResult(
         before=before,
         after=after,

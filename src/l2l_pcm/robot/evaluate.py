@@ -95,7 +95,6 @@ def evaluate(
         else:
             energy_before = chip.chip.energy_pJ()
             result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.fold_in(key, 1))
-            chip.book_reads(result.eprop)
             devices.extend(chip.record.devices_reprogrammed)
             # the chip's own report: programming, both passes' MVMs (trainee, and W_out on PCM), calibration reads
             energy.append(chip.chip.energy_pJ() - energy_before)

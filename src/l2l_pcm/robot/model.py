@@ -270,9 +270,10 @@ def inner_loop(
 
     ``memory`` says how the trainee's stacked weights are stored and read: None = the training
     model (:func:`default_memory`); evaluation on the chip passes a memory whose ``read_initial``
-    returns the chip's read statistics and whose ``read_updated`` re-programs a copy of the chip per
-    task with ``update.applied`` and returns the stacked per-task statistics; ``read_key`` then adds
-    per-read noise (run as the memory's ``spec`` says: the chip's tiles, converters, noise mode). Pass 1 is returned
+    returns the chip's layer (:meth:`l2l_pcm.chip.Chip.layer`) and whose ``read_updated`` re-programs a copy
+    of the chip per task with ``update.applied`` and returns the layer with the stacked per-task statistics;
+    ``read_key`` then adds per-read noise (run as the layers' specs say: the chip's tiles, converters, noise
+    mode), and the reads are booked on the chip. Pass 1 is returned
     broadcast to the batch.
     """
     trainee, lsg = _split(params)
