@@ -978,12 +978,13 @@ def unknown_subcommand_option(files, mp):
 
 @case(
     "chip-only hardware setting with the software backend",
-    r"the hardware's adc_bits applies to the chip only .* add --backend chip",
+    r"hardware.forward.adc_bits applies to the chip only .* evaluate on the chip, or keep the model's \(None\)",
     needs_data=True,
 )
 def hardware_adc_on_software(files, mp):
     (files.root / "hw.json").write_text('{"forward": {"adc_bits": 8}}')
-    yield ["fewshot", "eval", "--backend", "software", "--hardware", str(files.root / "hw.json"), "--tasks", "2"]
+    hardware = str(files.root / "hw.json")
+    yield ["fewshot", "eval", "--backend", "software", "--precision", "pcm", "--hardware", hardware, "--tasks", "2"]
 
 
 @case("unknown hardware field", r"hw.json.forward: unknown ForwardConfig fields \['adc_bitz'\] \(did you mean")

@@ -436,8 +436,8 @@ def test_software_eval_refuses_read_noise_settings_it_cannot_apply(tmp_path, cap
     hardware = tmp_path / "hw.json"
     hardware.write_text(json.dumps({"forward": {"read_noise_mode": "per_batch"}}))
     base = ["fewshot", "eval", "--checkpoint", str(path), "--tasks", "2", "--queries", "2", "--data-dir", str(SHARED)]
-    assert main([*base, "--backend", "software", "--hardware", str(hardware)]) == 2
-    assert "read_noise_mode applies to the chip only" in capsys.readouterr().err
+    assert main([*base, "--backend", "software", "--precision", "pcm", "--hardware", str(hardware)]) == 2
+    assert "hardware.forward.read_noise_mode applies to the chip only" in capsys.readouterr().err
     assert main([*base, "--backend", "chip", "--hardware", str(hardware), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["provenance"]["hardware"]["forward"]["read_noise_mode"] == "per_batch"
     hardware.write_text(json.dumps({"forward": {"read_noise_rng": "threefry"}}))

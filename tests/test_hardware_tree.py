@@ -133,3 +133,39 @@ def test_drift_compensation_takes_effect_in_the_robots_software_model(key):
         read[mode] = float(jnp.mean(jnp.abs(memory.read_initial(w_stack, key)[0].stats.mean)))
     assert read["global"] > 1.1 * read["none"]  # the drift's shrink since programming undone
     assert read["array"] == read["column"] == read["none"]
+
+
+def test_software_models_refuse_a_tree_whose_chip_only_settings_they_would_ignore():
+    """Python refuses what the CLI refuses: another device reaches the software models; converters,
+    compensation or a deployment age would not, so they are errors, not silently dropped."""
+    from l2l_pcm.fewshot.evaluate import evaluate_software
+    from l2l_pcm.fewshot.maml import MAMLConfig
+    from l2l_pcm.robot.evaluate import evaluate
+    from l2l_pcm.robot.model import RobotConfig
+
+    fewshot, robot = MAMLConfig(variant="pcm"), RobotConfig(hardware_aware=True)
+    for config, run in (
+        (fewshot, lambda hardware: evaluate_software(None, fewshot, None, 2, "pcm", hardware=hardware)),
+        (robot, lambda hardware: evaluate(None, robot, "software", 2, precision="pcm", chip_config=hardware)),
+    ):
+        for setting, value in (
+            ("forward.adc_bits", 8),
+            ("drift_compensation", "array"),
+            ("clock.deployment_age_s", 60.0),
+            ("arrays.rows", 128),
+        ):
+            with pytest.raises(ConfigError, match=f"hardware.{setting} applies to the chip only"):
+                run(config.hardware.with_settings({setting: value}))
+    with pytest.raises(ConfigError, match="hardware.forward.read_noise_mode applies to the chip only"):
+        evaluate_software(
+            None,
+            fewshot,
+            None,
+            2,
+            "pcm",
+            hardware=fewshot.hardware.with_settings({"forward.read_noise_mode": "per_batch"}),
+        )
+    other_device = fewshot.hardware.with_settings({"device": "hermes"})
+    assert fewshot.hardware.for_software_model(other_device) == other_device  # the software model applies it
+    with pytest.raises(ConfigError, match="fp32 software model has no devices"):
+        evaluate_software(None, fewshot, None, 2, "fp32", hardware=other_device)

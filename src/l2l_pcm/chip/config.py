@@ -237,6 +237,29 @@ class ChipConfig:
         read-noise mode and generator (converters are the chip's alone)."""
         return MVMSpec(read_noise_mode=self.forward.read_noise_mode, read_noise_rng=self.forward.read_noise_rng)
 
+    def for_software_model(self, requested: ChipConfig, reads_per_vector: bool = True) -> ChipConfig:
+        """``requested`` (a tree to evaluate a model of this tree with), checked for a software model: it
+        applies the device, the update rule, the training age and the read-noise generator (and the
+        read-noise mode when it reads ``per_vector``), and nothing of the rest, which only a chip has.
+        A change there would be silently ignored, so it is refused, naming the setting."""
+        only_chip = [f"{section}.{field.name}" for section in ("arrays", "energy") for field in _fields(self, section)]
+        only_chip += ["forward.dac_bits", "forward.dac_range", "forward.adc_bits", "forward.adc_range"]
+        only_chip += ["drift_compensation", "clock.deployment_age_s"]
+        if not reads_per_vector:
+            only_chip.append("forward.read_noise_mode")
+        for dotted in only_chip:
+            section, _, name = dotted.partition(".")
+            ours, theirs = getattr(self, section), getattr(requested, section)
+            if name:
+                ours, theirs = getattr(ours, name), getattr(theirs, name)
+            if ours != theirs:
+                raise ConfigError(
+                    f"hardware.{dotted} applies to the chip only (the software model has no arrays, converters, "
+                    f"drift compensation, energy model or deployment clock): evaluate on the chip, or keep the "
+                    f"model's ({ours!r})"
+                )
+        return requested
+
     @classmethod
     def from_json(cls, data: Mapping, path: str = "hardware") -> ChipConfig:
         """From a JSON object of this tree (missing fields keep their defaults; ``device`` may be a profile
@@ -257,6 +280,10 @@ class ChipConfig:
             if "device" in data:
                 data["device"] = device_from_json(data["device"], f"{path}.device")
         return parse(cls, data, path)
+
+
+def _fields(tree: ChipConfig, section: str) -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(getattr(tree, section))
 
 
 FLAT_HOMES = {

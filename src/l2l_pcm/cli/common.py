@@ -43,28 +43,11 @@ def command_hardware(args: argparse.Namespace, current):
     return hardware.with_settings(settings) if settings else hardware
 
 
-def refuse_chip_only_flags(args: argparse.Namespace, hardware, software_mvms: bool = True) -> None:
-    """Flags and hardware settings that change only the chip are errors with the software backend (they
-    could not take effect): the software models have no converters and no drift compensation, and the
-    few-shot one (``software_mvms=False``) reads its conv body once per meta-batch and its readout per
-    vector whatever the read-noise mode says, so the mode does not apply to it either (its generator does).
-    (A checkpoint's own chip settings are its deployment's; only what the user asks for is refused.)"""
+def refuse_chip_only_flags(args: argparse.Namespace) -> None:
+    """Flags that change only the chip are errors with the software backend (they could not take effect).
+    Settings of a ``--hardware`` file are checked by the library (``ChipConfig.for_software_model``)."""
     if args.backend == "chip":
         return
-    asked = getattr(args, "hardware", None) is not None
-    default = type(hardware.forward)()
-    mvm_fields = () if software_mvms else ("read_noise_mode",)
-    for field, value in (
-        ("dac_bits", asked and hardware.forward.dac_bits),
-        ("adc_bits", asked and hardware.forward.adc_bits),
-        ("drift_compensation", asked and hardware.drift_compensation != "none" and not args.drift_compensation),
-        *((name, asked and getattr(hardware.forward, name) != getattr(default, name)) for name in mvm_fields),
-    ):
-        if value:
-            raise L2LPCMError(
-                f"the hardware's {field} applies to the chip only (the software model has no converters, "
-                "drift compensation or MVM read noise); add --backend chip or leave it out"
-            )
     for flag, given in (
         ("--time-since-programming", args.time_since_programming is not None),
         ("--drift-compensation", args.drift_compensation),

@@ -95,7 +95,8 @@ def _load_fewshot(args: argparse.Namespace):
             f"so shots + queries must be <= 20"
         )
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    config = dataclasses.replace(config, hardware=command_hardware(args, config.hardware))
+    if getattr(args, "backend", "chip") == "chip":  # the software model takes it as evaluate_software(hardware=)
+        config = dataclasses.replace(config, hardware=command_hardware(args, config.hardware))
     if args.alphabets == "validation":  # the meta-training run's held-out background alphabets
         images = split_background(load_omniglot("background", args.data_dir))[1]
     else:
@@ -124,7 +125,7 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
 
     params, config, _, images = _load_fewshot(args)
-    refuse_chip_only_flags(args, config.hardware, software_mvms=False)
+    refuse_chip_only_flags(args)
     precision = command_precision(args, "fp32")
     variant = config.variant if precision == "trained" else precision
     _refuse_what_fp32_ignores(args, variant)
@@ -139,7 +140,9 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
             progress=not args.json,
         )
     else:
-        result = evaluate_software(params, config, images, args.tasks, precision, args.queries, args.seed)
+        hardware = command_hardware(args, config.hardware)
+        result = evaluate_software(params, config, images, args.tasks, precision, args.queries, args.seed, hardware)
+        config = dataclasses.replace(config, hardware=hardware)
     hardware_used = None if args.backend == "software" and variant == "fp32" else config.hardware  # what took effect
     result["provenance"] = command_provenance(
         args, hardware_used, backend=args.backend, precision=precision if args.backend == "software" else None

@@ -68,10 +68,14 @@ def _robot_eval(args: argparse.Namespace) -> None:
     from l2l_pcm.robot.train import load_robot_checkpoint
 
     params, config, _ = load_robot_checkpoint(checkpoint_path(args))
+    refuse_chip_only_flags(args)
     model = _robot_overrides(args, config.model)
-    refuse_chip_only_flags(args, model.hardware)
     precision = command_precision(args, "trained")
-    result = evaluate(params, model, args.backend, args.tasks, args.seed, precision)
+    if args.backend == "software":  # it checks the tree it is given against the model's (for_software_model)
+        software = dataclasses.replace(model, hardware=config.model.hardware)
+        result = evaluate(params, software, "software", args.tasks, args.seed, precision, model.hardware)
+    else:
+        result = evaluate(params, model, "chip", args.tasks, args.seed, precision)
     result["provenance"] = command_provenance(
         args, model.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
     )

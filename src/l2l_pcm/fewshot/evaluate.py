@@ -80,18 +80,29 @@ def evaluate_software(
     precision: str = "fp32",
     queries: int = 15,
     seed: int = 0,
+    hardware: ChipConfig | None = None,
 ) -> dict:
     """Accuracy per inner step in software; ``precision`` is "fp32", "4bit", "pcm" (software PCM model) or
     "trained" (the variant the checkpoint was meta-trained with). The device is the config's hardware's,
     read at its training age; a deployment age (``hardware.clock.deployment_age_s``) is the chip's and is
-    refused here rather than ignored."""
+    refused here rather than ignored. ``hardware``: another tree to evaluate the model with (e.g. another
+    device); what only a chip applies (converters, compensation, read-noise mode…) may not differ from
+    the model's (:meth:`~l2l_pcm.chip.ChipConfig.for_software_model`), and the fp32 model, which has no
+    devices, takes none."""
+    if precision == "trained":
+        precision = config.variant
+    if hardware is not None and hardware != config.hardware:
+        if precision == "fp32":
+            raise ConfigError(
+                "the fp32 software model has no devices: a hardware tree other than the model's does not "
+                "apply to it (evaluate with precision pcm or 4bit, or on the chip)"
+            )
+        config = dataclasses.replace(config, hardware=config.hardware.for_software_model(hardware, False))
     if config.hardware.clock.deployment_age_s is not None:
         raise ConfigError(
             "hardware.clock.deployment_age_s applies to the chip only: the software model reads at "
             "clock.training_age_s (evaluate with the chip, or leave the deployment age unset)"
         )
-    if precision == "trained":
-        precision = config.variant
     if precision not in VARIANTS:
         raise ConfigError(f"precision must be 'trained' or one of {VARIANTS}, got {precision!r}")
     _check_request(params, config, tasks)

@@ -62,10 +62,20 @@ def evaluate(
     ``backend="software"``: ``precision`` "fp32" (exact weights), "pcm" (the statistical PCM model of
     hardware-aware training) or "trained" (whichever of the two the checkpoint was meta-trained with: a
     network meta-trained with drift in the loop expects drifted weights). ``backend="chip"``: the
-    trainee's weights on the emulated chip.
+    trainee's weights on the emulated chip. ``chip_config``: the hardware tree to run with instead of the
+    model's; on the software backend only what its model applies may differ (the device, update rule,
+    training age, read noise: :meth:`~l2l_pcm.chip.ChipConfig.for_software_model`), and the fp32 model,
+    which has no devices, takes none.
     """
     if precision == "trained":
         precision = "pcm" if config.hardware_aware else "fp32"
+    if backend == "software" and chip_config is not None and chip_config != config.hardware:
+        if precision == "fp32":
+            raise ConfigError(
+                "the fp32 software model has no devices: a hardware tree other than the model's does not "
+                "apply to it (evaluate with precision pcm, or on the chip)"
+            )
+        config = dataclasses.replace(config, hardware=config.hardware.for_software_model(chip_config))
     check_task_count(tasks)
     if backend not in ("software", "chip"):
         raise ConfigError(f"backend must be 'software' or 'chip', got {backend!r}")
