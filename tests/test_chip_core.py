@@ -334,3 +334,31 @@ def test_one_checkpoint_migration_says_what_older_formats_meant():
             migrated_config({"format_version": version, "config": {}})
     with pytest.raises(CheckpointError, match="JSON object"):
         migrated_config({"format_version": 4, "config": [1, 2]})
+
+
+def test_tiles_of_one_size_run_as_one_product_with_the_same_result(key):
+    """The tiled MVM groups tiles by size (one batched product each); tiles of two sizes (301 rows = 151 + 150) and per-task statistics (tile by tile) must give what every tile read on its own gives."""
+    from l2l_pcm.chip.crossbar import _tiles_one_by_one
+
+    chip = Chip(ChipConfig(arrays=ArraysConfig(count=8), forward=ForwardConfig(adc_bits=8, adc_range=1.5)))
+    chip.place_dense("fc", (301, 300))
+    chip.program("fc", 0.1 * jax.random.normal(key, (301, 300)), key)
+    chip.advance(3600.0)
+    spec, stats = chip.mvm_spec("fc"), chip.read_statistics("fc")
+    assert len({(rows, cols) for _, rows, _, cols in spec.tiles}) > 1
+    inputs = jax.random.uniform(key, (4000, 301))
+    grouped, counts = analog_mvm(inputs, stats, None, spec)
+    one_by_one, reference = _tiles_one_by_one(
+        inputs, stats, None, spec, lambda adc, nf: (adc, nf), counts.nonfinite_reads
+    )
+    step = 1.5 / 127  # one ADC code: a sum in another order may land on the other side of a rounding edge
+    difference = np.abs(np.asarray(grouped) - np.asarray(one_by_one))
+    assert difference.max() < 2.01 * step and np.mean(difference > 1e-5) < 1e-4
+    assert int(counts.adc_saturated) == int(reference[0]) > 0
+    noisy = np.asarray(analog_mvm(inputs, stats, key, spec)[0]) - np.asarray(grouped)
+    reference_noise = np.asarray(_tiles_one_by_one(inputs, stats, key, spec, lambda *c: c, 0)[0]) - np.asarray(grouped)
+    assert noisy.std() == pytest.approx(reference_noise.std(), rel=0.02)
+    per_task = WeightStatistics(jnp.stack([stats.mean, -stats.mean]), jnp.stack([stats.variance, stats.variance]))
+    both = analog_mvm(jnp.stack([inputs[:8], inputs[:8]]), per_task, None, spec)[0]
+    np.testing.assert_allclose(np.asarray(both[0]), np.asarray(one_by_one[:8]), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(both[1] + both[0]).max()) < 1.01 * step  # the other task's layer: its own weights
