@@ -337,7 +337,8 @@ def test_one_checkpoint_migration_says_what_older_formats_meant():
 
 
 def test_tiles_of_one_size_run_as_one_product_with_the_same_result(key):
-    """The tiled MVM groups tiles by size (one batched product each); tiles of two sizes (301 rows = 151 + 150) and per-task statistics (tile by tile) must give what every tile read on its own gives."""
+    """The tiled MVM groups tiles by size (one batched product each). Tiles of two sizes (301 rows = 151 +
+    150) and per-task statistics (tile by tile) must give what every tile read on its own gives."""
     from l2l_pcm.chip.crossbar import _tiles_one_by_one
 
     chip = Chip(ChipConfig(arrays=ArraysConfig(count=8), forward=ForwardConfig(adc_bits=8, adc_range=1.5)))
