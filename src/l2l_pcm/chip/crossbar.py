@@ -243,9 +243,12 @@ def analog_matmul(
         return product(inputs, weight_sample(stats, key, rng))
     normal = jax.random.normal if rng == "threefry" else counter_normal
     outputs = product(inputs, stats.mean)
-    # the floor keeps the gradient finite where no input is active (sqrt'(0) = inf)
-    std = jnp.sqrt(jnp.maximum(product(inputs * inputs, stats.variance), 1e-30))
-    return outputs + std * normal(key, outputs.shape, dtype=outputs.dtype)
+    xi = normal(key, outputs.shape, dtype=outputs.dtype)
+    # σ·ξ as copysign(√(σ²ξ²), ξ): the square root last, so XLA, which copies cheap element-wise work into
+    # every consumer but not a square root, draws the normals once where the outputs have several consumers
+    # (an ADC's quantizer and its clip count). The floor keeps the gradient finite where no input is active.
+    noise = jnp.sqrt(jnp.maximum(product(inputs * inputs, stats.variance) * (xi * xi), 1e-30))
+    return outputs + jnp.copysign(noise, xi)
 
 
 def uniform_quantize(values: jax.Array, bits: int, full_scale: float, unsigned: bool = False) -> jax.Array:
