@@ -10,7 +10,7 @@ import os
 import warnings
 import weakref
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,14 @@ from l2l_pcm.chip.crossbar import (
     read_statistics,
     reprogram_layer,
 )
-from l2l_pcm.chip.layers import AnalogLayer, conv_kernel_to_matrix, image_patches, weight_scale
+from l2l_pcm.chip.layers import (
+    AnalogLayer,
+    Padding,
+    conv_kernel_to_matrix,
+    image_patches,
+    recording_inputs,
+    weight_scale,
+)
 from l2l_pcm.chip.layout import ArraySpace, LayerPlacement, place_layer
 from l2l_pcm.errors import CheckpointError, ConfigError, FixedAgeWarning
 from l2l_pcm.pcm import PCMDevice, quantize
@@ -593,6 +600,25 @@ class Chip:
         adc_range = max(peaks) * headroom
         return self.set_periphery(name, dac_range or 1.0, adc_range or 1.0, unsigned)
 
+    def calibrate_from(self, forward: Callable[[], object], headroom: float = 1.0) -> dict[str, Periphery]:
+        """Set the converter ranges of every layer that ``forward()`` reads through the layer API, from the
+        inputs it gives them (:meth:`calibrate`, conv layers with their patches): one call for a whole
+        network, e.g. ``chip.calibrate_from(lambda: model(sample_images))``. ``forward`` runs once on sample
+        data, compiled here (``vmap`` inside is fine; a function it calls that was jitted before records
+        nothing); its reads are not booked (a chip calibrates at deployment)."""
+        with recording_inputs() as recorded:
+            jax.block_until_ready(jax.jit(lambda: forward())())  # traced afresh: compiled, not op by op
+        if not recorded:
+            raise ConfigError(
+                "calibrate_from: forward() read no layer of this chip through analog_dense/analog_conv "
+                "(a function jitted before the call is not traced again: call the model itself, not a jitted copy)"
+            )
+        return {
+            name: self.calibrate(name, np.concatenate([x.reshape(-1, x.shape[-1]) for x in inputs]), headroom)
+            for name, inputs in recorded.items()
+            if name in self.layers
+        }
+
     def saturation(self, name: str) -> dict[str, float | None]:
         """Fractions of DAC and ADC conversions of a layer that were clipped (None: no converter)."""
         counters = self.counters[self._placement(name).name]
@@ -621,7 +647,9 @@ class Chip:
                     )
         return lines
 
-    def conv2d(self, name: str, images, key: jax.Array | None, stride: int = 2, padding: int = 1) -> jax.Array:
+    def conv2d(
+        self, name: str, images, key: jax.Array | None, stride: int | tuple[int, int] = 2, padding: Padding = 1
+    ) -> jax.Array:
         """Convolution of NHWC ``images`` with a conv layer on the chip, as im2col patches through :meth:`mvm`."""
         placement = self._placement(name)
         if placement.kind != "conv":

@@ -16,6 +16,8 @@ against the same physics, :func:`hardware_aware` (weights, one read per call) an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from l2l_pcm.chip.config import CALIBRATION_VECTORS, ChipConfig, ClockConfig, ForwardConfig
 from l2l_pcm.chip.crossbar import (
@@ -80,17 +83,48 @@ def analog_dense(layer: AnalogLayer, inputs: jax.Array, key: jax.Array | None) -
     expectation), ADC per tile, digital sum of the tiles and bias. Gradients flow to ``inputs`` and to
     ``layer.stats.mean`` (converters straight-through). A layer from :meth:`Chip.layer` books the read on
     its chip when it runs (``jax.debug.callback``; inside ``vmap`` once per element)."""
+    recorder = _RECORDER.get()
+    if recorder is not None and layer.ledger is not None:  # Chip.calibrate_from: record, inside vmap too
+        jax.debug.callback(functools.partial(_record, recorder, layer.ledger.name), inputs)
     outputs, counts = analog_mvm(inputs, layer.stats, key, layer.spec)
-    if layer.ledger is not None:
+    if layer.ledger is not None and recorder is None:
         jax.debug.callback(functools.partial(layer.ledger, spec=layer.spec), counts)
     return outputs if layer.bias is None else outputs + layer.bias
 
 
+_RECORDER: contextvars.ContextVar[dict[str, list[np.ndarray]] | None] = contextvars.ContextVar(
+    "l2l_pcm_layer_inputs", default=None
+)
+
+
+def _record(recorder: dict[str, list[np.ndarray]], name: str, inputs) -> None:
+    recorder.setdefault(name, []).append(np.asarray(inputs))
+
+
+@contextlib.contextmanager
+def recording_inputs():
+    """Within it, reads through :func:`analog_dense` of chip layers traced here (eager, ``vmap``, or a ``jit``
+    first traced here) record their inputs by layer name and are not booked: what
+    :meth:`~l2l_pcm.chip.Chip.calibrate_from` sets converter ranges from."""
+    recorded: dict[str, list[np.ndarray]] = {}
+    token = _RECORDER.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _RECORDER.reset(token)
+
+
 def analog_conv(
-    layer: AnalogLayer, images: jax.Array, key: jax.Array | None, *, stride: int, padding: int
+    layer: AnalogLayer,
+    images: jax.Array,
+    key: jax.Array | None,
+    *,
+    stride: int | tuple[int, int],
+    padding: Padding,
 ) -> jax.Array:
     """Convolution of NHWC ``images`` with a conv layer (placed with ``place_conv``): im2col patches
-    through :func:`analog_dense`."""
+    through :func:`analog_dense`. ``padding``: an int, ``((top, bottom), (left, right))``, "SAME" or "VALID"
+    (:data:`Padding`, as ``jax.lax.conv_general_dilated``)."""
     if layer.kernel_shape is None:
         raise ConfigError("analog_conv needs a conv layer (placed with place_conv); this one is dense")
     kh, kw, c_in, _ = layer.kernel_shape
@@ -299,20 +333,72 @@ def conv_kernel_to_matrix(kernel: jax.Array) -> jax.Array:
     return kernel.reshape(kh * kw * c_in, c_out)
 
 
-def image_patches(images: jax.Array, window: tuple[int, int], stride: int, padding: int) -> jax.Array:
+Padding = int | str | tuple[tuple[int, int], tuple[int, int]]
+"""A conv's padding: an int (that many zeros on every side), ``((top, bottom), (left, right))``, or
+"SAME" / "VALID" as in ``jax.lax.conv_general_dilated`` (and Flax): "SAME" pads ``k − 1`` in total at
+stride 1 and, at stride s, so that the output has ``ceil(H / s)`` rows, the odd zero at the bottom/right."""
+
+
+def conv_padding(
+    padding: Padding, size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``padding`` as explicit ``((top, bottom), (left, right))`` for images of ``size`` (H, W)."""
+    if isinstance(padding, str):
+        if padding.upper() == "VALID":
+            return ((0, 0), (0, 0))
+        if padding.upper() != "SAME":
+            raise ConfigError(
+                f"padding must be an int, ((top, bottom), (left, right)), 'SAME' or 'VALID', got {padding!r}"
+            )
+        pads = []
+        for length, k, s in zip(size, window, stride, strict=True):
+            total = max((-(-length // s) - 1) * s + k - length, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pairs = ((padding, padding), (padding, padding))
+    else:
+        try:
+            pairs = tuple((int(lo), int(hi)) for lo, hi in padding)
+        except (TypeError, ValueError):
+            pairs = ()
+        if len(pairs) != 2:
+            raise ConfigError(
+                f"padding must be an int, ((top, bottom), (left, right)), 'SAME' or 'VALID', got {padding!r}"
+            )
+    if any(side < 0 for pair in pairs for side in pair):
+        raise ConfigError(f"padding must not be negative, got {padding!r}")
+    return pairs
+
+
+def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
+    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ConfigError(f"{what} must be a positive int or a pair of them, got {value!r}")
+    return values
+
+
+def image_patches(
+    images: jax.Array, window: tuple[int, int], stride: int | tuple[int, int], padding: Padding
+) -> jax.Array:
     """im2col: NHWC images → [N, H_out, W_out, kh·kw·C] patches (window position-major, then channel).
+    ``stride`` an int or (sh, sw); ``padding`` see :data:`Padding`.
 
     Built from ``kh·kw`` strided slices of the padded images: on XLA:CPU this and one matmul run a
     stride-2 conv forward and backward 1.4× faster than ``lax.conv_general_dilated`` and 3× faster than
     ``lax.conv_general_dilated_patches`` (measured at 1,600 28×28 images, 56 channels).
     """
     kh, kw = window
+    sh, sw = _pair(stride, "stride")
     _, height, width, _ = images.shape
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    h_out = (height + 2 * padding - kh) // stride + 1
-    w_out = (width + 2 * padding - kw) // stride + 1
+    (top, bottom), (left, right) = conv_padding(padding, (height, width), window, (sh, sw))
+    padded = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    h_out = (height + top + bottom - kh) // sh + 1
+    w_out = (width + left + right - kw) // sw + 1
+    if h_out < 1 or w_out < 1:
+        raise ConfigError(f"a {kh}x{kw} window does not fit {height}x{width} images with padding {padding!r}")
     slices = [
-        padded[:, dy : dy + stride * (h_out - 1) + 1 : stride, dx : dx + stride * (w_out - 1) + 1 : stride, :]
+        padded[:, dy : dy + sh * (h_out - 1) + 1 : sh, dx : dx + sw * (w_out - 1) + 1 : sw, :]
         for dy in range(kh)
         for dx in range(kw)
     ]

@@ -1,0 +1,172 @@
+"""Your Flax NNX model on the chip, unchanged: its ``nnx.Linear`` and ``nnx.Conv`` layers read through chip layers.
+
+::
+
+    onchip = to_chip(model, chip, key)              # place and program every Linear/Conv (biases digital)
+    onchip.calibrate(lambda m: m(x))                # converter ranges from sample data, if the chip has any
+    chip.advance(3600.0)
+    model_now = onchip.read(nnx.Rngs(read=1))       # a copy whose layers read as the chip holds them now
+    y = nnx.jit(lambda m, x: m(x))(model_now, x)    # fresh read noise at every call (no Rngs: noise-free)
+
+Flax's kernels are already (in, out) and HWIO, as the chip's; what needs care is the padding: Flax's "SAME" at
+stride 2 pads (0, 1), which :func:`~l2l_pcm.chip.analog_conv` reproduces exactly. Other layers (norms,
+embeddings, attention's ``LinearGeneral``) stay digital and are listed in :attr:`OnChip.digital_layers`;
+transposed, dilated, grouped, masked and non-2-D convolutions are refused rather than run in software.
+``hardware_aware(model, hardware, key)`` gives a copy for hardware-aware training (use it inside the loss:
+gradients reach the model's own kernels straight through). Needs the ``flax`` extra
+(``pip install l2l-pcm[frameworks]``).
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from l2l_pcm.chip import AnalogLayer, Chip, ChipConfig, analog_conv, analog_dense, deploy, hardware_aware_layers
+from l2l_pcm.errors import ConfigError
+
+
+class ChipRead(nnx.Variable):
+    """An :class:`~l2l_pcm.chip.AnalogLayer` held by a module: what the chip returns for a layer now."""
+
+
+class AnalogLinear(nnx.Module):
+    """An ``nnx.Linear`` read through a chip layer: ``x [..., in] -> [..., out]``."""
+
+    def __init__(self, layer: AnalogLayer, rngs: nnx.Rngs | None = None) -> None:
+        self.layer = ChipRead(layer)
+        self.rngs = rngs
+
+    def _key(self) -> jax.Array | None:
+        return None if self.rngs is None else self.rngs.read()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return analog_dense(self.layer.get_value(), x, self._key())
+
+
+class AnalogConv(AnalogLinear):
+    """An ``nnx.Conv`` (2-D) read through a chip conv layer, on ``[..., H, W, C]`` images as Flax takes them."""
+
+    def __init__(self, layer: AnalogLayer, strides, padding, rngs: nnx.Rngs | None = None) -> None:
+        super().__init__(layer, rngs)
+        self.strides, self.padding = strides, padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        images = x.reshape((-1, *x.shape[-3:]))
+        out = analog_conv(self.layer.get_value(), images, self._key(), stride=self.strides, padding=self.padding)
+        return out.reshape((*x.shape[:-3], *out.shape[1:]))
+
+
+def _padding(node: nnx.Conv, name: str):
+    padding = node.padding
+    if isinstance(padding, str):
+        if padding.upper() in ("SAME", "VALID"):
+            return padding.upper()
+        raise ConfigError(f"layer {name}: padding {padding!r} is not supported on the chip ('SAME', 'VALID', numbers)")
+    if isinstance(padding, int):
+        return padding
+    pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    return tuple(pairs)
+
+
+def _chip_layers(model) -> tuple[dict[str, tuple], list[str]]:
+    """Layer name -> (graph path, module) of every Linear and 2-D Conv; names of layers left digital."""
+    found, digital = {}, []
+    for path, node in nnx.iter_graph(model):
+        name = "_".join(str(part) for part in path) or "layer"
+        if isinstance(node, nnx.ConvTranspose) or (isinstance(node, nnx.Conv) and len(node.kernel_size) != 2):
+            raise ConfigError(
+                f"layer {name}: {type(node).__name__} is not supported on the chip (Linear and 2-D Conv are)"
+            )
+        if isinstance(node, nnx.Conv):
+            ones = (None, 1, (1, 1))
+            if node.feature_group_count != 1 or node.input_dilation not in ones or node.kernel_dilation not in ones:
+                raise ConfigError(f"layer {name}: grouped or dilated convolutions are not supported on the chip")
+            if node.mask is not None:
+                raise ConfigError(f"layer {name}: a masked convolution is not supported on the chip")
+            found[name] = (path, node)
+        elif isinstance(node, nnx.Linear):
+            found[name] = (path, node)
+        elif isinstance(node, (nnx.LinearGeneral, nnx.Einsum)):
+            digital.append(name)
+    if not found:
+        raise ConfigError("the model has no nnx.Linear or nnx.Conv layer to put on the chip")
+    return found, digital
+
+
+def _chip_weights(node) -> tuple[jax.Array, jax.Array | None]:
+    bias = None if node.bias is None else node.bias.get_value()
+    return node.kernel.get_value(), bias
+
+
+def _replaced(model, found: dict[str, tuple], layers: dict[str, AnalogLayer], rngs: nnx.Rngs | None):
+    copy = nnx.clone(model)
+    for name, (path, node) in found.items():
+        if isinstance(node, nnx.Conv):
+            strides = 1 if node.strides is None else node.strides
+            analog = AnalogConv(layers[name], strides, _padding(node, name), rngs)
+        else:
+            analog = AnalogLinear(layers[name], rngs)
+        parent = copy
+        for part in path[:-1]:
+            parent = parent[part] if isinstance(part, int) else getattr(parent, part)
+        if isinstance(path[-1], int):
+            parent[path[-1]] = analog
+        else:
+            setattr(parent, path[-1], analog)
+    return copy
+
+
+class OnChip:
+    """A Flax NNX model programmed on a chip (:func:`to_chip`); :meth:`read` gives it back as read now."""
+
+    def __init__(self, model, chip: Chip, found: dict[str, tuple], digital: list[str]) -> None:
+        self.model, self.chip, self._found = model, chip, found
+        self.digital_layers = digital
+        """Dense layers of the model that are not ``nnx.Linear`` and run digitally (e.g. attention's)."""
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The chip layer of every Linear/Conv, in the model's order."""
+        return list(self._found)
+
+    def read(self, rngs: nnx.Rngs | None = None):
+        """A copy of the model whose layers read as the chip holds them now (call again after
+        ``chip.advance``); reads are booked on the chip. ``rngs``: the stream ``read`` draws a fresh
+        read-noise key per call (None: the noise-free expectation)."""
+        return _replaced(self.model, self._found, {name: self.chip.layer(name) for name in self._found}, rngs)
+
+    def calibrate(self, forward, headroom: float = 1.0) -> None:
+        """Converter ranges from sample data: ``forward(model)`` runs the model read now, eagerly, once
+        (e.g. ``lambda m: m(x)``); see :meth:`~l2l_pcm.chip.Chip.calibrate_from`."""
+        model = self.read()
+        self.chip.calibrate_from(lambda: forward(model), headroom)
+
+
+def to_chip(model, chip: Chip, key: jax.Array, *, scaling="layer", reference_age_s: float = 0.0) -> OnChip:
+    """Place and program every ``nnx.Linear`` and 2-D ``nnx.Conv`` of ``model`` on ``chip`` (biases digital);
+    ``scaling`` and ``reference_age_s`` as :func:`~l2l_pcm.chip.deploy`. The model itself is not changed."""
+    found, digital = _chip_layers(model)
+    weights = {name: _chip_weights(node) for name, (_, node) in found.items()}
+    biases = {name: bias for name, (_, bias) in weights.items() if bias is not None}
+    deploy({name: w for name, (w, _) in weights.items()}, chip, key, scaling, biases, reference_age_s)
+    return OnChip(model, chip, found, digital)
+
+
+def hardware_aware(
+    model, hardware: ChipConfig, key: jax.Array, *, rngs: nnx.Rngs | None = None, scaling="layer", reference_age_s=0.0
+):
+    """A copy of ``model`` whose Linear/Conv layers are as a chip with ``hardware`` returns them at the tree's
+    training age (:func:`~l2l_pcm.chip.hardware_aware_layers`: programming noise, drift, compensation,
+    converters; per-read noise from ``rngs``). Call it inside the loss: gradients reach the model's own
+    kernels straight through. Biases stay digital and exact."""
+    found, _ = _chip_layers(model)
+    weights = {name: _chip_weights(node) for name, (_, node) in found.items()}
+    layers = hardware_aware_layers(
+        {name: w for name, (w, _) in weights.items()}, hardware, key, scaling=scaling, reference_age_s=reference_age_s
+    )
+    layers = {
+        name: AnalogLayer(layer.stats, weights[name][1], layer.spec, layer.kernel_shape)
+        for name, layer in layers.items()
+    }
+    return _replaced(model, found, layers, rngs)
