@@ -91,6 +91,12 @@ def _chip_weights(node) -> tuple[jax.Array, jax.Array | None]:
     return jnp.transpose(node.weight, (2, 3, 1, 0)), bias  # OIHW -> HWIO
 
 
+def _weights_and_biases(found: dict[str, tuple]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """The chip's weights and digital biases of every found layer, by layer name."""
+    pairs = {name: _chip_weights(node) for name, (_, node) in found.items()}
+    return {name: w for name, (w, _) in pairs.items()}, {name: b for name, (_, b) in pairs.items() if b is not None}
+
+
 def _analog(node, layer: AnalogLayer):
     if isinstance(node, eqx.nn.Linear):
         return AnalogLinear(layer)
@@ -146,9 +152,8 @@ def to_chip(model, chip: Chip, key: jax.Array, *, scaling="layer", reference_age
     converted to the chip's layouts, biases digital); ``scaling`` and ``reference_age_s`` as
     :func:`~l2l_pcm.chip.deploy`."""
     found = _chip_layers(model)
-    weights = {name: _chip_weights(node) for name, (_, node) in found.items()}
-    biases = {name: bias for name, (_, bias) in weights.items() if bias is not None}
-    deploy({name: w for name, (w, _) in weights.items()}, chip, key, scaling, biases, reference_age_s)
+    weights, biases = _weights_and_biases(found)
+    deploy(weights, chip, key, scaling, biases, reference_age_s)
     return OnChip(model, chip, found)
 
 
@@ -158,14 +163,10 @@ def hardware_aware(model, hardware: ChipConfig, key: jax.Array, *, scaling="laye
     per-read noise when called with a key); differentiable: gradients reach the model's own weights
     straight through. Biases stay digital and exact."""
     found = _chip_layers(model)
-    weights = {name: _chip_weights(node) for name, (_, node) in found.items()}
+    weights, biases = _weights_and_biases(found)
     layers = hardware_aware_layers(
-        {name: w for name, (w, _) in weights.items()}, hardware, key, scaling=scaling, reference_age_s=reference_age_s
+        weights, hardware, key, scaling=scaling, reference_age_s=reference_age_s, biases=biases
     )
-    layers = {
-        name: AnalogLayer(layer.stats, weights[name][1], layer.spec, layer.kernel_shape)
-        for name, layer in layers.items()
-    }
     return _replaced(model, found, layers)
 
 

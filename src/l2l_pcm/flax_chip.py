@@ -99,6 +99,12 @@ def _chip_weights(node) -> tuple[jax.Array, jax.Array | None]:
     return node.kernel.get_value(), bias
 
 
+def _weights_and_biases(found: dict[str, tuple]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """The chip's weights and digital biases of every found layer, by layer name."""
+    pairs = {name: _chip_weights(node) for name, (_, node) in found.items()}
+    return {name: w for name, (w, _) in pairs.items()}, {name: b for name, (_, b) in pairs.items() if b is not None}
+
+
 def _replaced(model, found: dict[str, tuple], layers: dict[str, AnalogLayer], rngs: nnx.Rngs | None):
     copy = nnx.clone(model)
     for name, (path, node) in found.items():
@@ -147,9 +153,8 @@ def to_chip(model, chip: Chip, key: jax.Array, *, scaling="layer", reference_age
     """Place and program every ``nnx.Linear`` and 2-D ``nnx.Conv`` of ``model`` on ``chip`` (biases digital);
     ``scaling`` and ``reference_age_s`` as :func:`~l2l_pcm.chip.deploy`. The model itself is not changed."""
     found, digital = _chip_layers(model)
-    weights = {name: _chip_weights(node) for name, (_, node) in found.items()}
-    biases = {name: bias for name, (_, bias) in weights.items() if bias is not None}
-    deploy({name: w for name, (w, _) in weights.items()}, chip, key, scaling, biases, reference_age_s)
+    weights, biases = _weights_and_biases(found)
+    deploy(weights, chip, key, scaling, biases, reference_age_s)
     return OnChip(model, chip, found, digital)
 
 
@@ -161,12 +166,8 @@ def hardware_aware(
     converters; per-read noise from ``rngs``). Call it inside the loss: gradients reach the model's own
     kernels straight through. Biases stay digital and exact."""
     found, _ = _chip_layers(model)
-    weights = {name: _chip_weights(node) for name, (_, node) in found.items()}
+    weights, biases = _weights_and_biases(found)
     layers = hardware_aware_layers(
-        {name: w for name, (w, _) in weights.items()}, hardware, key, scaling=scaling, reference_age_s=reference_age_s
+        weights, hardware, key, scaling=scaling, reference_age_s=reference_age_s, biases=biases
     )
-    layers = {
-        name: AnalogLayer(layer.stats, weights[name][1], layer.spec, layer.kernel_shape)
-        for name, layer in layers.items()
-    }
     return _replaced(model, found, layers, rngs)

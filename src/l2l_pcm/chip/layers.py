@@ -21,7 +21,7 @@ import contextvars
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -300,13 +300,15 @@ def hardware_aware_layers(
     time_since_programming_s: float | None = None,
     scaling: str | float = "layer",
     reference_age_s: float = 0.0,
+    biases: Mapping[str, jax.Array] | None = None,
 ):
     """Every weight array (ndim ≥ 2) of a params pytree as an :class:`AnalogLayer` of a chip with ``hardware``
     at its ``clock.training_age_s`` after programming (an explicit ``time_since_programming_s`` must agree;
     4-D arrays as HWIO conv layers for :func:`analog_conv`);
     1-D arrays pass unchanged. Read them with :func:`analog_dense`: the whole hardware tree takes effect,
     converters (at the config's ranges) and the read-noise mode included, through the same MVM as the chip.
-    Gradients reach the weights straight-through via ``layer.stats.mean``. No ledger: nothing is booked."""
+    Gradients reach the weights straight-through via ``layer.stats.mean``. No ledger: nothing is booked.
+    ``biases`` (with a dict of layers, as :func:`deploy`'s) maps layer names to digital biases, exact."""
     if not isinstance(hardware, ChipConfig):
         raise ConfigError(f"hardware must be a ChipConfig, got {type(hardware).__name__}")
     time_since_programming_s = _training_age(hardware, time_since_programming_s, reference_age_s)
@@ -324,7 +326,16 @@ def hardware_aware_layers(
         kernel = tuple(weights.shape) if jnp.ndim(weights) == 4 else None
         return AnalogLayer(stats, None, spec, kernel)
 
-    return jax.tree_util.tree_unflatten(treedef, [layer(w, k) for w, k in zip(leaves, keys, strict=True)])
+    layers = jax.tree_util.tree_unflatten(treedef, [layer(w, k) for w, k in zip(leaves, keys, strict=True)])
+    if biases:
+        unknown = set(biases) - set(layers) if isinstance(layers, Mapping) else set(biases)
+        if unknown:
+            raise ConfigError(f"biases given for layers that are not in params: {sorted(unknown)}")
+        layers = {
+            name: dataclasses.replace(layers[name], bias=biases.get(name)) if name in biases else layers[name]
+            for name in layers
+        }
+    return layers
 
 
 def conv_kernel_to_matrix(kernel: jax.Array) -> jax.Array:
