@@ -104,20 +104,25 @@ class ChipSnapshot:
 
 
 @functools.partial(jax.jit, static_argnames=("device", "drift_compensation"))
-def _read_statistics(device, state, now_s, drift_compensation):
-    return read_statistics(device, state, now_s, drift_compensation)
+def _read_statistics(device, state, now_s, drift_compensation, scale):
+    """A layer's read statistics in its weight units (its devices' times ``scale``), one compiled call."""
+    stats = read_statistics(device, state, now_s, drift_compensation)
+    return WeightStatistics(stats.mean * scale, stats.variance * scale**2)
 
 
-@functools.partial(jax.jit, static_argnames=("device",))
-def _program(device, key, weights, now_s):
-    return program_layer(device, key, weights, now_s)
-
-
-@functools.partial(jax.jit, static_argnames=("device",))
-def _intended_weights(device, g_target_uS, reference_age_s, scale):
-    """The weights devices programmed to ``g_target_uS`` read on average at ``reference_age_s`` (one compiled
-    call: eager, its few dozen small operations took 0.36 s per layer of a deployment)."""
-    return device.conductances_to_weights(device.expected_conductance(g_target_uS, reference_age_s)) * scale
+@functools.partial(jax.jit, static_argnames=("device", "scaling"))
+def _program(device, key, matrix, scaling, now_s, reference_age_s):
+    """:meth:`Chip.program`'s work as one compiled call per layer shape (eager, its checks and scaling were a
+    dozen small compilations per shape, and the expected-read prediction a few dozen operations): the
+    weights' scale, the programmed state, the intended weights (what the devices read on average at
+    ``reference_age_s``), how many weights clip, and whether all were finite."""
+    scale = weight_scale(matrix, scaling, device.w_max)
+    device_weights = matrix / scale
+    state = program_layer(device, key, device_weights, now_s)
+    expected = device.expected_conductance(state.g_target_uS, reference_age_s)
+    intended = device.conductances_to_weights(expected) * scale
+    clipped = jnp.sum(jnp.abs(device_weights) > device.w_max)
+    return state, scale, intended, clipped, jnp.all(jnp.isfinite(matrix))
 
 
 _calibration_gains = jax.jit(calibration_gains, static_argnames=("tiles", "per_column", "rng"))
@@ -275,7 +280,7 @@ class Chip:
         return state
 
     # ------------------------------------------------------------------------------ programming
-    def _as_matrix(self, placement: LayerPlacement, weights, what: str) -> jax.Array:
+    def _as_matrix(self, placement: LayerPlacement, weights, what: str, check_finite: bool = True) -> jax.Array:
         weights = jnp.asarray(weights, dtype=jnp.float32)
         if placement.kind == "conv" and weights.shape == placement.kernel_shape:
             weights = conv_kernel_to_matrix(weights)
@@ -284,7 +289,7 @@ class Chip:
             raise ConfigError(
                 f"{what} for layer '{placement.name}' has shape {tuple(weights.shape)}, expected {expected}"
             )
-        if not bool(jnp.all(jnp.isfinite(weights))):
+        if check_finite and not bool(jnp.all(jnp.isfinite(weights))):
             raise ConfigError(f"{what} for layer '{placement.name}' contains NaN or inf")
         return weights
 
@@ -312,19 +317,20 @@ class Chip:
         weights read at age T works best held at T.
         """
         placement = self._placement(name)
-        matrix = self._as_matrix(placement, weights, "weights")
+        matrix = self._as_matrix(placement, weights, "weights", check_finite=False)
         if not (isinstance(reference_age_s, (int, float)) and math.isfinite(reference_age_s) and reference_age_s >= 0):
             raise ConfigError(f"reference_age_s must be a finite number of seconds >= 0, got {reference_age_s!r}")
-        device = self.config.device
-        scale = weight_scale(matrix, scaling, device.w_max)
-        device_weights = matrix / scale
-        clipped = int(jnp.sum(jnp.abs(device_weights) > device.w_max))
         if bias is not None:
-            bias = jnp.asarray(bias, dtype=jnp.float32)
-            if bias.shape != (placement.shape[1],) or not bool(jnp.all(jnp.isfinite(bias))):
+            bias = np.asarray(bias, dtype=np.float32)
+            if bias.shape != (placement.shape[1],) or not np.all(np.isfinite(bias)):
                 raise ConfigError(f"bias for layer '{name}' must be {placement.shape[1]} finite numbers")
-        state = _program(device, key, device_weights, self.now_s)
-        intended = _intended_weights(device, state.g_target_uS, jnp.float32(reference_age_s), scale)
+            bias = jnp.asarray(bias)
+        state, scale, intended, clipped, finite = _program(
+            self.config.device, key, matrix, scaling, self.now_s, jnp.float32(reference_age_s)
+        )
+        if not bool(finite):
+            raise ConfigError(f"weights for layer '{placement.name}' contains NaN or inf")
+        clipped = int(clipped)
         self._set(name, state=state, scale=scale, bias=bias, intended=intended, gains=None, gains_at_s=None)
         self._counters[name]["weights_clipped"] += clipped
         weights = placement.shape[0] * placement.shape[1]
@@ -427,9 +433,8 @@ class Chip:
         if name not in self._stats_cache:
             state = self._state(name)
             mode = self.config.drift_compensation
-            stats = _read_statistics(self.config.device, state, jnp.float32(self.now_s), mode == "global")
             scale = self.layers[name].scale
-            stats = WeightStatistics(stats.mean * scale, stats.variance * scale**2)
+            stats = _read_statistics(self.config.device, state, jnp.float32(self.now_s), mode == "global", scale)
             if mode in ("array", "column"):
                 record = self.layers[name]
                 if record.gains is None or record.gains_at_s != self.now_s:

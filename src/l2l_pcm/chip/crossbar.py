@@ -353,13 +353,13 @@ def analog_mvm(
     keys = [None] * len(by_size) if key is None else list(jax.random.split(key, len(by_size)))
     columns: dict[int, jax.Array] = {}
     for ((rows, _), blocks), size_key in zip(by_size.items(), keys, strict=True):
-        x = jnp.stack([inputs[..., start : start + rows] for start, _, _, _ in blocks], axis=-2)
+        x = jnp.stack([inputs[..., start : start + rows] for start, _, _, _ in blocks])  # [tiles, ..., rows]
         part = WeightStatistics(*(jnp.stack([_tile(stats, b)[i] for b in blocks]) for i in range(2)))
         analog = analog_matmul(x, part, size_key, spec.read_noise_mode, spec.read_noise_rng, _per_tile_product)
         adc_clipped = adc_clipped + saturated(analog, spec.adc[1])
-        digital = uniform_quantize(analog, *spec.adc)  # [..., tiles, cols]
+        digital = uniform_quantize(analog, *spec.adc)  # [tiles, ..., cols]
         for index, (_, _, out, _) in enumerate(blocks):
-            columns[out] = digital[..., index, :] + columns.get(out, 0.0)
+            columns[out] = digital[index] + columns.get(out, 0.0)
     starts = sorted(columns)
     if [start + columns[start].shape[-1] for start in starts[:-1]] == starts[1:]:
         outputs = jnp.concatenate([columns[start] for start in starts], axis=-1)
@@ -371,8 +371,9 @@ def analog_mvm(
 
 
 def _per_tile_product(inputs: jax.Array, weights: jax.Array) -> jax.Array:
-    """``inputs [..., tiles, rows]`` times ``weights [tiles, rows, cols]``, tile by tile: ``[..., tiles, cols]``."""
-    return jnp.einsum("...tr,trc->...tc", inputs, weights)
+    """``inputs [tiles, ..., rows]`` times ``weights [tiles, rows, cols]``, tile by tile: ``[tiles, ..., cols]``
+    (the tile axis leading in all three, as a batched matmul wants it: no transposes)."""
+    return jnp.einsum("t...r,trc->t...c", inputs, weights)
 
 
 def _tiles_one_by_one(inputs, stats, key, spec, counts, nonfinite):
