@@ -148,6 +148,12 @@ def test_layers_the_chip_cannot_run_are_refused(key):
         flax_chip.to_chip(nnx.Conv(2, 2, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(0)), Chip(NOISELESS), key)
     with pytest.raises(ConfigError, match="no nnx.Linear or nnx.Conv"):
         flax_chip.to_chip(nnx.LayerNorm(4, rngs=nnx.Rngs(0)), Chip(NOISELESS), key)
+    shared = Chip(NOISELESS)  # a second model on the same chip would be programmed over the first
+    first = equinox_chip.to_chip(eqx.nn.Linear(4, 3, key=key), shared, key)
+    with pytest.raises(ConfigError, match=r"layers \['layer'\] are already on this chip"):
+        equinox_chip.to_chip(eqx.nn.Linear(4, 3, key=jax.random.PRNGKey(9)), shared, key)
+    second = equinox_chip.to_chip(eqx.nn.Linear(4, 3, key=jax.random.PRNGKey(9)), shared, key, prefix="second_")
+    assert first.layer_names == ["layer"] and second.layer_names == ["second_layer"]
 
 
 @pytest.mark.parametrize("example", ["flax_on_chip", "equinox_on_chip"])

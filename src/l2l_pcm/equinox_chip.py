@@ -77,6 +77,8 @@ def _chip_layers(model) -> dict[str, tuple]:
                 raise ConfigError(f"layer {name}: grouped, dilated or non-zero-padded convolutions are not supported")
         elif node.in_features == "scalar" or node.out_features == "scalar":
             raise ConfigError(f"layer {name}: a Linear with 'scalar' features is not supported; use 1")
+        if name in found:
+            raise ConfigError(f"two layers of the model are both named {name!r} on the chip")
         found[name] = (path, node)
     if not found:
         raise ConfigError("the model has no eqx.nn.Linear or eqx.nn.Conv2d layer to put on the chip")
@@ -147,13 +149,16 @@ class OnChip:
         self.chip.calibrate_from(lambda: forward(model), headroom)
 
 
-def to_chip(model, chip: Chip, key: jax.Array, *, scaling="layer", reference_age_s: float = 0.0) -> OnChip:
+def to_chip(
+    model, chip: Chip, key: jax.Array, *, scaling="layer", reference_age_s: float = 0.0, prefix: str = ""
+) -> OnChip:
     """Place and program every ``eqx.nn.Linear`` and ``eqx.nn.Conv2d`` of ``model`` on ``chip`` (weights
     converted to the chip's layouts, biases digital); ``scaling`` and ``reference_age_s`` as
-    :func:`~l2l_pcm.chip.deploy`."""
-    found = _chip_layers(model)
+    :func:`~l2l_pcm.chip.deploy`. Layers are named after their place in the model, after ``prefix`` (two models
+    on one chip need different prefixes; a name already on the chip is refused)."""
+    found = {prefix + name: entry for name, entry in _chip_layers(model).items()}
     weights, biases = _weights_and_biases(found)
-    deploy(weights, chip, key, scaling, biases, reference_age_s)
+    deploy(weights, chip, key, scaling, biases, reference_age_s, new_layers_only=True)
     return OnChip(model, chip, found)
 
 

@@ -84,8 +84,9 @@ def _chip_layers(model) -> tuple[dict[str, tuple], list[str]]:
                 raise ConfigError(f"layer {name}: grouped or dilated convolutions are not supported on the chip")
             if node.mask is not None:
                 raise ConfigError(f"layer {name}: a masked convolution is not supported on the chip")
-            found[name] = (path, node)
-        elif isinstance(node, nnx.Linear):
+        if isinstance(node, (nnx.Conv, nnx.Linear)):
+            if name in found:
+                raise ConfigError(f"two layers of the model are both named {name!r} on the chip")
             found[name] = (path, node)
         elif isinstance(node, (nnx.LinearGeneral, nnx.Einsum)):
             digital.append(name)
@@ -149,12 +150,17 @@ class OnChip:
         self.chip.calibrate_from(lambda: forward(model), headroom)
 
 
-def to_chip(model, chip: Chip, key: jax.Array, *, scaling="layer", reference_age_s: float = 0.0) -> OnChip:
+def to_chip(
+    model, chip: Chip, key: jax.Array, *, scaling="layer", reference_age_s: float = 0.0, prefix: str = ""
+) -> OnChip:
     """Place and program every ``nnx.Linear`` and 2-D ``nnx.Conv`` of ``model`` on ``chip`` (biases digital);
-    ``scaling`` and ``reference_age_s`` as :func:`~l2l_pcm.chip.deploy`. The model itself is not changed."""
+    ``scaling`` and ``reference_age_s`` as :func:`~l2l_pcm.chip.deploy`. The model itself is not changed. Layers
+    are named after their place in the model, after ``prefix`` (two models on one chip need different
+    prefixes; a name already on the chip is refused)."""
     found, digital = _chip_layers(model)
+    found = {prefix + name: entry for name, entry in found.items()}
     weights, biases = _weights_and_biases(found)
-    deploy(weights, chip, key, scaling, biases, reference_age_s)
+    deploy(weights, chip, key, scaling, biases, reference_age_s, new_layers_only=True)
     return OnChip(model, chip, found, digital)
 
 

@@ -835,8 +835,11 @@ def deploy(
     scaling: str | float | Mapping[str, str | float] = "layer",
     biases: Mapping[str, jax.Array] | None = None,
     reference_age_s: float = 0.0,
+    new_layers_only: bool = False,
 ) -> dict[str, ReprogramReport]:
     """Place (if not yet placed), scale and program every weight array of ``params`` on ``chip``.
+    ``new_layers_only``: refuse a name already placed (e.g. a second model's layer of the same name, which
+    would otherwise be programmed over the first's).
 
     2-D arrays are dense layers (fan_in, fan_out), 4-D arrays conv kernels (HWIO); ``scaling`` is
     :meth:`Chip.program`'s ("layer": each layer's max |W| maps to g_max, so no weight is clipped), for
@@ -845,6 +848,9 @@ def deploy(
     calibrated drift compensation holds the weights at). When the network does not fit, the
     :class:`~l2l_pcm.errors.ChipCapacityError` says how many arrays it needs. Returns each layer's report.
     """
+    taken = sorted(name for name in params if name in chip.placements) if new_layers_only else []
+    if taken:
+        raise ConfigError(f"layers {taken} are already on this chip (another model?): give this one other names")
     biases = dict(biases or {})
     unknown = set(biases) - set(params)
     if unknown:
