@@ -167,7 +167,11 @@ def test_the_framework_examples_run_and_the_noiseless_chip_matches_software(exam
     spec.loader.exec_module(module)
     results = module.main(steps=40)
     printed = capsys.readouterr().out
-    assert f"software_accuracy: {results['software_accuracy']:.4f}" in printed
+    last_two = printed.strip().splitlines()[-2:]  # the interface: the output ends with these two lines
+    assert last_two == [
+        f"software_accuracy: {results['software_accuracy']:.4f}",
+        f"noiseless_chip_accuracy: {results['noiseless_chip_accuracy']:.4f}",
+    ]
     assert abs(results["software_accuracy"] - results["noiseless_chip_accuracy"]) <= 1e-3
     assert results["software_accuracy"] > 0.5  # 40 steps learn something: the comparison is not of chance
     assert results["pcm_chip_accuracy_1h"] > 0.5
