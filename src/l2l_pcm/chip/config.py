@@ -237,11 +237,19 @@ class ChipConfig:
         read-noise mode and generator (converters are the chip's alone)."""
         return MVMSpec(read_noise_mode=self.forward.read_noise_mode, read_noise_rng=self.forward.read_noise_rng)
 
-    def for_software_model(self, requested: ChipConfig, reads_per_vector: bool = True) -> ChipConfig:
+    def for_software_model(
+        self, requested: ChipConfig, reads_per_vector: bool = True, has_devices: bool = True
+    ) -> ChipConfig:
         """``requested`` (a tree to evaluate a model of this tree with), checked for a software model: it
         applies the device, the update rule, the training age and the read-noise generator (and the
         read-noise mode when it reads ``per_vector``), and nothing of the rest, which only a chip has.
-        A change there would be silently ignored, so it is refused, naming the setting."""
+        A change there would be silently ignored, so it is refused, naming the setting; a model without
+        devices (``has_devices=False``, e.g. fp32) takes no tree other than its own."""
+        if not has_devices and requested != self:
+            raise ConfigError(
+                "the fp32 software model has no devices: a hardware tree other than the model's does not "
+                "apply to it (evaluate with a precision that has devices, e.g. pcm, or on the chip)"
+            )
         only_chip = [f"{section}.{field.name}" for section in ("arrays", "energy") for field in _fields(self, section)]
         only_chip += ["forward.dac_bits", "forward.dac_range", "forward.adc_bits", "forward.adc_range"]
         only_chip += ["drift_compensation", "clock.deployment_age_s"]

@@ -91,13 +91,9 @@ def evaluate_software(
     devices, takes none."""
     if precision == "trained":
         precision = config.variant
-    if hardware is not None and hardware != config.hardware:
-        if precision == "fp32":
-            raise ConfigError(
-                "the fp32 software model has no devices: a hardware tree other than the model's does not "
-                "apply to it (evaluate with precision pcm or 4bit, or on the chip)"
-            )
-        config = dataclasses.replace(config, hardware=config.hardware.for_software_model(hardware, False))
+    if hardware is not None:
+        hardware = config.hardware.for_software_model(hardware, False, has_devices=precision != "fp32")
+        config = dataclasses.replace(config, hardware=hardware)
     if config.hardware.clock.deployment_age_s is not None:
         raise ConfigError(
             "hardware.clock.deployment_age_s applies to the chip only: the software model reads at "

@@ -69,13 +69,9 @@ def evaluate(
     """
     if precision == "trained":
         precision = "pcm" if config.hardware_aware else "fp32"
-    if backend == "software" and chip_config is not None and chip_config != config.hardware:
-        if precision == "fp32":
-            raise ConfigError(
-                "the fp32 software model has no devices: a hardware tree other than the model's does not "
-                "apply to it (evaluate with precision pcm, or on the chip)"
-            )
-        config = dataclasses.replace(config, hardware=config.hardware.for_software_model(chip_config))
+    if backend == "software" and chip_config is not None:
+        hardware = config.hardware.for_software_model(chip_config, has_devices=precision != "fp32")
+        config = dataclasses.replace(config, hardware=hardware)
     check_task_count(tasks)
     if backend not in ("software", "chip"):
         raise ConfigError(f"backend must be 'software' or 'chip', got {backend!r}")
