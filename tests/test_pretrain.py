@@ -122,6 +122,13 @@ def test_meta_training_starts_from_the_pretrained_body_and_keeps_its_record(tmp_
     for name in CONV_NAMES:
         np.testing.assert_array_equal(np.asarray(start[name]), np.asarray(body[name]))
 
+    # a pre-training checkpoint is a finetune learner: its body, a zero readout, its config's inner loop
+    params, learner, _ = train_module.load_learner(pre / "best.safetensors")
+    assert learner.method == "finetune" and not learner.learn_initial_readout
+    assert learner.inner_lr == TINY.fewshot.inner_lr and learner.cnn == TINY.fewshot.cnn
+    for name in (*CONV_NAMES, "readout"):
+        np.testing.assert_array_equal(np.asarray(params[name]), np.asarray(body[name]))
+
     with pytest.raises(CheckpointError, match="pre-trained model"):
         train_module.make_trainer(
             dataclasses.replace(TINY_FEWSHOT, channels=16),

@@ -43,14 +43,22 @@ def provenance(checkpoint: str | os.PathLike, hardware: ChipConfig | None, **set
     device's profile name and every field; None where no hardware model took part, e.g. the few-shot fp32
     software model), the settings of the run as asked (seed, tasks, backend, time since programming...),
     UTC date, commit."""
+    return run_provenance(
+        checkpoint=str(checkpoint),
+        checkpoint_sha256=file_sha256(checkpoint),
+        device_profile=None if hardware is None else profile_name(hardware.device),
+        hardware=None if hardware is None else dataclasses.asdict(hardware),
+        **settings,
+    )
+
+
+def run_provenance(**settings) -> dict:
+    """Version, the given settings, UTC date and commit: the part of a provenance block every run has
+    (a comparison of several checkpoints records each one's path and sha256 beside its result)."""
     from l2l_pcm import __version__
 
     return {
         "l2l_pcm_version": __version__,
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "device_profile": None if hardware is None else profile_name(hardware.device),
-        "hardware": None if hardware is None else dataclasses.asdict(hardware),
         **settings,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),

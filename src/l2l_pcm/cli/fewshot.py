@@ -78,10 +78,10 @@ def _fewshot_pretrain(args: argparse.Namespace) -> None:
 
 def _load_fewshot(args: argparse.Namespace):
     from l2l_pcm.fewshot.omniglot import load_omniglot, split_background
-    from l2l_pcm.fewshot.train import load_fewshot_checkpoint
+    from l2l_pcm.fewshot.train import load_learner
 
     path = checkpoint_path(args)
-    params, config, metadata = load_fewshot_checkpoint(path)
+    params, config, metadata = load_learner(path)
     overrides = {
         "update_budget": args.update_budget,
         "readout_scale": args.readout_scale,
@@ -247,6 +247,60 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     print("wrote: " + ", ".join(str(p) for p in paths))
 
 
+def _learner_assignment(text: str) -> tuple[str, str]:
+    """``METHOD=PATH`` of ``baselines --learner``."""
+    method, equals, path = text.partition("=")
+    if not (equals and method.strip() and path.strip()):
+        raise argparse.ArgumentTypeError(f"expected METHOD=CHECKPOINT, got {text!r}")
+    return method.strip(), path.strip()
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return names
+
+
+def _fewshot_baselines(args: argparse.Namespace) -> None:
+    """Every method on the same unseen tasks, software and chip: a table (or JSON) and a figure."""
+    from l2l_pcm.fewshot.baselines import compare, learner_paths
+    from l2l_pcm.fewshot.maml import METHODS
+    from l2l_pcm.fewshot.omniglot import load_omniglot
+
+    overrides = dict(args.learner or [])
+    if len(overrides) != len(args.learner or []):
+        raise L2LPCMError("--learner: a method was given more than once")
+    paths = learner_paths(overrides, args.methods or METHODS)
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise L2LPCMError(f"learner checkpoint(s) not found: {', '.join(missing)}")
+    images = load_omniglot("evaluation", args.data_dir)
+    result = compare(paths, images, args.tasks, args.backends, args.queries, args.seed, progress=not args.json)
+    from l2l_pcm.provenance import run_provenance
+
+    result["provenance"] = run_provenance(seed=args.seed, tasks=args.tasks, backends=list(args.backends))
+    for row in result["rows"]:
+        for line in row.get("warnings") or []:
+            print(f"warning: {row['method']} on {row['backend']}: {line}", file=sys.stderr)
+    if args.plot:
+        from l2l_pcm.fewshot.baselines import plot_baselines
+
+        print(f"wrote: {plot_baselines(result, args.plot)}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result))
+        return
+    header = ("method", "backend", "accuracy (%)", "devices/task", "of layers", "energy (nJ)")
+    print("{:>10} {:>8} {:>15} {:>13} {:>9} {:>12}".format(*header))
+    for row in result["rows"]:
+        chip = row["backend"] == "chip"
+        devices = f"{row['devices_reprogrammed_mean']:.1f}" if chip else "-"
+        fraction = f"{100 * row['devices_reprogrammed_fraction']:.1f} %" if chip else "-"
+        energy = f"{row['energy_estimate_pJ_per_adaptation'] / 1e3:.1f}" if chip else "-"
+        accuracy = f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_ci95']:.2f}"
+        print(f"{row['method']:>10} {row['backend']:>8} {accuracy:>15} {devices:>13} {fraction:>9} {energy:>12}")
+
+
 def add_commands(commands) -> None:
     """The ``fewshot`` subcommands: train, pretrain, eval, sweep and demo."""
     fewshot = commands.add_parser("fewshot", help="few-shot Omniglot with MAML").add_subparsers(
@@ -335,3 +389,28 @@ def add_commands(commands) -> None:
     add_eval_arguments(demo_fs)
     demo_fs.add_argument("--out", default="outputs", help="folder for plots and results (default: outputs/)")
     demo_fs.set_defaults(run=_fewshot_demo)
+
+    baselines = fewshot.add_parser(
+        "baselines",
+        help="MAML, ANIL-style MAML, Meta-SGD, ProtoNet and fine-tuning on the same unseen tasks, software and chip",
+    )
+    baselines.add_argument("--tasks", type=positive_int, default=600, help="unseen tasks (default 600)")
+    baselines.add_argument("--queries", type=positive_int, default=15, help="query images per class (default 15)")
+    baselines.add_argument("--seed", type=seed_arg, default=0, help="task seed (the same tasks for every method)")
+    baselines.add_argument(
+        "--methods", type=_name_list, metavar="A,B", help="methods to compare (default: all shipped learners)"
+    )
+    baselines.add_argument(
+        "--backends", type=_name_list, default=("software", "chip"), metavar="A,B", help="software, chip (default both)"
+    )
+    baselines.add_argument(
+        "--learner",
+        type=_learner_assignment,
+        action="append",
+        metavar="METHOD=CHECKPOINT",
+        help="evaluate this checkpoint for METHOD instead of the shipped one (repeatable)",
+    )
+    baselines.add_argument("--plot", metavar="FILE.png", help="write the comparison figure here")
+    baselines.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]}')
+    baselines.add_argument("--data-dir", help="Omniglot folder (default: $L2L_PCM_DATA, ../shared/data/omniglot)")
+    baselines.set_defaults(run=_fewshot_baselines)

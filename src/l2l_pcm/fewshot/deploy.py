@@ -18,19 +18,27 @@ programmed chip):
    rounding to 1/16 as ``hardware.update.rounding`` says, only devices whose update is non-zero are
    re-programmed;
 3. query accuracy is read after every step (step 0 = before any update).
+
+The other methods (:data:`l2l_pcm.fewshot.maml.METHODS`) change step 2: Meta-SGD multiplies the gradient by
+its learned per-weight rates (digital); ProtoNet writes the support features' class means to the zero
+readout in one :meth:`Chip.reprogram` and adds the digital bias −‖c‖²/2 of the written prototypes
+(:attr:`Chip.intended_weights`); full MAML reads every layer's weights (one noise-free read,
+:meth:`Chip.read_weights`), forms every layer's gradient digitally from them and writes each layer's
+update with :meth:`Chip.reprogram`, re-embedding the images on the chip after every step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm.chip import ChipConfig, chip_for_model, deploy
-from l2l_pcm.fewshot.maml import MAMLConfig
-from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, embed, readout_gradient
+from l2l_pcm.fewshot.maml import INNER_RATES, MAMLConfig, inner_step, prototype_bias
+from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, cross_entropy, embed, software_conv
 from l2l_pcm.pcm import keep_largest
 
 READOUT = "readout"
@@ -62,6 +70,9 @@ class ChipFewShotLearner:
         chip_config: ChipConfig | None = None,
     ) -> None:
         self.config = config
+        self.rates = params.get(INNER_RATES)  # Meta-SGD's, digital
+        self.adapted = (*CONV_NAMES, READOUT) if config.method == "maml" else (READOUT,)
+        """The layers a task re-programs."""
         self.chip = chip_for_model(chip_config, config.hardware)
         # as meta-trained: weights in device units (the update step is 1/16 of w_max); calibrated drift
         # compensation holds them as they read at the age the model was meta-trained with
@@ -76,6 +87,11 @@ class ChipFewShotLearner:
     def readout_devices(self) -> int:
         return self.chip.placements[READOUT].devices
 
+    @property
+    def adapted_devices(self) -> int:
+        """Devices of the layers a task may re-program (the readout; every layer for full MAML)."""
+        return sum(self.chip.placements[name].devices for name in self.adapted)
+
     def features(self, support_x, query_x, key) -> tuple[jax.Array, jax.Array]:
         """Penultimate activations of one task's support and query images, conv layers on the chip."""
         keys = jax.random.split(key, len(CONV_NAMES))
@@ -86,23 +102,60 @@ class ChipFewShotLearner:
         self.chip.restore(self._deployed)
         key_features, key_steps = jax.random.split(key)
         f_support, f_query = self.features(support_x, query_x, key_features)
-        touched = np.zeros(self.chip.placements[READOUT].state_shape, dtype=bool)
+        touched = {name: np.zeros(self.chip.placements[name].state_shape, dtype=bool) for name in self.adapted}
         accuracies, devices, clipped = [], 0, 0
-        energy_before = self.chip.energy_pJ(READOUT)
+        energy_before = self.chip.energy_pJ(*self.adapted)
+        support_y = jnp.asarray(support_y)
+        bias = None
         for step, step_key in enumerate(jax.random.split(key_steps, self.config.inner_steps + 1)):
             key_query, key_support, key_update = jax.random.split(step_key, 3)
+            if step and self.config.method == "maml":  # the adapted conv layers embed the images anew
+                f_support, f_query = self.features(support_x, query_x, jax.random.fold_in(key_features, step))
             query_logits = self.chip.mvm(READOUT, f_query, key_query)
+            if bias is not None:
+                query_logits = query_logits + bias
             accuracies.append(float(accuracy(query_logits, query_y)))
             if step == self.config.inner_steps:
                 break
-            logits = self.chip.mvm(READOUT, f_support, key_support)
-            update = -self.config.inner_lr * readout_gradient(f_support, logits, jnp.asarray(support_y))
-            update = keep_largest(update, self.config.update_budget)
-            report = self.chip.reprogram(READOUT, update, key_update, rounding=self.chip.config.update.rounding)
-            touched |= report.touched
-            devices += report.devices_touched
-            clipped += report.weights_clipped
+            if self.config.method == "maml":
+                updates = self._all_layer_updates(support_x, support_y, query_x)
+            else:
+                logits = None if self.config.method == "protonet" else self.chip.mvm(READOUT, f_support, key_support)
+                readout = self.chip.intended_weights(READOUT) if self.config.method == "protonet" else None
+                update = inner_step(self.config, readout, f_support, support_y, logits, self.rates)
+                updates = {READOUT: keep_largest(update, self.config.update_budget)}
+            update_keys = [key_update] if len(updates) == 1 else jax.random.split(key_update, len(updates))
+            for name, update_key in zip(updates, update_keys, strict=True):
+                rounding = self.chip.config.update.rounding
+                report = self.chip.reprogram(name, updates[name], update_key, rounding=rounding)
+                touched[name] |= report.touched
+                devices += report.devices_touched
+                clipped += report.weights_clipped if name == READOUT else 0
+            if self.config.method == "protonet":
+                bias = prototype_bias(self.chip.intended_weights(READOUT))
             self.chip.advance(self.chip.config.update.seconds_between, warn_fixed_age=False)
-        energy_pJ = self.chip.energy_pJ(READOUT) - energy_before
+        energy_pJ = self.chip.energy_pJ(*self.adapted) - energy_before
         predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
-        return ChipTaskResult(np.asarray(accuracies), devices, int(touched.sum()), predictions, energy_pJ, clipped)
+        unique = int(sum(mask.sum() for mask in touched.values()))
+        return ChipTaskResult(np.asarray(accuracies), devices, unique, predictions, energy_pJ, clipped)
+
+    def _all_layer_updates(self, support_x, support_y, query_x) -> dict[str, jax.Array]:
+        """Full MAML's step: every layer's −lr·gradient of the support loss, formed digitally from one
+        noise-free read of the weights on the chip (the gradient is not backpropagated through the chip)."""
+        kernels = [self.chip.read_weights(name).reshape(self.chip.placements[name].kernel_shape) for name in CONV_NAMES]
+        weights = (kernels, self.chip.read_weights(READOUT))
+        grads = _support_gradient(self.config, weights, jnp.asarray(support_x), support_y, jnp.asarray(query_x))
+        names = (*CONV_NAMES, READOUT)
+        return {name: -self.config.inner_lr * g for name, g in zip(names, [*grads[0], grads[1]], strict=True)}
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _support_gradient(config: MAMLConfig, weights, support_x, support_y, query_x):
+    """Gradient of the support cross-entropy with respect to (kernels, readout), in software."""
+
+    def loss(weights):
+        kernels, readout = weights
+        f_s, _ = embed(lambda i, x: software_conv(kernels[i], x), support_x, query_x, config.cnn)
+        return cross_entropy(f_s @ readout, support_y)
+
+    return jax.grad(loss)(weights)

@@ -116,6 +116,7 @@ def evaluate_software(
         per_step,
         queries,
         precision=precision,
+        method=config.method,
         devices_reprogrammed_mean=None,
         devices_reprogrammed_max=None,
         devices_reprogrammed_fraction=None,
@@ -155,7 +156,7 @@ def evaluate_chip(
                 clipped.append(result.updates_clipped)
                 bar.update()
     devices = np.asarray(devices)
-    total = learner.readout_devices
+    total = learner.adapted_devices
     chip = learner.chip
     saturation = {name: chip.saturation(name) for name in chip.placements}
     return _summary(
@@ -164,7 +165,9 @@ def evaluate_chip(
         np.stack(per_step),
         queries,
         time_since_programming_s=learner.chip.config.clock.age_in_use_s,  # the age every task starts at
-        readout_devices=total,
+        method=config.method,
+        readout_devices=learner.readout_devices,
+        adapted_devices=total,
         devices_reprogrammed_mean=float(devices.mean()),
         devices_reprogrammed_max=int(devices.max()),
         devices_reprogrammed_fraction=float(devices.mean() / total),

@@ -6,6 +6,21 @@ Outer loop: Adam on the conv kernels and the initial readout :math:`W_0`, loss =
 after the last inner step, gradients through the inner loop (second order). One meta-batch is one
 compiled computation: evaluation ``vmap``s the tasks, training scans over them (:func:`meta_gradient`).
 
+Methods (``MAMLConfig.method``), each a way to learn a task from its support set, meta-trained in
+software and run on the chip by :class:`l2l_pcm.fewshot.deploy.ChipFewShotLearner`:
+
+* ``maml_head`` (the paper's, ANIL-style; Raghu et al. 2020, arXiv 1909.09157): the inner loop above,
+  on the readout only;
+* ``maml`` (Finn et al. 2017, arXiv 1703.03400): the inner loop adapts every layer (fp32 in software;
+  on the chip every layer's update is written through the core);
+* ``metasgd`` (Li et al. 2017, arXiv 1707.09835): the readout's inner step is ``−α ⊙ gradient`` with a
+  meta-learned rate per weight (``params["inner_rates"]``, started at ``inner_lr``);
+* ``protonet`` (Snell et al. 2017, arXiv 1703.05175): no gradient steps; the class means of the support
+  features (prototypes) are written to the zero readout in one programming (``inner_steps`` = 1), and a
+  digital bias −‖c‖²/2 per class makes the logits −‖f − c‖²/2 up to a constant per vector;
+* ``finetune`` (Chen et al. 2019, arXiv 1904.04232): the ``maml_head`` inner loop from a zero readout on
+  a body trained by plain supervised classification (:mod:`l2l_pcm.fewshot.pretrain`), not meta-trained.
+
 Variants (``MAMLConfig.variant``):
 
 * ``fp32``: plain floating point;
@@ -61,6 +76,9 @@ from l2l_pcm.pcm import PCMDevice, keep_largest, quantize, quantize_weights
 from l2l_pcm.validation import parse
 
 VARIANTS = ("fp32", "4bit", "pcm")
+METHODS = ("maml_head", "maml", "metasgd", "protonet", "finetune")
+INNER_RATES = "inner_rates"
+"""Meta-SGD's learned per-weight inner learning rates (shape of the readout), a digital parameter."""
 READOUT_SCALE_RANGE = (1e-6, 1e6)
 """Readout weights per device unit the float32 readout can hold (updates are divided by the scale)."""
 
@@ -111,6 +129,8 @@ class MAMLConfig:
     """ε of the normalisation (the authors' Keras BatchNorm: 1e-3)."""
     ink: str = "one"
     """Pixel polarity the model expects: "one" (ink = 1) or "zero" (the authors' background = 1)."""
+    method: str = "maml_head"
+    """How a task is learned from its support set: one of ``METHODS`` (see the module docstring)."""
     hardware: ChipConfig = ChipConfig()
     """The hardware tree, every hardware setting's one home: its device model is the ``pcm`` variant's, its
     ``update`` section (step 1/16, rounding, time between inner updates) how inner updates are written in
@@ -158,7 +178,33 @@ class MAMLConfig:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if not isinstance(self.hardware, ChipConfig):
             raise ConfigError(f"hardware must be a ChipConfig, got {self.hardware!r}")
+        self._check_method()
         _ = self.cnn  # validates normalisation, norm_epsilon and ink
+
+    def _check_method(self) -> None:
+        """Refuse settings a method cannot honour, rather than ignore them."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "protonet" and self.inner_steps != 1:
+            raise ConfigError(
+                f"method 'protonet' writes the prototypes in one programming: inner_steps must be 1, got "
+                f"{self.inner_steps}"
+            )
+        if self.method in ("protonet", "finetune") and self.learn_initial_readout:
+            raise ConfigError(
+                f"method {self.method!r} starts every task from a zero readout: set learn_initial_readout to false"
+            )
+        if self.method == "maml":
+            if self.variant != "fp32":
+                raise ConfigError(
+                    f"method 'maml' adapts every layer in the inner loop, which the software model runs in fp32 "
+                    f"only, got variant {self.variant!r} (the chip still writes every layer's update through "
+                    "the core)"
+                )
+            if self.update_budget:
+                raise ConfigError(
+                    "update_budget caps the readout's updates; method 'maml' updates every layer: leave it at 0"
+                )
 
     @property
     def device(self) -> PCMDevice:
@@ -270,7 +316,27 @@ class TaskOutputs(NamedTuple):
     ``pcm`` and ``4bit`` variants store the readout in that range, as the chip does, and count them alike)."""
 
 
-def adapt_task(config: MAMLConfig, readout0, f_support, y_support, f_query, y_query, key, state=None):
+def prototypes(features: jax.Array, labels: jax.Array, ways: int) -> jax.Array:
+    """Class means of ``features`` [N, D] as readout columns [D, ways] (ProtoNet's prototypes)."""
+    one_hot = jax.nn.one_hot(labels, ways, dtype=features.dtype)
+    return features.T @ one_hot / jnp.maximum(jnp.sum(one_hot, axis=0), 1.0)
+
+
+def prototype_bias(readout: jax.Array) -> jax.Array:
+    """−‖c‖²/2 per column: with it, ``f @ c − ‖c‖²/2`` = −‖f − c‖²/2 + ‖f‖²/2 (the same for every class)."""
+    return -0.5 * jnp.sum(jnp.square(readout), axis=0)
+
+
+def inner_step(config: MAMLConfig, readout, f_support, y_support, logits, rates=None) -> jax.Array:
+    """The update a task's inner step writes to the readout, before the budget: the SGD step (Meta-SGD:
+    with per-weight rates ``rates``), or for ProtoNet the prototypes less what the readout holds."""
+    if config.method == "protonet":
+        return prototypes(f_support, y_support, config.ways) - readout
+    rate = config.inner_lr if rates is None else rates
+    return -rate * readout_gradient(f_support, logits, y_support)
+
+
+def adapt_task(config: MAMLConfig, readout0, f_support, y_support, f_query, y_query, key, state=None, rates=None):
     """Run the inner loop on one task's features; returns (final query loss, :class:`TaskOutputs`).
 
     ``pcm`` (``state`` from :func:`readout_state`, or programmed for this task if None): the chip's inner
@@ -278,8 +344,10 @@ def adapt_task(config: MAMLConfig, readout0, f_support, y_support, f_query, y_qu
     noise for every support and query vector (:func:`l2l_pcm.chip.analog_matmul`); each update is quantized, written by
     :func:`~l2l_pcm.chip.reprogram_layer` (only the devices it changes get fresh programming noise and
     drift exponents, and their own programming time), and ``hardware.update.seconds_between`` pass before the next
-    read, as on the chip (:class:`l2l_pcm.fewshot.deploy.ChipFewShotLearner`)."""
+    read, as on the chip (:class:`l2l_pcm.fewshot.deploy.ChipFewShotLearner`). ``rates``: Meta-SGD's
+    per-weight inner rates (:func:`inner_step`)."""
     readout = readout0
+    bias = None  # ProtoNet's digital −‖c‖²/2, once the prototypes are written
     now_s = config.hardware.clock.training_age_s
     if state is None:  # a task on its own: its readout programmed for it
         state = readout_state(config, readout0, jax.random.fold_in(key, 0x5EAD))
@@ -302,12 +370,15 @@ def adapt_task(config: MAMLConfig, readout0, f_support, y_support, f_query, y_qu
                 return features @ w
 
         query_logits = logits(f_query, key_query)
+        if bias is not None:
+            query_logits = query_logits + bias
         accuracies.append(accuracy(query_logits, y_query))
         if step == config.inner_steps:
             loss = cross_entropy(query_logits, y_query)
             break
-        gradient = readout_gradient(f_support, logits(f_support, key_support), y_support)
-        delta = keep_largest(-config.inner_lr * gradient, config.update_budget)  # the readout's SGD step
+        support_logits = None if config.method == "protonet" else logits(f_support, key_support)
+        step_update = inner_step(config, readout, f_support, y_support, support_logits, rates)
+        delta = keep_largest(step_update, config.update_budget)  # the readout's step
         if config.variant == "pcm":
             key_round, key_program = jax.random.split(key_update)
             written, update = _pcm_write(config, readout, delta, key_round)
@@ -319,6 +390,8 @@ def adapt_task(config: MAMLConfig, readout0, f_support, y_support, f_query, y_qu
             if config.variant == "4bit":
                 clipped += _past(readout + delta, limit)
             readout = _write(config, readout, delta, key_update)
+        if config.method == "protonet":
+            bias = prototype_bias(readout)
     return loss, TaskOutputs(jnp.stack(accuracies), clipped)
 
 
@@ -333,11 +406,39 @@ def read_kernels(config: MAMLConfig, conv_params: dict, key: jax.Array) -> list[
     return [read_weights(config, conv_params[name], k) for name, k in zip(CONV_NAMES, keys, strict=True)]
 
 
-def one_task_outputs(config: MAMLConfig, kernels, readout0, task, key, conv=software_conv, state=None):
+def adapt_all_layers(config: MAMLConfig, kernels, readout0, task, conv=software_conv):
+    """Full MAML's inner loop on one task (fp32): every step re-embeds the images with the adapted kernels
+    and takes an SGD step on the support loss in all layers (second order through the steps).
+    Returns (final query loss, :class:`TaskOutputs`)."""
+    support_x, support_y, query_x, query_y = task
+
+    def features(kernels):
+        return embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
+
+    def support_loss(weights):
+        f_s, _ = features(weights[0])
+        return cross_entropy(f_s @ weights[1], support_y)
+
+    weights = (list(kernels), readout0)
+    accuracies = []
+    for step in range(config.inner_steps + 1):
+        _, f_q = features(weights[0])
+        query_logits = f_q @ weights[1]
+        accuracies.append(accuracy(query_logits, query_y))
+        if step == config.inner_steps:
+            break
+        grads = jax.grad(support_loss)(weights)
+        weights = jax.tree.map(lambda w, g: w - config.inner_lr * g, weights, grads)
+    return cross_entropy(query_logits, query_y), TaskOutputs(jnp.stack(accuracies), jnp.zeros((), jnp.int32))
+
+
+def one_task_outputs(config: MAMLConfig, kernels, readout0, task, key, conv=software_conv, state=None, rates=None):
     """(final query loss, :class:`TaskOutputs`) of one task ``(sx, sy, qx, qy)``."""
+    if config.method == "maml":
+        return adapt_all_layers(config, kernels, readout0, task, conv)
     support_x, support_y, query_x, query_y = task
     f_s, f_q = embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
-    return adapt_task(config, readout0, f_s, support_y, f_q, query_y, key, state)
+    return adapt_task(config, readout0, f_s, support_y, f_q, query_y, key, state, rates)
 
 
 def _split_keys(key: jax.Array, tasks: int) -> tuple[jax.Array, jax.Array]:
@@ -363,8 +464,11 @@ def task_outputs(params, batch, key, config: MAMLConfig):
     kernels = read_kernels(config, _conv_params(params), key_conv)
     state = readout_state(config, params["readout"], _readout_key(key_conv))
 
+    rates = params.get(INNER_RATES)
+
     def one_task(sx, sy, qx, qy, task_key):
-        return one_task_outputs(config, kernels, params["readout"], (sx, sy, qx, qy), task_key, state=state)
+        task = (sx, sy, qx, qy)
+        return one_task_outputs(config, kernels, params["readout"], task, task_key, state=state, rates=rates)
 
     return jax.vmap(one_task)(*batch, task_keys)
 
@@ -393,21 +497,45 @@ def meta_gradient(params, batch, key, config: MAMLConfig):
     state = readout_state(config, params["readout"], _readout_key(key_conv))
 
     def task_loss(shared, task):
-        kernels, readout0 = shared
-        return one_task_outputs(config, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2, state=state)
+        kernels, readout0, rates = shared
+        return one_task_outputs(
+            config, kernels, readout0, task[:4], task[4], conv=conv3x3_stride2, state=state, rates=rates
+        )
 
     def task_sums(shared, task):
         (loss, outputs), grads = jax.value_and_grad(task_loss, has_aux=True)(shared, task)
         return loss, outputs.accuracies, grads
 
-    loss, accuracies, (kernel_grads, readout_grad) = distributed.sum_over_tasks(
-        task_sums, (kernels, params["readout"]), (*batch, task_keys)
+    loss, accuracies, (kernel_grads, readout_grad, rates_grad) = distributed.sum_over_tasks(
+        task_sums, (kernels, params["readout"], params.get(INNER_RATES)), (*batch, task_keys)
     )
     (conv_grads,) = read_backward([g / tasks for g in kernel_grads])
     if not config.learn_initial_readout:
         readout_grad = jnp.zeros_like(readout_grad)
     grads = {**conv_grads, "readout": readout_grad / tasks}
+    if rates_grad is not None:
+        grads[INNER_RATES] = rates_grad / tasks
     return (loss / tasks, accuracies / tasks), grads
+
+
+def with_method_parameters(params: dict, config: MAMLConfig) -> dict:
+    """``params`` with what the method learns besides the weights: Meta-SGD's inner rates (at ``inner_lr``
+    where absent). Refuses rates a method would not use, rather than carry them silently."""
+    params = dict(params)
+    if config.method == "metasgd":
+        if INNER_RATES not in params:
+            params[INNER_RATES] = jnp.full_like(params["readout"], config.inner_lr)
+    elif INNER_RATES in params:
+        raise ConfigError(f"parameters carry Meta-SGD inner rates, but method is {config.method!r}")
+    return params
+
+
+def weight_bounds(params: dict, config: MAMLConfig) -> dict[str, float]:
+    """The range each parameter is kept in after an outer step: the devices' ±w_max (the readout's
+    ±readout_scale·w_max); Meta-SGD's rates are digital and unbounded."""
+    bounds = {name: config.device.w_max * (config.readout_scale if name == "readout" else 1.0) for name in params}
+    bounds.pop(INNER_RATES, None)
+    return bounds
 
 
 def make_optimizer(config: MAMLConfig, schedule_steps: int = 0) -> optax.GradientTransformation:
@@ -428,8 +556,8 @@ def train_step(params, opt_state, batch, key, config: MAMLConfig, schedule_steps
     (loss, accuracies), grads = meta_gradient(params, batch, key, config)
     updates, opt_state = make_optimizer(config, schedule_steps).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    bounds = {name: config.device.w_max * (config.readout_scale if name == "readout" else 1.0) for name in params}
-    params = {name: jnp.clip(w, -bounds[name], bounds[name]) for name, w in params.items()}
+    bounds = weight_bounds(params, config)
+    params = {name: jnp.clip(w, -bounds[name], bounds[name]) if name in bounds else w for name, w in params.items()}
     return params, opt_state, loss, accuracies
 
 

@@ -19,11 +19,11 @@ from l2l_pcm.checkpoint import checkpoint_kind, load_checkpoint, save_checkpoint
 from l2l_pcm.errors import CheckpointError, ConfigError, check_seed
 from l2l_pcm.fewshot.data import TaskSampler
 from l2l_pcm.fewshot.evaluate import validate
-from l2l_pcm.fewshot.maml import MAMLConfig, make_optimizer, train_step
+from l2l_pcm.fewshot.maml import MAMLConfig, make_optimizer, train_step, with_method_parameters
 from l2l_pcm.fewshot.model import init_params
 from l2l_pcm.fewshot.omniglot import OmniglotImages, load_omniglot, split_background
 from l2l_pcm.fewshot.pretrain import CHECKPOINT_KIND as PRETRAIN_KIND
-from l2l_pcm.fewshot.pretrain import pretrained_body
+from l2l_pcm.fewshot.pretrain import PretrainConfig, pretrained_body
 from l2l_pcm.training import MetaTrainer
 from l2l_pcm.validation import parse
 
@@ -92,7 +92,7 @@ def load_fewshot_checkpoint(path, with_optimizer: bool = False):
     files. The run settings it was trained with are ``FewshotTrainConfig.from_json(migrated_config(metadata))``."""
     run, _ = training.checkpoint_config(path, CHECKPOINT_KIND, FewshotTrainConfig.from_json)
     config = run.model
-    params = init_params(jax.random.PRNGKey(0), config.cnn)
+    params = with_method_parameters(init_params(jax.random.PRNGKey(0), config.cnn), config)
     templates = {"params": params}
     if with_optimizer:
         templates["opt"] = make_optimizer(config, run.schedule_steps).init(params)
@@ -102,15 +102,28 @@ def load_fewshot_checkpoint(path, with_optimizer: bool = False):
     return trees["params"], config, metadata
 
 
+def load_learner(path) -> tuple[dict, MAMLConfig, dict]:
+    """(params, model config, metadata) of any few-shot learner's checkpoint: a meta-trained one, or a
+    supervised pre-training run's, which is a ``finetune`` learner: its conv body, a zero readout, and the
+    inner loop of its config's ``fewshot`` settings (the one its validation ran)."""
+    if checkpoint_kind(path) != PRETRAIN_KIND:
+        return load_fewshot_checkpoint(path)
+    source, _ = training.checkpoint_config(path, PRETRAIN_KIND, PretrainConfig.from_json)
+    config = dataclasses.replace(source.fewshot, method="finetune", learn_initial_readout=False)
+    params, metadata = pretrained_body(path, config)
+    return params, config, metadata
+
+
 def initial_parameters(path, config: MAMLConfig) -> tuple[dict, dict]:
     """(params, metadata) of the checkpoint a run starts from: a few-shot checkpoint of the same model,
     or a supervised pre-training one (:mod:`l2l_pcm.fewshot.pretrain`: its conv body, a zero readout)."""
     if checkpoint_kind(path) == PRETRAIN_KIND:
-        return pretrained_body(path, config)
+        params, metadata = pretrained_body(path, config)
+        return with_method_parameters(params, config), metadata
     params, source, metadata = load_fewshot_checkpoint(path)
     if source.cnn != config.cnn:
         raise CheckpointError(f"{path} has model {source.cnn}, this run needs {config.cnn}")
-    return params, metadata
+    return with_method_parameters(params, config), metadata
 
 
 def make_trainer(
@@ -124,6 +137,11 @@ def make_trainer(
     model's hardware's, its one home."""
     run = FewshotTrainConfig(model=run) if isinstance(run, MAMLConfig) else run
     config = run.model
+    if config.method == "finetune":
+        raise ConfigError(
+            "method 'finetune' is not meta-trained: its body learns by supervised classification "
+            "(`l2l-pcm fewshot pretrain`), and a pre-training checkpoint is a finetune learner"
+        )
     if config.variant == "pcm" and config.hardware.drift_compensation in ("array", "column"):
         raise ConfigError(
             f"hardware.drift_compensation {config.hardware.drift_compensation!r}: the few-shot pcm training "
@@ -139,7 +157,7 @@ def make_trainer(
         history = training.training_record(source_metadata)
 
     def init():
-        params = init_params(jax.random.PRNGKey(run.seed), config.cnn)
+        params = with_method_parameters(init_params(jax.random.PRNGKey(run.seed), config.cnn), config)
         if init_from is not None:
             params = dict(source_params)
         if not config.learn_initial_readout:  # held at zero: meta_gradient gives it no gradient

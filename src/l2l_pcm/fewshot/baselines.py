@@ -1,0 +1,125 @@
+"""Few-shot learning methods side by side on the clean protocol: same backbone, same unseen tasks, in
+software and on the chip (``l2l-pcm fewshot baselines``).
+
+Every method (:data:`l2l_pcm.fewshot.maml.METHODS`) is evaluated on the same evaluation-alphabet tasks
+(same seed: a paired comparison), in 32-bit software and deployed on the emulated chip, where each
+adaptation's programming is counted and costed by the chip core. The shipped learners were trained here
+(``configs/baseline_*.json``; wall times in the README); other checkpoints can be given per method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from l2l_pcm._io import file_sha256
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.fewshot.evaluate import evaluate_chip, evaluate_software
+from l2l_pcm.fewshot.maml import METHODS
+from l2l_pcm.fewshot.omniglot import OmniglotImages
+from l2l_pcm.fewshot.train import SHIPPED_CHECKPOINT, load_learner
+from l2l_pcm.plotting import pyplot, save_figure
+
+SHIPPED_LEARNERS = {
+    "maml_head": SHIPPED_CHECKPOINT,
+    **{method: SHIPPED_CHECKPOINT.with_name(f"fewshot_omniglot_{method}.safetensors") for method in METHODS[1:]},
+}
+"""The shipped checkpoint of each method (the paper's model is ``maml_head``)."""
+BACKENDS = ("software", "chip")
+ROW_FIELDS = (
+    "accuracy_mean",
+    "accuracy_ci95",
+    "accuracy_per_step",
+    "devices_reprogrammed_mean",
+    "devices_reprogrammed_fraction",
+    "energy_estimate_pJ_per_adaptation",
+    "inner_steps",
+    "update_budget",
+    "warnings",
+)
+
+
+def learner_paths(overrides: dict[str, str | Path] | None = None, methods=METHODS) -> dict[str, Path]:
+    """The checkpoint of each method in ``methods``: ``overrides`` where given, else the shipped one."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(METHODS)) + [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; methods are {list(METHODS)}")
+    return {method: Path(overrides.get(method, SHIPPED_LEARNERS[method])) for method in methods}
+
+
+def compare(
+    paths: dict[str, Path],
+    images: OmniglotImages,
+    tasks: int,
+    backends=BACKENDS,
+    queries: int = 15,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """``{"rows": [...]}``, one row per method and backend: accuracy after adaptation (mean, 95 % CI, per
+    step), and on the chip the devices re-programmed and energy per adaptation. Every checkpoint is
+    loaded, and its method checked, before any evaluation starts."""
+    bad = [backend for backend in backends if backend not in BACKENDS]
+    if bad or not backends:
+        raise ConfigError(f"backends must be some of {list(BACKENDS)}, got {list(backends)}")
+    learners = {}
+    for method, path in paths.items():
+        params, config, _ = load_learner(path)
+        if config.method != method:
+            raise ConfigError(f"{path} is a {config.method!r} learner, given for method {method!r}")
+        learners[method] = (params, config, path)
+    rows = []
+    for method, (params, config, path) in learners.items():
+        for backend in backends:
+            if backend == "chip":
+                result = evaluate_chip(params, config, images, tasks, queries, seed, progress=progress)
+            else:
+                result = evaluate_software(params, config, images, tasks, "fp32", queries, seed)
+            row = {"method": method, "backend": backend, "checkpoint": str(path)}
+            row["checkpoint_sha256"] = file_sha256(path)
+            rows.append({**row, **{name: result.get(name) for name in ROW_FIELDS}})
+    return {"tasks": tasks, "queries": queries, "seed": seed, "rows": rows}
+
+
+def plot_baselines(result: dict, path) -> Path:
+    """Left: accuracy per method, software and chip (95 % CI). Right: chip accuracy against the devices
+    each adaptation re-programs (the chip's cost of learning a task)."""
+    plt = pyplot()
+    rows = result["rows"]
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    fig, (ax_acc, ax_dev) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=120)
+    width = 0.38
+    for offset, backend in ((-width / 2, "software"), (width / 2, "chip")):
+        chosen = [next((r for r in rows if r["method"] == m and r["backend"] == backend), None) for m in methods]
+        x = [i + offset for i, r in enumerate(chosen) if r is not None]
+        means = [100 * r["accuracy_mean"] for r in chosen if r is not None]
+        cis = [100 * r["accuracy_ci95"] for r in chosen if r is not None]
+        if x:
+            ax_acc.bar(x, means, width, yerr=cis, capsize=3, label=backend)
+    ax_acc.set_xticks(range(len(methods)), methods)
+    low = min(100 * r["accuracy_mean"] - 100 * r["accuracy_ci95"] for r in rows)
+    ax_acc.set_ylim(max(0.0, np.floor(low - 2)), 100)
+    ax_acc.set_ylabel("query accuracy after adaptation (%)")
+    ax_acc.set_title(f"5-way 5-shot Omniglot, {result['tasks']} unseen tasks")
+    ax_acc.legend(loc="lower right")
+    ax_acc.grid(alpha=0.3, axis="y")
+    for row in rows:
+        if row["backend"] == "chip":
+            ax_dev.errorbar(
+                row["devices_reprogrammed_mean"],
+                100 * row["accuracy_mean"],
+                yerr=100 * row["accuracy_ci95"],
+                marker="o",
+                capsize=3,
+                label=row["method"],
+            )
+    ax_dev.set_xscale("log")
+    ax_dev.set_xlabel("devices re-programmed per adaptation (mean)")
+    ax_dev.set_ylabel("chip query accuracy (%)")
+    ax_dev.set_title("on the chip: accuracy against programming")
+    ax_dev.grid(alpha=0.3)
+    ax_dev.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
