@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,frameworks]"
+	$(BIN)/pip install --quiet -e ".[test,frameworks,nir]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,10 +32,10 @@ bench: $(STAMP)
 
 # API reference from the docstrings (pdoc), written to docs/api/ (not committed)
 docs: $(STAMP)
-	$(BIN)/pip install --quiet -e ".[docs,frameworks]"
+	$(BIN)/pip install --quiet -e ".[docs,frameworks,nir]"
 	$(BIN)/pdoc --docformat restructuredtext -o docs/api l2l_pcm l2l_pcm.pcm l2l_pcm.chip l2l_pcm.chip.chip l2l_pcm.chip.layers \
 		l2l_pcm.chip.crossbar l2l_pcm.chip.layout l2l_pcm.chip.energy l2l_pcm.fewshot l2l_pcm.robot l2l_pcm.training \
-		l2l_pcm.flax_chip l2l_pcm.equinox_chip
+		l2l_pcm.flax_chip l2l_pcm.equinox_chip l2l_pcm.snn l2l_pcm.eprop l2l_pcm.nir_export
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

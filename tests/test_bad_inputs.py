@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from l2l_pcm.cli import main
 from l2l_pcm.fewshot.maml import MAMLConfig
 from l2l_pcm.fewshot.model import init_params as fewshot_init
-from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
+from l2l_pcm.snn import LSGConfig, TraineeConfig
 
 SMALL_ROBOT_MODEL = dict(
     trainee=dict(n_in=5, n_rec=12),

@@ -130,7 +130,9 @@ def test_every_method_on_a_noiseless_chip_is_its_software_inner_loop(key, method
 @needs_shared
 def test_cli_baselines_prints_one_row_per_method_and_backend(tmp_path, capsys, key):
     protonet = dataclasses.replace(PROTONET, readout_scale=4.0)
-    path = train_module.save_fewshot_checkpoint(tmp_path / "proto.safetensors", init_params(key, protonet.cnn), protonet)
+    path = train_module.save_fewshot_checkpoint(
+        tmp_path / "proto.safetensors", init_params(key, protonet.cnn), protonet
+    )
     args = ["fewshot", "baselines", "--tasks", "2", "--queries", "2", "--methods", "maml_head,protonet"]
     assert main([*args, "--learner", f"protonet={path}", "--json", "--plot", str(tmp_path / "b.png")]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from l2l_pcm.cli import main
+from l2l_pcm.eprop import software_memory
 from l2l_pcm.errors import CheckpointError, ConfigError
 from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.arm import ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.deploy import ChipTrainee
-from l2l_pcm.robot.eprop import software_memory
 from l2l_pcm.robot.evaluate import animate_arm, evaluate, plot_spikes_and_signals, plot_trajectories
 from l2l_pcm.robot.model import ROBOT_HARDWARE, RobotConfig, init_params, inner_loop
-from l2l_pcm.robot.snn import LSGConfig, TraineeConfig
 from l2l_pcm.robot.train import RobotTrainConfig, load_robot_checkpoint, train, trajectories
+from l2l_pcm.snn import LSGConfig, TraineeConfig
 
 
 def small_robot(**changes) -> RobotConfig:

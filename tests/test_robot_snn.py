@@ -1,4 +1,4 @@
-"""Tests of the robot scenario's SNNs, natural e-prop and meta-loss (l2l_pcm.robot.snn / .eprop / .model).
+"""Tests of the robot scenario's SNNs, natural e-prop and meta-loss (l2l_pcm.snn / .eprop / .model).
 
 Spiking dynamics are compared in float64 (``x64`` fixture): a single flipped spike would otherwise
 cascade. All networks are tiny and the sequences short.
@@ -14,12 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from l2l_pcm import snn
 from l2l_pcm.chip import IDEAL_MVM, Chip, ChipConfig, UpdateConfig
 from l2l_pcm.chip.crossbar import WeightStatistics
-from l2l_pcm.errors import ConfigError
-from l2l_pcm.pcm import PCMDevice
-from l2l_pcm.robot import snn
-from l2l_pcm.robot.eprop import (
+from l2l_pcm.eprop import (
     SNNWeights,
     WeightMemory,
     WeightUpdate,
@@ -29,8 +27,11 @@ from l2l_pcm.robot.eprop import (
     presynaptic_traces,
     software_update,
 )
+from l2l_pcm.errors import ConfigError
+from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.model import RobotConfig, init_params, inner_loop, make_optimizer, meta_loss, train_step
-from l2l_pcm.robot.snn import (
+from l2l_pcm.robot.tasks import sample_trajectories
+from l2l_pcm.snn import (
     LSGConfig,
     SNNConfig,
     SNNState,
@@ -46,7 +47,6 @@ from l2l_pcm.robot.snn import (
     stack_weights,
     synaptic_currents,
 )
-from l2l_pcm.robot.tasks import sample_trajectories
 
 TINY = SNNConfig(n_in=3, n_rec=4, n_out=2, threshold=0.6)
 

@@ -162,6 +162,22 @@ def _robot_demo(args: argparse.Namespace) -> None:
     print("wrote: " + ", ".join(str(p) for p in paths))
 
 
+def _robot_export_nir(args: argparse.Namespace) -> None:
+    """The trainee network of a robot checkpoint (its meta-learned initial weights) as a NIR graph."""
+    from l2l_pcm.nir_export import to_nir, write_nir
+    from l2l_pcm.robot.model import PARAM_NAMES
+    from l2l_pcm.robot.train import load_robot_checkpoint
+
+    params, config, _ = load_robot_checkpoint(args.checkpoint)
+    graph = to_nir(config.model.trainee, *(params[name] for name in PARAM_NAMES[:3]))
+    path = write_nir(args.out, graph, overwrite=args.overwrite)
+    trainee = config.model.trainee
+    print(
+        f"wrote {path}: trainee {trainee.n_in} inputs → {trainee.n_rec} LIF (recurrent) → {trainee.n_out} LI "
+        f"readouts, dt {trainee.dt_ms} ms (refractory steps and subtractive reset in the LIF node's metadata)"
+    )
+
+
 def add_commands(commands) -> None:
     """The ``robot`` subcommands: train, eval, sweep and demo."""
     robot = commands.add_parser("robot", help="robot-arm motor learning with natural e-prop").add_subparsers(
@@ -201,3 +217,10 @@ def add_commands(commands) -> None:
     add_robot_eval_arguments(robot_demo)
     robot_demo.add_argument("--out", default="outputs", help="folder for figures and results (default: outputs/)")
     robot_demo.set_defaults(run=_robot_demo)
+    export_nir = robot.add_parser(
+        "export-nir", help="write the trainee spiking network of a checkpoint as NIR (Norse, snnTorch, Lava...)"
+    )
+    export_nir.add_argument("checkpoint", help="robot checkpoint (e.g. the shipped one, see 'robot eval --help')")
+    export_nir.add_argument("out", help="NIR file to write (HDF5, read with nir.read)")
+    export_nir.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export_nir.set_defaults(run=_robot_export_nir)

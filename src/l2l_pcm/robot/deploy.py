@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm.chip import AnalogLayer, ChipConfig, WeightStatistics, chip_for_model, deploy
+from l2l_pcm.eprop import WeightMemory, WeightUpdate
 from l2l_pcm.errors import ConfigError
-from l2l_pcm.robot.eprop import WeightMemory, WeightUpdate
 from l2l_pcm.robot.model import RobotConfig
-from l2l_pcm.robot.snn import recurrent_mask, stack_weights
+from l2l_pcm.snn import recurrent_mask, stack_weights
 
 TRAINEE = "trainee"
 READOUT = "trainee_readout"

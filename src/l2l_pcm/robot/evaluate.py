@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm.chip import ChipConfig
+from l2l_pcm.eprop import software_memory
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.plotting import pyplot, save_figure
 from l2l_pcm.robot.deploy import ChipTrainee
-from l2l_pcm.robot.eprop import software_memory
 from l2l_pcm.robot.model import RobotConfig, default_memory, inner_loop
 from l2l_pcm.robot.train import trajectories
 from l2l_pcm.training import check_task_count, mean_ci95

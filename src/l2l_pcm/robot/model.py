@@ -2,7 +2,7 @@ r"""Meta-learning objective of the robot scenario: learn the trainee's initial w
 
 Per task (a target joint-velocity trajectory :math:`\omega^*` and its end-effector path
 :math:`p^* = FK(\int \omega^*)`), the trainee adapts once with natural e-prop
-(:func:`l2l_pcm.robot.eprop.natural_eprop`) and the outer loss scores the trajectory it produces
+(:func:`l2l_pcm.eprop.natural_eprop`) and the outer loss scores the trajectory it produces
 *after* that update (paper.md §5):
 
 .. math::
@@ -31,10 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from l2l_pcm.chip import ChipConfig, UpdateConfig
-from l2l_pcm.errors import ConfigError, check_int, check_number
-from l2l_pcm.pcm import PCMDevice
-from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
-from l2l_pcm.robot.eprop import (
+from l2l_pcm.eprop import (
     EpropResult,
     SNNWeights,
     UpdateFn,
@@ -44,8 +41,11 @@ from l2l_pcm.robot.eprop import (
     software_memory,
     software_update,
 )
-from l2l_pcm.robot.snn import LSGConfig, TraineeConfig, clock_input, init_weights, recurrent_mask
+from l2l_pcm.errors import ConfigError, check_int, check_number
+from l2l_pcm.pcm import PCMDevice
+from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.tasks import XYZ_CODES, Trajectories, integrate_velocities, spike_encode_xyz
+from l2l_pcm.snn import LSGConfig, TraineeConfig, clock_input, init_weights, recurrent_mask
 
 __all__ = [
     "ARMS",
@@ -122,7 +122,7 @@ class RobotConfig:
     target_rate_trainee_hz: float = 20.0
     target_rate_lsg_hz: float = 10.0
     hardware_aware: bool = False
-    """Meta-train through the statistical PCM model (:func:`l2l_pcm.robot.eprop.pcm_memory`)."""
+    """Meta-train through the statistical PCM model (:func:`l2l_pcm.eprop.pcm_memory`)."""
     quantize_update: bool = True
     """Round the written update to ``hardware.update.step`` as ``hardware.update.rounding`` says; false:
     exact updates (a software-only model, which cannot be deployed on a chip)."""
@@ -214,7 +214,7 @@ class InnerLoopResult(NamedTuple):
 
 
 def init_params(key: jax.Array, config: RobotConfig) -> dict[str, jax.Array]:
-    """The six meta-parameters, initialised as in paper.md §5 (see :func:`l2l_pcm.robot.snn.init_weights`)."""
+    """The six meta-parameters, initialised as in paper.md §5 (see :func:`l2l_pcm.snn.init_weights`)."""
     k_trainee, k_lsg = jax.random.split(key)
     trainee = init_weights(k_trainee, config.trainee)
     lsg = init_weights(k_lsg, config.lsg)

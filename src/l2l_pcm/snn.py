@@ -1,6 +1,7 @@
-r"""Recurrent spiking networks of the robot scenario: LIF / ALIF neurons as pure step functions.
+r"""Recurrent spiking networks as parts: LIF / ALIF neurons as pure step functions and a thin scan.
 
-Both networks of paper.md §5 -- the trainee (250 LIF, on the chip) and the learning-signal generator
+Any recurrent spiking task builds on these (the robot scenario is one; ``examples/snn_pattern_on_chip.py``
+another). Both networks of paper.md §5 -- the trainee (250 LIF, on the chip) and the learning-signal generator
 (LSG, 800 neurons of which 30 % adapt their threshold) -- are the same recurrent network with
 different constants (:class:`SNNConfig`). One time step ``t`` (dt = 1 ms) maps the input spikes
 :math:`x(t)` and the previous step's state to the new state:

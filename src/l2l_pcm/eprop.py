@@ -1,4 +1,6 @@
-r"""Natural e-prop: the one-shot inner loop of the robot scenario (paper.md §5, Scherr et al. 2020).
+r"""E-prop as functions: eligibility traces, natural e-prop with a learning-signal generator (the robot
+scenario's one-shot inner loop, paper.md §5, Scherr et al. 2020), and e-prop with random or symmetric
+feedback of a task loss's output errors (Bellec et al. 2020, :func:`feedback_eprop`).
 
 A trainee SNN adapts its input and recurrent weights to a new target trajectory with a single
 update, whose learning signals come from a second, meta-learned SNN (the learning-signal generator,
@@ -50,7 +52,7 @@ from l2l_pcm.chip import (
 )
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.pcm import PCMDevice, quantize
-from l2l_pcm.robot.snn import (
+from l2l_pcm.snn import (
     SNNConfig,
     SNNRecord,
     leaky_integrate,
