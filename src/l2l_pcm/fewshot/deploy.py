@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +44,17 @@ from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, cross_entropy, embed, so
 from l2l_pcm.pcm import keep_largest
 
 READOUT = "readout"
+
+
+class EveryLayer(NamedTuple):
+    """What full MAML's inner loop needs beyond the readout (:func:`adapt_on_chip`)."""
+
+    layers: tuple[str, ...]
+    """Every layer the task re-programs."""
+    features: Callable[[int], tuple[jax.Array, jax.Array]]
+    """(support, query) features before step ``step`` ≥ 1, from the adapted layers."""
+    updates: Callable[[], dict[str, jax.Array]]
+    """Each layer's update for the weights the chip holds now."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,43 +114,17 @@ class ChipFewShotLearner:
         """Run one task from the deployed state; see the module docstring."""
         self.chip.restore(self._deployed)
         key_features, key_steps = jax.random.split(key)
-        f_support, f_query = self.features(support_x, query_x, key_features)
-        touched = {name: np.zeros(self.chip.placements[name].state_shape, dtype=bool) for name in self.adapted}
-        accuracies, devices, clipped = [], 0, 0
-        energy_before = self.chip.energy_pJ(*self.adapted)
-        support_y = jnp.asarray(support_y)
-        bias = None
-        for step, step_key in enumerate(jax.random.split(key_steps, self.config.inner_steps + 1)):
-            key_query, key_support, key_update = jax.random.split(step_key, 3)
-            if step and self.config.method == "maml":  # the adapted conv layers embed the images anew
-                f_support, f_query = self.features(support_x, query_x, jax.random.fold_in(key_features, step))
-            query_logits = self.chip.mvm(READOUT, f_query, key_query)
-            if bias is not None:
-                query_logits = query_logits + bias
-            accuracies.append(float(accuracy(query_logits, query_y)))
-            if step == self.config.inner_steps:
-                break
-            if self.config.method == "maml":
-                updates = self._all_layer_updates(support_x, support_y, query_x)
-            else:
-                logits = None if self.config.method == "protonet" else self.chip.mvm(READOUT, f_support, key_support)
-                readout = self.chip.intended_weights(READOUT) if self.config.method == "protonet" else None
-                update = inner_step(self.config, readout, f_support, support_y, logits, self.rates)
-                updates = {READOUT: keep_largest(update, self.config.update_budget)}
-            update_keys = [key_update] if len(updates) == 1 else jax.random.split(key_update, len(updates))
-            for name, update_key in zip(updates, update_keys, strict=True):
-                rounding = self.chip.config.update.rounding
-                report = self.chip.reprogram(name, updates[name], update_key, rounding=rounding)
-                touched[name] |= report.touched
-                devices += report.devices_touched
-                clipped += report.weights_clipped if name == READOUT else 0
-            if self.config.method == "protonet":
-                bias = prototype_bias(self.chip.intended_weights(READOUT))
-            self.chip.advance(self.chip.config.update.seconds_between, warn_fixed_age=False)
-        energy_pJ = self.chip.energy_pJ(*self.adapted) - energy_before
-        predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
-        unique = int(sum(mask.sum() for mask in touched.values()))
-        return ChipTaskResult(np.asarray(accuracies), devices, unique, predictions, energy_pJ, clipped)
+        features = self.features(support_x, query_x, key_features)
+        every_layer = None
+        if self.config.method == "maml":  # the adapted conv layers embed the images anew at every step
+            every_layer = EveryLayer(
+                layers=self.adapted,
+                features=lambda step: self.features(support_x, query_x, jax.random.fold_in(key_features, step)),
+                updates=lambda: self._all_layer_updates(support_x, jnp.asarray(support_y), query_x),
+            )
+        return adapt_on_chip(
+            self.chip, self.config, features, support_y, query_y, key_steps, rates=self.rates, every_layer=every_layer
+        )
 
     def _all_layer_updates(self, support_x, support_y, query_x) -> dict[str, jax.Array]:
         """Full MAML's step: every layer's −lr·gradient of the support loss, formed digitally from one
@@ -159,3 +146,60 @@ def _support_gradient(config: MAMLConfig, weights, support_x, support_y, query_x
         return cross_entropy(f_s @ readout, support_y)
 
     return jax.grad(loss)(weights)
+
+
+def adapt_on_chip(
+    chip,
+    learner: MAMLConfig,
+    features: tuple[jax.Array, jax.Array],
+    support_y,
+    query_y,
+    key: jax.Array,
+    *,
+    readout: str = READOUT,
+    rates=None,
+    every_layer=None,
+) -> ChipTaskResult:
+    """One task's inner loop on ``chip``, for any model: ``features`` = (support, query) features, from the
+    chip's layers or anywhere; the chip layer ``readout`` holds the readout as deployed. ``learner`` says
+    the method, ``inner_steps``, ``inner_lr``, ``update_budget`` and ``ways`` (a :class:`MAMLConfig`); updates
+    are written with :meth:`Chip.reprogram` as ``chip.config.update`` says, and the clock advances its
+    ``seconds_between`` after each. ``rates``: Meta-SGD's per-weight rates. ``every_layer`` (full MAML): the
+    layers it adapts, their features re-embedded before each step ≥ 1, and every layer's update."""
+    adapted = (readout,) if every_layer is None else tuple(every_layer.layers)
+    touched = {name: np.zeros(chip.placements[name].state_shape, dtype=bool) for name in adapted}
+    accuracies, devices, clipped = [], 0, 0
+    energy_before = chip.energy_pJ(*adapted)
+    support_y = jnp.asarray(support_y)
+    f_support, f_query = features
+    bias = None
+    for step, step_key in enumerate(jax.random.split(key, learner.inner_steps + 1)):
+        key_query, key_support, key_update = jax.random.split(step_key, 3)
+        if step and every_layer is not None:
+            f_support, f_query = every_layer.features(step)
+        query_logits = chip.mvm(readout, f_query, key_query)
+        if bias is not None:
+            query_logits = query_logits + bias
+        accuracies.append(float(accuracy(query_logits, query_y)))
+        if step == learner.inner_steps:
+            break
+        if every_layer is not None:
+            updates = every_layer.updates()
+        else:
+            logits = None if learner.method == "protonet" else chip.mvm(readout, f_support, key_support)
+            held = chip.intended_weights(readout) if learner.method == "protonet" else None
+            update = inner_step(learner, held, f_support, support_y, logits, rates)
+            updates = {readout: keep_largest(update, learner.update_budget)}
+        update_keys = [key_update] if len(updates) == 1 else jax.random.split(key_update, len(updates))
+        for name, update_key in zip(updates, update_keys, strict=True):
+            report = chip.reprogram(name, updates[name], update_key, rounding=chip.config.update.rounding)
+            touched[name] |= report.touched
+            devices += report.devices_touched
+            clipped += report.weights_clipped if name == readout else 0
+        if learner.method == "protonet":
+            bias = prototype_bias(chip.intended_weights(readout))
+        chip.advance(chip.config.update.seconds_between, warn_fixed_age=False)
+    energy_pJ = chip.energy_pJ(*adapted) - energy_before
+    predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
+    unique = int(sum(mask.sum() for mask in touched.values()))
+    return ChipTaskResult(np.asarray(accuracies), devices, unique, predictions, energy_pJ, clipped)
