@@ -78,6 +78,10 @@ __all__ = [
     "pcm_memory",
     "learning_signals",
     "natural_eprop",
+    "FEEDBACK",
+    "FeedbackEpropResult",
+    "feedback_matrix",
+    "feedback_eprop",
 ]
 
 
@@ -353,3 +357,68 @@ def natural_eprop(
         update=update,
         readout_reads=None if reads_before is None else reads_before.plus(reads_after),
     )
+
+
+# ------------------------------------------------------------------------------ e-prop with feedback
+FEEDBACK = ("symmetric", "random")
+
+
+class FeedbackEpropResult(NamedTuple):
+    loss: jax.Array
+    """The task loss of this pass."""
+    outputs: jax.Array
+    """Readout ``[B, T, n_out]``."""
+    record: SNNRecord
+    """Spikes, pseudo-derivatives and crossbar reads of the pass."""
+    delta_stack: jax.Array
+    """``ΔW_stack [n_in + n_rec, n_rec]``, summed over the batch (no self-connections)."""
+    delta_out: jax.Array
+    """``ΔW_out [n_rec, n_out]``: −eta times the loss's exact gradient."""
+
+
+def feedback_matrix(p: SNNConfig, feedback: str, w_out: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """``B [n_rec, n_out]`` that sends output errors to the neurons: ``W_out`` itself ("symmetric", Bellec et
+    al. 2020's symmetric e-prop) or a fixed N(0, 1/n_rec) matrix drawn from ``key`` ("random" e-prop, as in
+    random feedback alignment, Lillicrap et al. 2016)."""
+    if feedback == "symmetric":
+        return w_out
+    if feedback == "random":
+        if key is None:
+            raise ConfigError("random feedback needs a key (draw it once and keep it for the whole training)")
+        return jax.random.normal(key, (p.n_rec, p.n_out), w_out.dtype) / jnp.sqrt(p.n_rec)
+    raise ConfigError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
+
+
+def feedback_eprop(
+    p: SNNConfig,
+    recurrent: AnalogLayer,
+    w_out: jax.Array,
+    inputs: jax.Array,
+    loss_fn: Callable[[jax.Array], jax.Array],
+    feedback: jax.Array,
+    *,
+    eta: float,
+    read_key: jax.Array | None = None,
+) -> FeedbackEpropResult:
+    r"""E-prop for any task loss of the readout (Bellec et al. 2020, Nat. Commun. 11:3625, eqs. 1-3):
+    one forward pass of ``inputs [B, T, n_in]`` through the recurrent layer ``W_stack`` (an
+    :class:`~l2l_pcm.chip.AnalogLayer`: exact, or a chip's, read as its spec says; its reads are returned
+    in ``record.reads`` for :meth:`AnalogLayer.book`), then
+
+    * output errors :math:`E_k(t) = \partial\,\mathrm{loss} / \partial y_k(t)` of ``loss_fn(y)``;
+    * learning signals :math:`L_j(t) = \sum_k B_{jk} E_k(t)` with ``feedback`` = B (:func:`feedback_matrix`),
+      filtered backwards by the readout's leak, :math:`\bar L_j(t) = \sum_{t' \ge t} \kappa^{t'-t} L_j(t')`
+      (the exact weighting of the leaky readout, applied to the signal instead of to every trace);
+    * :math:`\Delta W_{ij} = -\eta \sum_t \bar L_j(t)\,\psi_j(t)\,\bar e_i(t)` (:func:`eprop_delta`),
+      and the readout's exact gradient step.
+
+    Online in the forward direction but for the backward filter of :math:`L`, which makes the sum equal to
+    filtering every eligibility trace forwards, as the paper does."""
+    record = run_snn(p, inputs, recurrent.stats, read_key, recurrent.spec)
+    outputs = readout(p, record.z, w_out)
+    loss, errors = jax.value_and_grad(loss_fn)(outputs)
+    grad_out = jax.grad(lambda w: loss_fn(readout(p, record.z, w)))(w_out)
+    filtered = leaky_integrate((errors @ feedback.T)[:, ::-1], p.kappa)[:, ::-1]
+    traces = presynaptic_traces(inputs, record.z, p.alpha)
+    delta = eprop_delta(traces, record.psi, filtered, eta, recurrent_mask(p, traces.dtype)).sum(axis=0)
+    return FeedbackEpropResult(loss, outputs, record, delta, -eta * grad_out)
