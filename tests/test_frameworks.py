@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SHARED, needs_shared
 from flax import nnx
 
 from l2l_pcm import equinox_chip, flax_chip
@@ -176,3 +177,25 @@ def test_the_framework_examples_run_and_the_noiseless_chip_matches_software(exam
     assert results["software_accuracy"] > 0.5  # 40 steps learn something: the comparison is not of chance
     assert results["pcm_chip_accuracy_1h"] > 0.5
     assert sum(1 for line in path.read_text().splitlines() if line.strip()) <= 75  # user code stays short
+
+
+@needs_shared
+@pytest.mark.parametrize("example", ["flax_fewshot_on_chip", "equinox_fewshot_on_chip"])
+def test_the_fewshot_examples_learn_tasks_on_the_chip(example, capsys, monkeypatch):
+    """A user's Flax / Equinox CNN meta-trained as a ProtoNet, every task learned on the chip: the noiseless
+    chip gives the software accuracy, and the short run learns more than chance (20 %)."""
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("L2L_PCM_DATA", str(SHARED))
+    path = Path(__file__).parents[1] / "examples" / f"{example}.py"
+    spec = importlib.util.spec_from_file_location(example, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(steps=20, tasks=4)
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == [
+        f"software_accuracy: {results['software_accuracy']:.4f}",
+        f"noiseless_chip_accuracy: {results['noiseless_chip_accuracy']:.4f}",
+    ]
+    assert abs(results["software_accuracy"] - results["noiseless_chip_accuracy"]) <= 1e-3
+    assert results["software_accuracy"] > 0.3 and results["pcm_chip_accuracy_1h"] > 0.3

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_pcm.chip import ChipConfig, chip_for_model, deploy
+from l2l_pcm.errors import ConfigError
 from l2l_pcm.fewshot.maml import INNER_RATES, MAMLConfig, inner_step, prototype_bias
 from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, cross_entropy, embed, software_conv
 from l2l_pcm.pcm import keep_largest
@@ -203,3 +204,33 @@ def adapt_on_chip(
     predictions = np.asarray(jnp.argmax(query_logits, axis=-1))
     unique = int(sum(mask.sum() for mask in touched.values()))
     return ChipTaskResult(np.asarray(accuracies), devices, unique, predictions, energy_pJ, clipped)
+
+
+def tasks_on_chip(
+    chip,
+    learner: MAMLConfig,
+    embed: Callable[[jax.Array, jax.Array], jax.Array],
+    tasks,
+    key: jax.Array,
+    *,
+    readout_scale: float,
+    readout: str = READOUT,
+) -> list[ChipTaskResult]:
+    """Few-shot tasks learned on ``chip`` by any model: ``embed(images, key)`` gives features [N, D] (the
+    model's layers read from the chip, e.g. through :func:`l2l_pcm.flax_chip.to_chip`); a zero readout
+    [D, ways] is placed and programmed at ``readout_scale`` weight units per device unit (its range
+    ±readout_scale·w_max); then every task ``(support_x, support_y, query_x, query_y)`` of the stacked
+    ``tasks`` starts from that state and is learned by :func:`adapt_on_chip` (readout-only methods)."""
+    support_x, support_y, query_x, query_y = tasks
+    if learner.method == "maml":
+        raise ConfigError("full MAML adapts every layer: tasks_on_chip runs the readout-only methods")
+    width = int(embed(jnp.asarray(support_x[0]), key).shape[-1])
+    chip.place_dense(readout, (width, learner.ways))
+    chip.program(readout, jnp.zeros((width, learner.ways)), jax.random.fold_in(key, 1), scaling=readout_scale)
+    deployed, results = chip.snapshot(), []
+    for i in range(len(support_x)):
+        chip.restore(deployed)
+        key_support, key_query, key_adapt = jax.random.split(jax.random.fold_in(key, 2 + i), 3)
+        features = (embed(jnp.asarray(support_x[i]), key_support), embed(jnp.asarray(query_x[i]), key_query))
+        results.append(adapt_on_chip(chip, learner, features, support_y[i], query_y[i], key_adapt, readout=readout))
+    return results
