@@ -1031,6 +1031,50 @@ def device_twice(files, mp):
     assert not (files.root / "run").exists()
 
 
+# few-shot methods, baselines, NIR export
+@case("a method with a setting it cannot honour (protonet with 4 inner steps)", r"'protonet' .* inner_steps must be 1")
+def protonet_inner_steps(files, mp):
+    config = files.fewshot_config(method="protonet", learn_initial_readout=False)
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+    assert not (files.root / "run").exists()
+
+
+@case("meta-training the finetune method (it is pre-trained)", r"'finetune' is not meta-trained.*fewshot pretrain")
+def finetune_meta_training(files, mp):
+    config = files.fewshot_config(method="finetune", learn_initial_readout=False)
+    yield ["fewshot", "train", "--out", str(files.root / "run"), "--config", str(config)]
+    assert not (files.root / "run").exists()
+
+
+@case("baselines: a checkpoint given for another method", r"is a 'maml_head' learner, given for method 'protonet'")
+def baselines_wrong_method(files, mp):
+    checkpoint = files.fewshot_checkpoint()
+    yield ["fewshot", "baselines", "--methods", "protonet", "--learner", f"protonet={checkpoint}", "--tasks", "2"]
+
+
+@case("baselines: an unknown method", r"unknown method\(s\) \['reptile'\]")
+def baselines_unknown_method(files, mp):
+    yield ["fewshot", "baselines", "--methods", "reptile", "--tasks", "2"]
+
+
+@case("baselines: a learner checkpoint that does not exist", r"learner checkpoint\(s\) not found: .*nothing")
+def baselines_missing_learner(files, mp):
+    yield ["fewshot", "baselines", "--methods", "maml", "--learner", f"maml={files.root / 'nothing'}", "--tasks", "2"]
+
+
+@case("NIR export over a file already there", r"out\.nir exists; pass overwrite")
+def nir_export_exists(files, mp):
+    (files.root / "out.nir").write_bytes(b"keep me")
+    yield ["robot", "export-nir", str(files.robot_run() / "last.safetensors"), str(files.root / "out.nir")]
+    assert (files.root / "out.nir").read_bytes() == b"keep me"
+
+
+@case("NIR export of a few-shot checkpoint", r"holds a 'fewshot-maml' checkpoint, expected 'robot-l2l'")
+def nir_export_fewshot(files, mp):
+    yield ["robot", "export-nir", str(files.fewshot_checkpoint()), str(files.root / "out.nir")]
+    assert not (files.root / "out.nir").exists()
+
+
 def run_case(name: str, root: Path) -> tuple[list[str], str]:
     """Run one case in ``root``; returns its command line and error line (after checking both)."""
     description, expect, fn, needs_data = CASES[name]
