@@ -54,6 +54,32 @@ def refuse_unknown_fields(cls: type, data: Mapping, path: str) -> None:
             refuse_unknown_fields(nested, value, f"{path}.{name}")
 
 
+def _holds_floats(hint: object) -> bool:
+    """Whether a field's annotation takes float numbers (``float``, ``float | None``, ``tuple[float, ...]``)."""
+    return hint is float or any(_holds_floats(arg) for arg in typing.get_args(hint))
+
+
+def _inexact_integer(value: object) -> object | None:
+    """The first integer in ``value`` (a number or a list of them) that a float cannot hold exactly."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if float(value) != value else None
+    if isinstance(value, (list, tuple)):
+        return next((found for item in value if (found := _inexact_integer(item)) is not None), None)
+    return None
+
+
+def refuse_inexact_floats(cls: type, data: Mapping, path: str) -> None:
+    """Refuse an integer given for a float setting that float64 cannot hold (2**53 + 1 would arrive as
+    2**53): the setting would silently differ from the file."""
+    types = _field_types(cls)
+    for name, value in data.items():
+        nested = _dataclass_in(types[name])
+        if nested is not None and isinstance(value, Mapping):
+            refuse_inexact_floats(nested, value, f"{path}.{name}")
+        elif _holds_floats(types[name]) and (found := _inexact_integer(value)) is not None:
+            raise ConfigError(f"{path}.{name}: {found} cannot be held exactly as a float number")
+
+
 def merged(base: Mapping, changes: Mapping) -> dict:
     """``base`` with ``changes`` laid over it: a JSON object merges field by field into the object it
     replaces, anything else replaces (``--hardware`` files over a model's tree, ``export --set`` sections)."""
@@ -76,6 +102,7 @@ def parse(cls: type, data: object, path: str):
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a JSON object of {cls.__name__} fields, got {data!r}")
     refuse_unknown_fields(cls, data, path)
+    refuse_inexact_floats(cls, data, path)
     try:
         return msgspec.convert(dict(data), cls, strict=True)
     except msgspec.ValidationError as exc:  # also wraps the class's own rules (its __post_init__'s ConfigError)
