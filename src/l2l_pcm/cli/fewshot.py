@@ -160,8 +160,8 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     if result.get("devices_reprogrammed_mean") is not None:
         print(
             f"devices re-programmed per task: mean {result['devices_reprogrammed_mean']:.1f}, max "
-            f"{result['devices_reprogrammed_max']} ({100 * result['devices_reprogrammed_fraction']:.1f} % of "
-            f"{result['readout_devices']} readout devices); energy estimate "
+            f"{result['devices_reprogrammed_max']} ({100 * result['devices_reprogrammed_fraction']:.1f} % of the "
+            f"{result['adapted_devices']} devices of the adapted layers); energy estimate "
             f"{result['energy_estimate_pJ_per_adaptation'] / 1e3:.1f} nJ per adaptation"
         )
 
@@ -228,7 +228,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     chip = results["emulated PCM chip"]
     print(
         f"chip: {chip['devices_reprogrammed_mean']:.1f} devices re-programmed per task "
-        f"({100 * chip['devices_reprogrammed_fraction']:.1f} % of the readout's {chip['readout_devices']})"
+        f"({100 * chip['devices_reprogrammed_fraction']:.1f} % of the adapted layers' {chip['adapted_devices']})"
     )
     paths = [plot_inner_step_curves(results, out / "fewshot_inner_steps.png")]
     if metadata.get("metrics"):
