@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from l2l_pcm.cli import main
@@ -1178,6 +1178,7 @@ def test_robot_train_values(batch, iterations, seed):
 
 @SETTINGS
 @given(tasks=ANY_TEXT, queries=ANY_TEXT, time=ANY_TEXT)
+@example(tasks="2", queries="1", time="0")  # accepted: the chip must be used at age 0
 def test_fewshot_eval_values(tasks, queries, time):
     """Values reach the library's own checks (the task sampler) with the data loading stubbed out."""
     from l2l_pcm.fewshot.omniglot import OmniglotImages
@@ -1185,7 +1186,9 @@ def test_fewshot_eval_values(tasks, queries, time):
     images = OmniglotImages(np.zeros((6, 20, 28, 28), np.float32), [f"a/character{i:02d}" for i in range(6)], ["a"] * 6)
     params = fewshot_init(jax.random.PRNGKey(0), TINY_FEWSHOT.cnn)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("l2l_pcm.cli.fewshot._load_fewshot", lambda args: (params, TINY_FEWSHOT, {}, images))
+        # the loaders stubbed, not _load_fewshot: it is where the flags reach the config
+        mp.setattr("l2l_pcm.fewshot.train.load_learner", lambda path: (params, TINY_FEWSHOT, {}))
+        mp.setattr("l2l_pcm.fewshot.omniglot.load_omniglot", lambda split, data_dir=None: images)
         mp.setattr("l2l_pcm.fewshot.evaluate.evaluate_batch", stub)
         mp.setattr("l2l_pcm.fewshot.evaluate.ChipFewShotLearner", stub)
         argv = ["fewshot", "eval", "--tasks", tasks, "--queries", queries, "--time-since-programming", time]
