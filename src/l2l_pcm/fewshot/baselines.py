@@ -107,19 +107,14 @@ def plot_baselines(result: dict, path) -> Path:
     ax_acc.grid(alpha=0.3, axis="y")
     for row in rows:
         if row["backend"] == "chip":
-            ax_dev.errorbar(
-                row["devices_reprogrammed_mean"],
-                100 * row["accuracy_mean"],
-                yerr=100 * row["accuracy_ci95"],
-                marker="o",
-                capsize=3,
-                label=row["method"],
-            )
+            x, y = row["devices_reprogrammed_mean"], 100 * row["accuracy_mean"]
+            ax_dev.errorbar(x, y, yerr=100 * row["accuracy_ci95"], marker="o", capsize=3)
+            ax_dev.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
     ax_dev.set_xscale("log")
     ax_dev.set_xlabel("devices re-programmed per adaptation (mean)")
     ax_dev.set_ylabel("chip query accuracy (%)")
     ax_dev.set_title("on the chip: accuracy against programming")
     ax_dev.grid(alpha=0.3)
-    ax_dev.legend(loc="lower right", fontsize=8)
+    ax_dev.margins(x=0.15, y=0.1)
     fig.tight_layout()
     return save_figure(fig, path)
