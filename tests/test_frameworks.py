@@ -199,3 +199,55 @@ def test_the_fewshot_examples_learn_tasks_on_the_chip(example, capsys, monkeypat
     ]
     assert abs(results["software_accuracy"] - results["noiseless_chip_accuracy"]) <= 1e-3
     assert results["software_accuracy"] > 0.3 and results["pcm_chip_accuracy_1h"] > 0.3
+
+
+class LinenCNN:  # built lazily: flax.linen is imported by the test that uses it
+    @staticmethod
+    def make():
+        from flax import linen
+
+        class CNN(linen.Module):
+            @linen.compact
+            def __call__(self, x):
+                x = linen.relu(linen.Conv(8, (3, 3), strides=2, padding="SAME")(x))  # pads (0, 1) at stride 2
+                x = linen.relu(linen.Conv(8, (3, 3), padding=((0, 1), (1, 0)))(x))
+                x = linen.LayerNorm()(x.reshape(x.shape[0], -1))  # stays digital
+                return linen.Dense(10)(x)
+
+        return CNN()
+
+
+def test_a_linen_model_on_a_noiseless_chip_equals_linen_and_trains_hardware_aware(key):
+    from flax import linen
+
+    model = LinenCNN.make()
+    x = jax.random.normal(key, (4, 9, 9, 1))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    chip = Chip(NOISELESS)
+    onchip = flax_chip.linen_to_chip(model, variables, x, chip, key)
+    assert onchip.layer_names == ["Conv_0", "Conv_1", "Dense_0"]
+    expected = model.apply(variables, x)
+    np.testing.assert_allclose(jax.jit(onchip.read())(x), expected, rtol=1e-5, atol=1e-5)
+    assert chip.counters["Dense_0"]["mvm_vectors"] > 0  # the reads are booked on the chip
+
+    aware = flax_chip.linen_hardware_aware(model, variables, x, NOISELESS, key)
+    np.testing.assert_allclose(aware(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+    def loss(apply, v):
+        return jnp.sum(apply(v, x) ** 2)
+
+    grads = jax.grad(lambda v: loss(aware, v))(variables)["params"]["Conv_0"]["kernel"]
+    exact = jax.grad(lambda v: loss(model.apply, v))(variables)["params"]["Conv_0"]["kernel"]
+    kernel = variables["params"]["Conv_0"]["kernel"]
+    inside = jnp.abs(kernel) < jnp.max(jnp.abs(kernel))  # at the range's edge the clip's gradient ties at 1/2
+    np.testing.assert_allclose(grads[inside], exact[inside], rtol=1e-4, atol=1e-5)  # straight through
+
+    class Grouped(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Conv(8, (3, 3), feature_group_count=2)(x)
+
+    with pytest.raises(ConfigError, match="grouped or dilated"):
+        flax_chip.linen_to_chip(
+            Grouped(), Grouped().init(key, jnp.ones((1, 5, 5, 2))), jnp.ones((1, 5, 5, 2)), Chip(NOISELESS), key
+        )

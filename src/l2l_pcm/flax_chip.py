@@ -12,6 +12,9 @@ Flax's kernels are already (in, out) and HWIO, as the chip's; what needs care is
 stride 2 pads (0, 1), which :func:`~l2l_pcm.chip.analog_conv` reproduces exactly. Other layers (norms,
 embeddings, attention's ``LinearGeneral``) stay digital and are listed in :attr:`OnChip.digital_layers`;
 transposed, dilated, grouped, masked and non-2-D convolutions are refused rather than run in software.
+Flax Linen models, which exist only inside ``apply``, go through :func:`linen_to_chip` (one run on a sample
+input finds their Dense and Conv calls; ``onchip.read()`` returns ``apply(x, key=None)`` with those calls
+read through the chip, by ``nn.intercept_methods``) and :func:`linen_hardware_aware`.
 ``hardware_aware(model, hardware, key)`` gives a copy for hardware-aware training (use it inside the loss:
 gradients reach the model's own kernels straight through). Needs the ``flax`` extra
 (``pip install l2l-pcm[frameworks]``).
@@ -177,3 +180,129 @@ def hardware_aware(
         weights, hardware, key, scaling=scaling, reference_age_s=reference_age_s, biases=biases
     )
     return _replaced(model, found, layers, rngs)
+
+
+# ------------------------------------------------------------------------------------------- Linen
+def _linen_layers(module, variables, sample_input) -> dict[str, tuple]:
+    """Chip layer name -> module path of every ``nn.Dense`` / 2-D ``nn.Conv`` call in one run of
+    ``module.apply(variables, sample_input)`` (Linen modules exist only inside ``apply``: the run finds them)."""
+    from flax import linen as nn
+
+    found: dict[str, object] = {}
+
+    def record(next_fun, args, kwargs, context):
+        layer = context.module
+        if context.method_name == "__call__" and isinstance(layer, (nn.ConvTranspose, nn.ConvLocal)):
+            raise ConfigError(f"layer {'/'.join(layer.path)}: {type(layer).__name__} is not supported on the chip")
+        if context.method_name == "__call__" and isinstance(layer, (nn.Dense, nn.Conv)):
+            name = "_".join(layer.path) or "layer"
+            if isinstance(layer, nn.Conv):
+                ones = (None, 1, (1, 1))
+                if isinstance(layer.kernel_size, int) or len(layer.kernel_size) != 2:  # an int is Linen's 1-D
+                    raise ConfigError(f"layer {name}: only 2-D convolutions are supported on the chip")
+                if (
+                    layer.feature_group_count != 1
+                    or layer.input_dilation not in ones
+                    or layer.kernel_dilation not in ones
+                ):
+                    raise ConfigError(f"layer {name}: grouped or dilated convolutions are not supported on the chip")
+                if layer.mask is not None or isinstance(layer.padding, str) and layer.padding not in ("SAME", "VALID"):
+                    raise ConfigError(
+                        f"layer {name}: masked or {layer.padding!r}-padded convolutions are not supported"
+                    )
+            found[name] = tuple(layer.path)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        module.apply(variables, sample_input)
+    if not found:
+        raise ConfigError("the model has no nn.Dense or nn.Conv layer to put on the chip")
+    return found
+
+
+def _linen_parameters(variables, paths: dict[str, tuple]) -> tuple[dict, dict]:
+    """(kernels, biases) by chip layer name, from the ``params`` collection at each layer's path."""
+    weights, biases = {}, {}
+    for name, path in paths.items():
+        node = variables["params"]
+        for part in path:
+            node = node[part]
+        weights[name] = node["kernel"]
+        if "bias" in node:
+            biases[name] = node["bias"]
+    return weights, biases
+
+
+def _run_analog(module, variables, x, layers: dict[str, AnalogLayer], key, prefix: str):
+    """``module.apply(variables, x)`` with every Dense/Conv call read through its layer in ``layers``."""
+    from flax import linen as nn
+
+    calls = iter(range(1 << 30))
+
+    def analog(next_fun, args, kwargs, context):
+        layer = context.module
+        if context.method_name != "__call__" or not isinstance(layer, (nn.Dense, nn.Conv)):
+            return next_fun(*args, **kwargs)
+        chip_layer = layers[prefix + ("_".join(layer.path) or "layer")]
+        read_key = None if key is None else jax.random.fold_in(key, next(calls))
+        if isinstance(layer, nn.Dense):
+            return analog_dense(chip_layer, args[0], read_key)
+        images = args[0]
+        flat = images.reshape((-1, *images.shape[-3:]))
+        strides = 1 if layer.strides is None else layer.strides
+        out = analog_conv(chip_layer, flat, read_key, stride=strides, padding=_padding(layer, layer.name))
+        return out.reshape((*images.shape[:-3], *out.shape[1:]))
+
+    with nn.intercept_methods(analog):
+        return module.apply(variables, x)
+
+
+class LinenOnChip:
+    """A Flax Linen model programmed on a chip (:func:`linen_to_chip`): :meth:`apply` runs it with every Dense
+    and Conv read through its chip layer (as the chip holds it when :meth:`read` was called)."""
+
+    def __init__(self, module, variables, chip: Chip, names: list[str], prefix: str) -> None:
+        self.module, self.variables, self.chip, self.layer_names, self._prefix = module, variables, chip, names, prefix
+
+    def read(self):
+        """``apply(x, key=None)``: the model on the chip as it reads now (call again after ``chip.advance``);
+        ``key`` draws fresh read noise for every layer (None: the noise-free expectation). Jit-able; reads
+        are booked on the chip."""
+
+        layers = {name: self.chip.layer(name) for name in self.layer_names}
+
+        def apply(x, key=None):
+            return _run_analog(self.module, self.variables, x, layers, key, self._prefix)
+
+        return apply
+
+
+def linen_to_chip(
+    module, variables, sample_input, chip: Chip, key: jax.Array, *, scaling="layer", reference_age_s=0.0, prefix=""
+) -> LinenOnChip:
+    """Place and program every ``nn.Dense`` and 2-D ``nn.Conv`` a Flax Linen ``module`` calls on ``sample_input``
+    (one ``module.apply(variables, sample_input)`` finds them; biases digital); ``scaling`` and
+    ``reference_age_s`` as :func:`~l2l_pcm.chip.deploy`. Layers are named by their module path after ``prefix``."""
+    paths = {prefix + name: path for name, path in _linen_layers(module, variables, sample_input).items()}
+    weights, biases = _linen_parameters(variables, paths)
+    deploy(weights, chip, key, scaling, biases, reference_age_s, new_layers_only=True)
+    return LinenOnChip(module, variables, chip, list(paths), prefix)
+
+
+def linen_hardware_aware(
+    module, variables, sample_input, hardware: ChipConfig, key: jax.Array, *, scaling="layer", reference_age_s=0.0
+):
+    """``apply(variables, x, read_key=None)`` for hardware-aware training of a Linen model: every Dense and Conv
+    read as a chip with ``hardware`` returns it at the tree's training age
+    (:func:`~l2l_pcm.chip.hardware_aware_layers`), built from the ``variables`` passed in, so gradients reach
+    them straight through; biases digital and exact. ``key`` draws the programming noise."""
+    paths = _linen_layers(module, variables, sample_input)
+
+    def apply(variables, x, read_key=None):
+        weights, biases = _linen_parameters(variables, paths)
+        layers = hardware_aware_layers(
+            weights, hardware, key, scaling=scaling, reference_age_s=reference_age_s, biases=biases
+        )
+        return _run_analog(module, variables, x, layers, read_key, "")
+
+    return apply
