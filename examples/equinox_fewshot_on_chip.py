@@ -59,15 +59,14 @@ def main(steps: int = 1000, tasks: int = 100) -> dict:
     for step in range(steps):
         model, state = train_step(model, state, *(jnp.asarray(a[0]) for a in train.sample(step, 1)))
     tasks, key = TaskSampler(load_omniglot("evaluation"), 5, 5, 15).sample(12345, tasks), jax.random.PRNGKey(2)
-    software = [
-        float(jnp.mean(jnp.argmax(logits(model, *task[:3]), -1) == task[3])) for task in zip(*tasks, strict=True)
-    ]
+    software = [jnp.mean(jnp.argmax(logits(model, *t[:3]), -1) == t[3]) for t in zip(*tasks, strict=True)]
     scale = 2.0 * float(jnp.max(jnp.abs(prototypes(embed(model, tasks[0][0]), tasks[1][0], 5))))  # the readout's range
 
     def chip_accuracy(config: ChipConfig, noisy: bool) -> float:
         chip = Chip(config)
-        read = equinox_chip.to_chip(model, chip, jax.random.PRNGKey(1)).read()
-        chip.advance(3600.0)
+        onchip = equinox_chip.to_chip(model, chip, jax.random.PRNGKey(1))
+        chip.advance(3600.0)  # one hour of drift, then the layers as they read now
+        read = onchip.read()
         features = eqx.filter_jit(lambda x, key: embed(read, x, key if noisy else None))
         results = tasks_on_chip(chip, LEARNER, features, tasks, key, readout_scale=scale)
         return float(np.mean([result.accuracy_per_step[-1] for result in results]))
