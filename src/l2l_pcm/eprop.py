@@ -415,9 +415,9 @@ def feedback_eprop(
     Online in the forward direction but for the backward filter of :math:`L`, which makes the sum equal to
     filtering every eligibility trace forwards, as the paper does."""
     record = run_snn(p, inputs, recurrent.stats, read_key, recurrent.spec)
-    outputs = readout(p, record.z, w_out)
+    outputs, readout_vjp = jax.vjp(lambda w: readout(p, record.z, w), w_out)
     loss, errors = jax.value_and_grad(loss_fn)(outputs)
-    grad_out = jax.grad(lambda w: loss_fn(readout(p, record.z, w)))(w_out)
+    (grad_out,) = readout_vjp(errors)  # the readout's exact gradient, from the same errors
     filtered = leaky_integrate((errors @ feedback.T)[:, ::-1], p.kappa)[:, ::-1]
     traces = presynaptic_traces(inputs, record.z, p.alpha)
     delta = eprop_delta(traces, record.psi, filtered, eta, recurrent_mask(p, traces.dtype)).sum(axis=0)

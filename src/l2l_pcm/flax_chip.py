@@ -60,7 +60,16 @@ class AnalogConv(AnalogLinear):
         return out.reshape((*x.shape[:-3], *out.shape[1:]))
 
 
-def _padding(node: nnx.Conv, name: str):
+def _refuse_conv_options(node, name: str) -> None:
+    """Grouped, dilated and masked convolutions (an ``nnx.Conv`` or a Linen ``nn.Conv``) have no chip mapping."""
+    ones = (None, 1, (1, 1))
+    if node.feature_group_count != 1 or node.input_dilation not in ones or node.kernel_dilation not in ones:
+        raise ConfigError(f"layer {name}: grouped or dilated convolutions are not supported on the chip")
+    if node.mask is not None:
+        raise ConfigError(f"layer {name}: a masked convolution is not supported on the chip")
+
+
+def _padding(node, name: str):
     padding = node.padding
     if isinstance(padding, str):
         if padding.upper() in ("SAME", "VALID"):
@@ -82,11 +91,7 @@ def _chip_layers(model) -> tuple[dict[str, tuple], list[str]]:
                 f"layer {name}: {type(node).__name__} is not supported on the chip (Linear and 2-D Conv are)"
             )
         if isinstance(node, nnx.Conv):
-            ones = (None, 1, (1, 1))
-            if node.feature_group_count != 1 or node.input_dilation not in ones or node.kernel_dilation not in ones:
-                raise ConfigError(f"layer {name}: grouped or dilated convolutions are not supported on the chip")
-            if node.mask is not None:
-                raise ConfigError(f"layer {name}: a masked convolution is not supported on the chip")
+            _refuse_conv_options(node, name)
         if isinstance(node, (nnx.Conv, nnx.Linear)):
             if name in found:
                 raise ConfigError(f"two layers of the model are both named {name!r} on the chip")
@@ -197,19 +202,10 @@ def _linen_layers(module, variables, sample_input) -> dict[str, tuple]:
         if context.method_name == "__call__" and isinstance(layer, (nn.Dense, nn.Conv)):
             name = "_".join(layer.path) or "layer"
             if isinstance(layer, nn.Conv):
-                ones = (None, 1, (1, 1))
                 if isinstance(layer.kernel_size, int) or len(layer.kernel_size) != 2:  # an int is Linen's 1-D
                     raise ConfigError(f"layer {name}: only 2-D convolutions are supported on the chip")
-                if (
-                    layer.feature_group_count != 1
-                    or layer.input_dilation not in ones
-                    or layer.kernel_dilation not in ones
-                ):
-                    raise ConfigError(f"layer {name}: grouped or dilated convolutions are not supported on the chip")
-                if layer.mask is not None or isinstance(layer.padding, str) and layer.padding not in ("SAME", "VALID"):
-                    raise ConfigError(
-                        f"layer {name}: masked or {layer.padding!r}-padded convolutions are not supported"
-                    )
+                _refuse_conv_options(layer, name)
+                _padding(layer, name)  # refuses paddings the chip has not
             found[name] = tuple(layer.path)
         return next_fun(*args, **kwargs)
 

@@ -264,7 +264,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def _fewshot_baselines(args: argparse.Namespace) -> None:
     """Every method on the same unseen tasks, software and chip: a table (or JSON) and a figure."""
-    from l2l_pcm.fewshot.baselines import compare, learner_paths
+    from l2l_pcm.fewshot.baselines import compare, learner_paths, plot_baselines
     from l2l_pcm.fewshot.maml import METHODS
     from l2l_pcm.fewshot.omniglot import load_omniglot
 
@@ -284,8 +284,6 @@ def _fewshot_baselines(args: argparse.Namespace) -> None:
         for line in row.get("warnings") or []:
             print(f"warning: {row['method']} on {row['backend']}: {line}", file=sys.stderr)
     if args.plot:
-        from l2l_pcm.fewshot.baselines import plot_baselines
-
         print(f"wrote: {plot_baselines(result, args.plot)}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result))

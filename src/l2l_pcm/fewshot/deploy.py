@@ -40,8 +40,8 @@ import numpy as np
 
 from l2l_pcm.chip import ChipConfig, chip_for_model, deploy
 from l2l_pcm.errors import ConfigError
-from l2l_pcm.fewshot.maml import INNER_RATES, MAMLConfig, inner_step, prototype_bias
-from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, cross_entropy, embed, software_conv
+from l2l_pcm.fewshot.maml import INNER_RATES, MAMLConfig, inner_step, prototype_bias, support_loss
+from l2l_pcm.fewshot.model import CONV_NAMES, accuracy, embed
 from l2l_pcm.pcm import keep_largest
 
 READOUT = "readout"
@@ -140,13 +140,7 @@ class ChipFewShotLearner:
 @functools.partial(jax.jit, static_argnames=("config",))
 def _support_gradient(config: MAMLConfig, weights, support_x, support_y, query_x):
     """Gradient of the support cross-entropy with respect to (kernels, readout), in software."""
-
-    def loss(weights):
-        kernels, readout = weights
-        f_s, _ = embed(lambda i, x: software_conv(kernels[i], x), support_x, query_x, config.cnn)
-        return cross_entropy(f_s @ readout, support_y)
-
-    return jax.grad(loss)(weights)
+    return jax.grad(lambda w: support_loss(config, w, support_x, support_y, query_x)[0])(weights)
 
 
 def adapt_on_chip(

@@ -406,28 +406,32 @@ def read_kernels(config: MAMLConfig, conv_params: dict, key: jax.Array) -> list[
     return [read_weights(config, conv_params[name], k) for name, k in zip(CONV_NAMES, keys, strict=True)]
 
 
+def support_loss(config: MAMLConfig, weights, support_x, support_y, query_x, conv=software_conv):
+    """(support cross-entropy, query features) of ``weights = (kernels, readout)`` on one task's images: the
+    loss full MAML's inner steps descend, in software and (from a read of the chip's weights) on the chip."""
+    kernels, readout = weights
+    f_s, f_q = embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
+    return cross_entropy(f_s @ readout, support_y), f_q
+
+
 def adapt_all_layers(config: MAMLConfig, kernels, readout0, task, conv=software_conv):
-    """Full MAML's inner loop on one task (fp32): every step re-embeds the images with the adapted kernels
-    and takes an SGD step on the support loss in all layers (second order through the steps).
-    Returns (final query loss, :class:`TaskOutputs`)."""
+    """Full MAML's inner loop on one task (fp32): every step embeds the images with the adapted kernels
+    and takes an SGD step on the support loss in all layers (second order through the steps); the query
+    features come from the same forward pass as the step's gradient. Returns (final query loss,
+    :class:`TaskOutputs`)."""
     support_x, support_y, query_x, query_y = task
-
-    def features(kernels):
-        return embed(lambda i, x: conv(kernels[i], x), support_x, query_x, config.cnn)
-
-    def support_loss(weights):
-        f_s, _ = features(weights[0])
-        return cross_entropy(f_s @ weights[1], support_y)
-
+    step_loss = jax.value_and_grad(lambda w: support_loss(config, w, support_x, support_y, query_x, conv), has_aux=True)
     weights = (list(kernels), readout0)
     accuracies = []
     for step in range(config.inner_steps + 1):
-        _, f_q = features(weights[0])
+        if step == config.inner_steps:  # no step after the last: the forward pass alone
+            f_q = support_loss(config, weights, support_x, support_y, query_x, conv)[1]
+        else:
+            (_, f_q), grads = step_loss(weights)
         query_logits = f_q @ weights[1]
         accuracies.append(accuracy(query_logits, query_y))
         if step == config.inner_steps:
             break
-        grads = jax.grad(support_loss)(weights)
         weights = jax.tree.map(lambda w, g: w - config.inner_lr * g, weights, grads)
     return cross_entropy(query_logits, query_y), TaskOutputs(jnp.stack(accuracies), jnp.zeros((), jnp.int32))
 
