@@ -54,7 +54,7 @@ def main() -> None:
     theirs = authors_config.model
     for backend, precision in (("software", "trained"), ("software", "fp32"), ("chip", "trained")):
         rows.append(_row("authors' model", authors_params, theirs, backend, precision, args.tasks, args.seed))
-    # the authors' weights under this project's defaults (paper.md §11.4, last row)
+    # the authors' weights under this project's defaults ("ibm" device, digital W_out, clipped predicted angles)
     defaults = dataclasses.replace(
         theirs, hardware=ROBOT_HARDWARE.with_settings({"device": "ibm"}), w_out_on_pcm=False,
         clip_predicted_angles=True,

@@ -433,6 +433,16 @@ def nan_time(files, mp):
     yield ["fewshot", "eval", "--time-since-programming", "nan"]
 
 
+@case("per-task file of an unknown format (CLI)", r"argument --per-task: per-task file 'tasks\.txt' must end in \.csv")
+def per_task_format(files, mp):
+    yield ["fewshot", "eval", "--per-task", "tasks.txt", "--tasks", "2"]
+
+
+@case("several chip instances for the software model", r"--chips applies to the chip only")
+def chips_in_software(files, mp):
+    yield ["robot", "eval", "--backend", "software", "--chips", "3", "--tasks", "2"]
+
+
 @case("seed out of range (CLI)", r"argument --seed: expected an integer in 0\.\.4294967295, got '-1'")
 def negative_seed(files, mp):
     yield ["robot", "eval", "--seed", "-1"]

@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import json
 
@@ -340,6 +341,25 @@ def test_cli_eval_json_on_both_backends(tmp_path, capsys, monkeypatch):
         "Ojibwe_(Canadian_Aboriginal_Syllabics)",
         "Syriac_(Estrangelo)",
     }
+    # per-task rows on disk, and chip instances: chip 0 is the single-chip evaluation, the others differ
+    per_task = tmp_path / "tasks.csv"
+    chip_args = [*args[:-1], "--data-dir", str(SHARED), "--chips", "3", "--per-task", str(per_task), "--json"]
+    assert main(chip_args) == 0
+    several = json.loads(capsys.readouterr().out)
+    assert "per_task" not in several and several["chips"] == 3 and several["tasks"] == 2
+    with per_task.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["chip"]), int(r["task"])) for r in rows] == [(c, t) for c in range(3) for t in range(2)]
+    assert {"accuracy_after", "accuracy_per_step_4", "programming_operations", "distinct_devices"} <= set(rows[0])
+    assert all(int(r["distinct_devices"]) <= int(r["programming_operations"]) for r in rows)
+    assert main([*args[:-1], "--data-dir", str(SHARED), "--json"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert several["accuracy_per_chip"][0] == pytest.approx(single["accuracy_mean"])
+    chip_means = [np.mean([float(r["accuracy_after"]) for r in rows if int(r["chip"]) == c]) for c in range(3)]
+    assert chip_means == pytest.approx(several["accuracy_per_chip"])
+    assert several["accuracy_between_chips_std"] == pytest.approx(np.std(chip_means, ddof=1))
+    assert main([*args[:-1], "--backend", "software", "--chips", "2", "--data-dir", str(SHARED)]) == 2
+    assert "--chips applies to the chip only" in capsys.readouterr().err
 
 
 def _recording(init, calls: list):

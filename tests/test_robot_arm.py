@@ -39,7 +39,7 @@ def x64():
 # ---------------------------------------------------------------------------------------------------------
 # arm.py
 
-# the authors' closed-form kinematics evaluated at these poses (paper.md §11.1): q1, q2 in degrees, q3 = q4 = 0
+# the authors' closed-form kinematics (their Scorbot.direct_kinematics) at these poses: q1, q2 in degrees, q3 = q4 = 0
 SCORBOT_REFERENCE_POSES = [
     ((0, 0), (0.9200, -0.0330, 0.3585)),
     ((90, 0), (-0.0330, -0.9200, 0.3585)),
@@ -60,7 +60,7 @@ def test_scorbot_reference_poses_of_the_authors_formula(q_deg, xyz, x64):
 
 
 def _closed_form(q: np.ndarray) -> np.ndarray:
-    # paper.md §11.1, written out independently of the class
+    # the authors' Scorbot.direct_kinematics, written out independently of the class
     d1, a1, a2, a3, a4, d = 0.3585, 0.050, 0.300, 0.350, 0.22, -0.098 + 0.065
     q1, q2, q3, q4 = q
     r = a1 + a2 * np.cos(q2) + a3 * np.cos(q2 + q3) + a4 * np.cos(q2 + q3 - q4)
@@ -130,7 +130,7 @@ def test_two_link_known_poses(q, xyz):
 
 
 def test_two_link_interface():
-    # paper.md §11.1: links of 0.5 m, start angles (0, pi/2), Brownian step std 1.0 * sqrt(0.01)
+    # the authors' BrownianTrajectories: links of 0.5 m, start angles (0, pi/2), Brownian step std 1.0 * sqrt(0.01)
     assert (TWO_LINK.l1, TWO_LINK.l2) == (0.5, 0.5) and TWO_LINK.velocity_step_std == pytest.approx(0.1)
     assert SCORBOT.velocity_step_std == pytest.approx(0.065)
     assert TWO_LINK.home_angles == (0.0, math.pi / 2)
@@ -320,7 +320,7 @@ def test_spike_encode_round_trip(code):
 
 
 def test_spike_encode_authors_bit_order_and_wrap_around():
-    # n = int((c + 1) * 2**15), bit k of n is neuron k: least significant bit first (paper.md §11.2)
+    # n = int((c + 1) * 2**15), bit k of n is neuron k: least significant bit first (the authors' get_data)
     c = 0.3
     n = int((c + 1) * 2**15)
     code = np.asarray(spike_encode_xyz(jnp.asarray([c, c, c]), code="authors"))[:16]

@@ -125,7 +125,7 @@ def test_resume_continues_to_the_same_parameters(tmp_path):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
 
 
-def test_cli_eval_json_both_backends(tiny_checkpoint, capsys):
+def test_cli_eval_json_both_backends(tiny_checkpoint, capsys, tmp_path):
     path, _ = tiny_checkpoint
     results = {}
     for backend in ("software", "chip"):
@@ -143,6 +143,23 @@ def test_cli_eval_json_both_backends(tiny_checkpoint, capsys):
     for backend, result in results.items():
         assert keys <= set(result) and result["backend"] == backend and result["tasks"] == 3
     assert 0 <= results["chip"]["devices_reprogrammed_fraction"] <= 1
+    # per-task rows: the two ratios of the summary are the ratio of the rows' means and the mean of their ratios
+    per_task = tmp_path / "tasks.json"
+    args = ["robot", "eval", "--checkpoint", str(path), "--tasks", "3", "--json", "--per-task", str(per_task)]
+    assert main([*args, "--chips", "2"]) == 0
+    several = json.loads(capsys.readouterr().out)
+    rows = json.loads(per_task.read_text())["rows"]
+    assert "per_task" not in several and [(r["chip"], r["task"]) for r in rows] == [(0, 0), (0, 1), (0, 2), (1, 0),
+                                                                                   (1, 1), (1, 2)]
+    chip0 = rows[:3]
+    assert several["mse_after_per_chip"][0] == pytest.approx(results["chip"]["mse_after"])
+    assert results["chip"]["mse_ratio_after_to_before"] == pytest.approx(
+        results["chip"]["mse_after"] / results["chip"]["mse_before"]
+    )
+    assert np.mean([r["mse_after"] for r in chip0]) == pytest.approx(results["chip"]["mse_after"], rel=1e-5)
+    ratios = [r["mse_after"] / r["mse_before"] for r in chip0]
+    assert np.mean(ratios) == pytest.approx(results["chip"]["mse_ratio_per_task_mean"], rel=1e-5)
+    assert rows[3]["mse_after"] != rows[0]["mse_after"]  # another chip instance, other noise
 
 
 @pytest.mark.slow  # end-to-end figure and GIF rendering (10 s)

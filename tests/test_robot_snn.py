@@ -74,7 +74,7 @@ def random_network(key, p: SNNConfig, scale_in: float = 1.0, scale_rec: float = 
 
 
 def reference_run(p: SNNConfig, x: np.ndarray, w_in: np.ndarray, w_rec: np.ndarray):
-    """The equations of paper.md §5 with explicit loops over time and neurons (one sample)."""
+    """The LIF equations of the authors' lif_step with explicit loops over time and neurons (one sample)."""
     n, n_steps = p.n_rec, x.shape[0]
     beta = [p.beta if j >= n - p.n_alif else 0.0 for j in range(n)]
     v, z, r, b = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)

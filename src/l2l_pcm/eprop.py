@@ -1,6 +1,7 @@
 r"""E-prop as functions: eligibility traces, natural e-prop with a learning-signal generator (the robot
-scenario's one-shot inner loop, paper.md §5, Scherr et al. 2020), and e-prop with random or symmetric
-feedback of a task loss's output errors (Bellec et al. 2020, :func:`feedback_eprop`).
+scenario's one-shot inner loop, Ortner et al. 2025, arXiv:2405.05141; Scherr et al. 2020, bioRxiv
+2020.06.17.156513), and e-prop with random or symmetric feedback of a task loss's output errors
+(Bellec et al. 2020, :func:`feedback_eprop`).
 
 A trainee SNN adapts its input and recurrent weights to a new target trajectory with a single
 update, whose learning signals come from a second, meta-learned SNN (the learning-signal generator,
@@ -115,7 +116,8 @@ class WeightMemory(NamedTuple):
     read_updated: Callable[[object, WeightUpdate, jax.Array], AnalogLayer]
     read_readout: Callable[[jax.Array, jax.Array], AnalogLayer] | None = None
     """``read_readout(w_out [n_rec, n_out], key)``: the trainee's readout on PCM too (the authors' code,
-    paper.md §11.3); None = digital readout with exact weights."""
+    ``lif_step_batch_noise`` in ``online_learning_robot/functional/lif.py``); None = digital readout with exact
+    weights."""
 
 
 class SNNWeights(NamedTuple):

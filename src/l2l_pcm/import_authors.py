@@ -2,8 +2,8 @@
 
 The weights are read by :func:`l2l_pcm.authors_pickle.read_authors_pickle` (a restricted unpickler; no
 TensorFlow, nothing in the file runs). The checkpoint's config records every convention the models were
-trained and evaluated under (paper.md §11), so ``fewshot eval`` / ``robot eval`` reproduce the authors'
-setting without flags:
+trained and evaluated under (as their code in github.com/IGITUGraz/RapidLearningInMemoryComputing runs
+them), so ``fewshot eval`` / ``robot eval`` reproduce the authors' setting without flags:
 
 * few-shot: pixel polarity ``ink="zero"`` (their background = 1), ``normalisation="per_set"`` (their
   transductive batch norm; ``--normalisation support`` on ``fewshot eval`` gives the leak-free rule),
@@ -55,7 +55,8 @@ ROBOT_NAMES = {
 
 
 def fewshot_config(channels: int, ways: int):
-    """The few-shot config of the authors' model (paper.md §4, §11.5)."""
+    """The few-shot config of the authors' model (their ``few_shot_image_classification/main.py`` and
+    ``maml_trainee_omniglot.py``; Ortner et al. 2025, arXiv:2405.05141, Fig. 2: four inner updates)."""
     from l2l_pcm.fewshot.maml import MAMLConfig
 
     return MAMLConfig(
@@ -72,7 +73,8 @@ def fewshot_config(channels: int, ways: int):
 
 
 def robot_config():
-    """The robot config of the authors' model (paper.md §5, §11.2-11.3)."""
+    """The robot config of the authors' model (their ``online_learning_robot/main.py`` defaults,
+    ``datasets/trajectories.py``, ``model/l2l_trainee_lsg.py`` and ``module/pcm.py``)."""
     from l2l_pcm.robot.model import RobotConfig
     from l2l_pcm.robot.train import RobotTrainConfig
 

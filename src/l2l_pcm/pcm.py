@@ -23,8 +23,10 @@ with the constants used by Ortner et al. 2025 and by aihwkit's ``PCMLikeNoiseMod
 Conventions differ between implementations of this model, and each is a field of :class:`PCMDevice`,
 collected in the named profiles of :data:`DEVICE_PROFILES` (``ibm``, the default; ``authors``;
 ``aihwkit``). For :math:`Q_s`: this project evaluates it on the normalised *target* :math:`\hat g`; aihwkit
-on the normalised *programmed* conductance :math:`|g_P|/g_{max}` (paper.md §11.6, ``read_noise_q_from``);
-the authors' code on :math:`|g|` in µS, about 8× less read noise at :math:`g_{max}`
+on the normalised *programmed* conductance :math:`|g_P|/g_{max}` (aihwkit 1.1 ``PCMLikeNoiseModel``,
+github.com/IBM/aihwkit, src/aihwkit/inference/noise/pcm.py; ``read_noise_q_from``); the authors' code
+(github.com/IGITUGraz/RapidLearningInMemoryComputing, ``PCMNoise`` in ``few_shot_image_classification/pcm.py``
+and ``online_learning_robot/module/pcm.py``) on :math:`|g|` in µS, about 8× less read noise at :math:`g_{max}`
 (``read_noise_uses_microsiemens``). aihwkit further differs in its time origin, clipping of
 :math:`g_P`, clamped reads and :math:`\sigma_{prog}` scaling; the authors' code in its fixed
 :math:`t/t_0 = 32`, initial write and re-programming (field docstrings).
@@ -56,7 +58,8 @@ from l2l_pcm.vocabulary import DEVICE_PROFILE_NAMES
 
 _G_REL_FLOOR = 1e-7  # keeps ln(ĝ) finite for devices at zero conductance, as aihwkit does
 AUTHORS_INITIAL_JITTER = 0.01
-"""Half-width of the uniform jitter of the authors' initial write, in units of w_max (paper.md §3.1)."""
+"""Half-width of the uniform jitter of the authors' initial write, in units of w_max (their
+``PCMNoise.init_weights``, github.com/IGITUGraz/RapidLearningInMemoryComputing)."""
 _CHOICES = {
     "read_noise_q_from": ("target", "programmed"),
     "drift_time_origin": ("t0", "aihwkit"),
@@ -112,35 +115,39 @@ class PCMDevice:
     averaged devices per polarity)."""
     read_noise_uses_microsiemens: bool = False
     """False: Q_s on normalised conductance (published model; aihwkit normalises too, but g_P, see
-    ``read_noise_q_from``). True: Q_s(|g| in µS), the authors' code (paper.md §3.4): ~8× less read noise."""
+    ``read_noise_q_from``). True: Q_s(|g| in µS), the authors' code
+    (github.com/IGITUGraz/RapidLearningInMemoryComputing, ``PCMNoise.read_noise``): ~8× less read noise."""
     read_noise_log_divisor: float = 2.0
     """k of ln((t + t_read)/(k·t_read)) in σ_read: 2 in the published model and aihwkit; 1 in the authors'
-    robot and conv-layer code (paper.md §3.4)."""
+    robot and conv-layer code (``PCMNoise.read_noise`` in ``online_learning_robot/module/pcm.py``,
+    ``PCMNoise.read_noise_sigma`` in ``few_shot_image_classification/pcm.py``)."""
     read_noise_q_from: str = "target"
     """Which conductance Q_s is evaluated on: "target" g_T (this project's default) or "programmed" g_P
-    (aihwkit, paper.md §11.6 (4)): they differ on the idle device of a pair and below ~1 µS."""
+    (aihwkit's ``PCMLikeNoiseModel``): they differ on the idle device of a pair and below ~1 µS."""
     clamp_reads_at_zero: bool = False
-    """aihwkit clamps every read conductance at 0 (paper.md §11.6 (3)). The chip then uses the exact mean
+    """aihwkit clamps every read conductance at 0 (``PCMLikeNoiseModel``). The chip then uses the exact mean
     and variance of the clamped (rectified-normal) read of each device."""
     clip_programmed_at_g_max: bool = True
-    """Clip g_P to [0, g_max] (this project, the authors' code) or only at 0 (aihwkit, §11.6 (2))."""
+    """Clip g_P to [0, g_max] (this project, the authors' code) or only at 0 (aihwkit's ``PCMLikeNoiseModel``)."""
     prog_noise_reference_g_max_uS: float | None = None
-    """aihwkit scales σ_prog by g_max/25 µS (§11.6): set 25.0 for that; None = σ_prog in µS as published."""
+    """aihwkit scales σ_prog by g_max/25 µS (``PCMLikeNoiseModel``): set 25.0 for that; None = σ_prog in µS
+    as published."""
     drift_time_origin: str = "t0"
     """"t0": g(t) = g_P·(max(t, t0)/t0)^(−ν), no drift before t0, t in the read-noise log (this project);
-    "aihwkit": ((t + t0)/t0)^(−ν) and t + t0 in the read-noise log (§11.6 (1))."""
+    "aihwkit": ((t + t0)/t0)^(−ν) and t + t0 in the read-noise log (aihwkit's ``PCMLikeNoiseModel``)."""
     fixed_age_s: float | None = None
     """If set, every device drifts and reads as if it were this old, whatever the chip clock says: the
     authors' code evaluates drift at t/t0 = 32 with t0 = 1 s, and read noise at t = 32 s, both right
-    after programming and again after re-programming (paper.md §3.3, §11.3)."""
+    after programming and again after re-programming (their ``PCMNoise.drift_noise``, ``read_noise`` and
+    ``re_program``)."""
     initial_programming: str = "program"
     """How a layer is first written. "program": target + programming noise (published model).
-    "authors_jitter" (the authors' ``init_weights``, paper.md §3.1, §11.3; needs ``fixed_age_s``): no
+    "authors_jitter" (the authors' ``PCMNoise.init_weights``; needs ``fixed_age_s``): no
     programming noise, w + U(±0.01·w_max), drifted, and their arithmetic for |w| > w_max, which reflects
     such a weight to about 2·sign(w)·w_max − w: clip(clip(w) + u + clip(w·d) − w) with d = (t/t0)^(−ν)."""
     reprogram_from: str = "target"
     """New target of a re-programmed pair: "target" = last target + update (the chip's digital record);
-    "read" = its current drifted weight + update (the authors' ``re_program``, §11.3), so it drifts again."""
+    "read" = its current drifted weight + update (the authors' ``PCMNoise.re_program``), so it drifts again."""
     idle_device_noise: bool = True
     """Whether a device programmed to 0 µS (the idle half of a pair) gets programming noise (published
     model, aihwkit) or stays at exactly 0 (the authors' code: noise on the active polarity only)."""
@@ -490,17 +497,20 @@ DEVICE_PROFILES: dict[str, PCMDevice] = {
 
 * ``ibm``: IBM's published statistical model (Nandakumar et al. 2019, Joshi et al. 2020) as this project
   applies it: Q_s on the normalised target, g_P clipped to [0, g_max], no drift before t0 = 20 s.
-* ``authors``: the paper's code (paper.md §3, §11.3): t/t0 = 32 at every read (t0 = 1 s, age fixed at
-  32 s) right after programming and again after re-programming; the first write adds U(±0.01) jitter, no
-  programming noise, and reflects |w| > 1; re-programming starts from the drifted weight and puts noise on
-  the active polarity only; read noise with Q_s on µS, ln((t + t_read)/t_read), and 1/√2 for two devices
-  averaged per polarity. (The authors' few-shot readout used ln((t + t_read)/(2 t_read)) without the 1/√2,
-  about 1.4× this read noise, which is itself ~8× below the published model's: not modelled separately.)
-  Their code models its two devices per polarity only through that 1/√2 on the read noise, so this
-  profile keeps one device per polarity and their arithmetic; ``hermes`` has two real devices.
+* ``authors``: the paper's code (github.com/IGITUGraz/RapidLearningInMemoryComputing, ``PCMNoise`` in
+  ``few_shot_image_classification/pcm.py`` and ``online_learning_robot/module/pcm.py``): t/t0 = 32 at every read
+  (t0 = 1 s, age fixed at 32 s) right after programming and again after re-programming; the first write adds U(±0.01)
+  jitter, no programming noise, and reflects |w| > 1; re-programming starts from the drifted weight and puts noise on
+  the active polarity only; read noise with Q_s on µS, ln((t + t_read)/t_read), and 1/√2 for two devices averaged per
+  polarity. (The authors' few-shot readout used ln((t + t_read)/(2 t_read)) without the 1/√2, about 1.4× this read
+  noise, which is itself ~8× below the published model's: not modelled separately.) Their code models its two devices
+  per polarity only through that 1/√2 on the read noise, so this profile keeps one device per polarity and their
+  arithmetic; ``hermes`` has two real devices.
 * ``hermes``: ``ibm`` with unit cells of 2 devices per polarity (4 per weight), as on IBM's HERMES core and
-  as the paper's code assumes (paper.md §2): every device programmed, drifting and read on its own.
-* ``aihwkit``: aihwkit 1.1 ``PCMLikeNoiseModel`` conventions (paper.md §11.6): drift ((t + t0)/t0)^(−ν) and
+  as the paper's code assumes (``number_of_synapses = 2`` in its ``PCMNoise.read_noise``): every device
+  programmed, drifting and read on its own.
+* ``aihwkit``: aihwkit 1.1 ``PCMLikeNoiseModel`` conventions (github.com/IBM/aihwkit,
+  src/aihwkit/inference/noise/pcm.py): drift ((t + t0)/t0)^(−ν) and
   t + t0 in the read-noise log, g_P clipped only at 0, reads clamped at 0, Q_s on the programmed g_P,
   σ_prog scaled by g_max/25 µS. (aihwkit draws the 1/f term once per drift call; the chip draws it at
   every read.)

@@ -1,10 +1,11 @@
 r"""Recurrent spiking networks as parts: LIF / ALIF neurons as pure step functions and a thin scan.
 
 Any recurrent spiking task builds on these (the robot scenario is one; ``examples/snn_pattern_on_chip.py``
-another). Both networks of paper.md §5 -- the trainee (250 LIF, on the chip) and the learning-signal generator
-(LSG, 800 neurons of which 30 % adapt their threshold) -- are the same recurrent network with
-different constants (:class:`SNNConfig`). One time step ``t`` (dt = 1 ms) maps the input spikes
-:math:`x(t)` and the previous step's state to the new state:
+another). Both networks of the robot scenario (Ortner et al. 2025, arXiv:2405.05141; sizes as in the authors'
+code, github.com/IGITUGraz/RapidLearningInMemoryComputing, ``online_learning_robot/main.py`` defaults) -- the
+trainee (250 LIF, on the chip) and the learning-signal generator (LSG, 800 neurons of which 30 % adapt their
+threshold) -- are the same recurrent network with different constants (:class:`SNNConfig`). One time step
+``t`` (dt = 1 ms) maps the input spikes :math:`x(t)` and the previous step's state to the new state:
 
 .. math::
 
@@ -21,7 +22,8 @@ with :math:`\alpha = e^{-dt/\tau_m}`, :math:`\kappa = e^{-dt/\tau_{out}}`,
 :math:`\rho = e^{-dt/\tau_a}`; :math:`\beta_j = 0` for LIF neurons (then :math:`A_j = v_{th}`, the
 paper's LIF equation) and :math:`\beta` (1.6) for the ALIF neurons, which are the last
 ``n_alif`` neurons. The recurrence and the reset use the spikes of the *previous* step, the readout
-those of the current step (paper.md §5, "Neuron dynamics"). For ALIF neurons the reset subtracts
+those of the current step (the authors' ``lif_step``, ``online_learning_robot/functional/lif.py`` in
+github.com/IGITUGraz/RapidLearningInMemoryComputing). For ALIF neurons the reset subtracts
 the threshold in force at the step, :math:`A_j(t)`, as the authors' code does.
 
 Refractoriness: a counter :math:`r_j(t) = \mathrm{clip}(r_j(t-1) + n_{ref} z_j(t) - 1, 0, n_{ref})`
@@ -286,7 +288,8 @@ def leaky_integrate(inputs: jax.Array, decay: float) -> jax.Array:
 def clock_input(n_steps: int = 249, n_neurons: int = 5, interval_steps: int = 50, period_steps: int = 10) -> np.ndarray:
     """Clock spikes ``[n_steps, n_neurons]`` (float32): neuron k spikes every ``period_steps`` steps
     during steps ``interval_steps·k … interval_steps·(k+1) - 1`` (50k, 50k+10, …, 50k+40 by default),
-    cycling back to neuron 0 after the last one (paper.md §5).
+    cycling back to neuron 0 after the last one (the authors' ``clock_signal``,
+    ``online_learning_robot/datasets/utils/clock_signal.py`` in github.com/IGITUGraz/RapidLearningInMemoryComputing).
     """
     for name, value in (
         ("n_steps", n_steps),
@@ -475,8 +478,10 @@ def readout_with_reads(
 
 
 def init_weights(key: jax.Array, p: SNNConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(W_in, W_rec, W_out)`` as in paper.md §5: N(0,1)/sqrt(fan_in) for W_in and W_rec (zero
-    diagonal), W_out per ``p.readout_init``. Shapes ``[n_in, n_rec]``, ``[n_rec, n_rec]``, ``[n_rec, n_out]``.
+    """``(W_in, W_rec, W_out)`` as in the authors' ``L2LTraineeLSG.init_weights``
+    (github.com/IGITUGraz/RapidLearningInMemoryComputing, ``online_learning_robot/model/l2l_trainee_lsg.py``):
+    N(0,1)/sqrt(fan_in) for W_in and W_rec (zero diagonal), W_out per ``p.readout_init``. Shapes
+    ``[n_in, n_rec]``, ``[n_rec, n_rec]``, ``[n_rec, n_out]``.
     """
     k_in, k_rec, k_out = jax.random.split(key, 3)
     w_in = jax.random.normal(k_in, (p.n_in, p.n_rec)) / math.sqrt(p.n_in)

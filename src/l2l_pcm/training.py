@@ -100,14 +100,6 @@ def check_task_count(tasks: object) -> int:
     return tasks
 
 
-def mean_ci95(values) -> tuple[float, float]:
-    """Mean and half-width of its normal-approximation 95 % confidence interval (nan for < 2 values)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size < 2:
-        return float(values.mean()), float("nan")
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
-
-
 def checkpoint_config(path, kind: str, config_from_json: Callable[[dict], Any]):
     """Read only the config of a checkpoint (to build templates before loading tensors)."""
     _, metadata = _io.load_tensors(path, kind=kind)

@@ -42,7 +42,8 @@ cores of 256x256): 10^9 arrays were accepted and exhausted 24 GB of memory befor
 
 @dataclasses.dataclass(frozen=True)
 class ArraysConfig:
-    """The crossbar arrays layers are placed on (paper.md §2: two 256×256 arrays)."""
+    """The crossbar arrays layers are placed on: two arrays (Ortner et al. 2025, arXiv:2405.05141, Fig. 2e) of
+    256×256, the size of IBM's HERMES core (Khaddam-Aljameh et al., IEEE JSSC 2022)."""
 
     count: int = 2
     """Number of crossbar arrays; a network that does not fit is refused with the count it needs."""
@@ -118,7 +119,8 @@ class UpdateConfig:
 
 
 MAX_AGE_S = 1000 * 365 * 86400.0
-"""The oldest a device may be (1000 years): the drift law (paper.md §3) is fitted to measurements over
+"""The oldest a device may be (1000 years): the drift law (Nandakumar et al. 2019; Joshi et al. 2020,
+Nat. Commun. 11, 2473) is fitted to measurements over
 days, and float32 reads of t^-nu overflow to NaN far beyond (an age of 1e40 s did)."""
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from l2l_pcm.errors import SEED_MAX, L2LPCMError, check_seed
@@ -51,6 +52,7 @@ def refuse_chip_only_flags(args: argparse.Namespace) -> None:
     for flag, given in (
         ("--time-since-programming", args.time_since_programming is not None),
         ("--drift-compensation", args.drift_compensation),
+        ("--chips", getattr(args, "chips", 1) != 1),
     ):
         if given:
             raise L2LPCMError(f"{flag} applies to the chip only; add --backend chip or leave it out")
@@ -170,6 +172,9 @@ def finish_sweep(args, rows: list[dict], stem: str, hardware, plot_args: dict) -
         args, hardware, backend="chip", sweep_axes=sorted({k for r in rows for k in r})
     )
     out = Path(args.out)
+    per_task = [task for row in rows for task in row.pop("per_task", [])]
+    if getattr(args, "per_task", None) is not None and per_task:
+        write_per_task(args, {"per_task": per_task}, record_provenance)
     paths = sweep.write(rows, out, stem, record_provenance)
     paths.append(sweep.plot(rows, path=out / f"{stem}.png", **plot_args))
     if args.json:
@@ -284,7 +289,44 @@ def add_backend_arguments(sub: argparse.ArgumentParser, precision_default: str) 
         help="chip only: drift compensation measured by calibration reads per array (the default when the flag "
         "is given alone) or per column, or 'global' (an oracle factor from the noise-free device state)",
     )
-    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument(
+        "--chips",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="chip only: program N chip instances (each its own programming noise and drift) and run the same "
+        "tasks on each; reports the spread between chips apart from the spread between tasks (default 1)",
+    )
+    add_per_task_argument(sub)
+    sub.add_argument("--json", action="store_true", help="print one JSON object (without the per-task rows)")
+
+
+def add_per_task_argument(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--per-task",
+        type=per_task_path,
+        metavar="FILE",
+        help="also write one row per task (and chip, and sweep point) to FILE.csv or FILE.json",
+    )
+
+
+def per_task_path(text: str):
+    from l2l_pcm.statistics import check_per_task_path
+
+    try:
+        return check_per_task_path(text)
+    except L2LPCMError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def write_per_task(args: argparse.Namespace, result: dict, provenance: dict | None = None) -> None:
+    """Move ``result["per_task"]`` to ``--per-task FILE`` when given (it is never printed with ``--json``)."""
+    from l2l_pcm import statistics
+
+    rows = result.pop("per_task", None)
+    if getattr(args, "per_task", None) is not None and rows:
+        path = statistics.write_per_task(args.per_task, rows, provenance)
+        print(f"wrote {len(rows)} per-task rows to {path}", file=sys.stderr)
 
 
 def add_sweep_arguments(sub: argparse.ArgumentParser, readout_axes: bool) -> None:
@@ -318,6 +360,7 @@ def add_sweep_arguments(sub: argparse.ArgumentParser, readout_axes: bool) -> Non
         )
     sub.add_argument("--devices", type=list_of(str), help="device profiles or JSON files, e.g. ibm,hermes")
     sub.add_argument("--out", default="outputs", help="folder for the sweep's JSON, CSV and plot (default: outputs/)")
+    add_per_task_argument(sub)
     sub.add_argument("--json", action="store_true", help="print one JSON object with a 'points' list")
 
 

@@ -28,6 +28,7 @@ from l2l_pcm.cli.common import (
     seed_arg,
     starting_config,
     sweep_axes,
+    write_per_task,
 )
 from l2l_pcm.errors import L2LPCMError
 
@@ -138,6 +139,7 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
             args.queries,
             args.seed,
             progress=not args.json,
+            chips=args.chips,
         )
     else:
         hardware = command_hardware(args, config.hardware)
@@ -149,6 +151,7 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
     )
     for line in result.get("warnings", []):  # on stderr, so --json output stays one object
         print(f"warning: {line}", file=sys.stderr)
+    write_per_task(args, result, result["provenance"])
     if args.json:
         print(json.dumps(result))
         return
@@ -157,11 +160,20 @@ def _fewshot_eval(args: argparse.Namespace) -> None:
         f"{result['backend']}: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_ci95']:.2f} % "
         f"over {result['tasks']} tasks (per inner step: {steps})"
     )
+    if result.get("chips", 1) > 1:
+        print(
+            f"{result['chips']} chips × {result['tasks']} tasks: chip means "
+            + ", ".join(f"{100 * a:.2f}" for a in result["accuracy_per_chip"])
+            + f" %; spread between chips (std) {100 * result['accuracy_between_chips_std']:.2f} points, between "
+            f"tasks {100 * result['accuracy_between_tasks_std']:.2f}; the ± above counts both (tasks only: "
+            f"± {100 * result['accuracy_ci95_tasks_only']:.2f})"
+        )
     if result.get("devices_reprogrammed_mean") is not None:
         print(
-            f"devices re-programmed per task: mean {result['devices_reprogrammed_mean']:.1f}, max "
+            f"programming operations per task: mean {result['devices_reprogrammed_mean']:.1f}, max "
             f"{result['devices_reprogrammed_max']} ({100 * result['devices_reprogrammed_fraction']:.1f} % of the "
-            f"{result['adapted_devices']} devices of the adapted layers); energy estimate "
+            f"{result['adapted_devices']} devices of the adapted layers; distinct devices "
+            f"{100 * result['unique_devices_reprogrammed_fraction']:.1f} %); energy estimate "
             f"{result['energy_estimate_pJ_per_adaptation'] / 1e3:.1f} nJ per adaptation"
         )
 
@@ -178,7 +190,7 @@ FEWSHOT_SWEEP_METRICS = (
 
 def _fewshot_sweep(args: argparse.Namespace) -> None:
     from l2l_pcm import sweep
-    from l2l_pcm.fewshot.evaluate import evaluate_chip
+    from l2l_pcm.fewshot.evaluate import evaluate_chip, software_reference
 
     params, config, _, images = _load_fewshot(args)
     points = sweep.grid(sweep_axes(args, config.hardware, readout_axes=True))
@@ -190,10 +202,13 @@ def _fewshot_sweep(args: argparse.Namespace) -> None:
         point_config = dataclasses.replace(config, **changes)
         return evaluate_chip(params, point_config, images, args.tasks, args.queries, args.seed)
 
-    rows = sweep.run(points, evaluate_point, FEWSHOT_SWEEP_METRICS, progress=not args.json)
-    plot = {"metric": "accuracy_mean", "ci": "accuracy_ci95", "ylabel": "query accuracy after the inner loop (%)"}
-    plot["y_scale"] = 100.0
-    finish_sweep(args, rows, "fewshot_sweep", config.hardware, {**plot, "title": "few-shot on the chip"})
+    per_task = args.per_task is not None
+    rows = sweep.run(points, evaluate_point, FEWSHOT_SWEEP_METRICS, progress=not args.json, per_task=per_task)
+    plot = {"metric": "accuracy_mean", "ci": "accuracy_ci95", "y_scale": 100.0, "tasks": args.tasks}
+    plot["ylabel"] = f"query accuracy after {config.inner_steps} inner steps (%)"
+    plot["reference"] = software_reference(params, config, images, args.tasks, args.queries, args.seed)
+    plot["title"] = f"{config.ways}-way {config.shots}-shot Omniglot on the emulated PCM chip"
+    finish_sweep(args, rows, "fewshot_sweep", config.hardware, plot)
 
 
 def _fewshot_demo(args: argparse.Namespace) -> None:
@@ -209,6 +224,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
         plot_example_task,
         plot_inner_step_curves,
         plot_training_curves,
+        stage_description,
     )
     from l2l_pcm.training import training_record
 
@@ -227,12 +243,17 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
         )
     chip = results["emulated PCM chip"]
     print(
-        f"chip: {chip['devices_reprogrammed_mean']:.1f} devices re-programmed per task "
+        f"chip: {chip['devices_reprogrammed_mean']:.1f} programming operations per task "
         f"({100 * chip['devices_reprogrammed_fraction']:.1f} % of the adapted layers' {chip['adapted_devices']})"
     )
     paths = [plot_inner_step_curves(results, out / "fewshot_inner_steps.png")]
     if metadata.get("metrics"):
-        paths.append(plot_training_curves(training_record(metadata), out / "fewshot_training.png"))
+        record, trained = training_record(metadata), metadata.get("config", {})  # as trained, before any flag
+        labels = {}
+        if "variant" in trained:  # the checkpoint's own stage, the last; earlier stages' settings are not stored
+            labels[record[-1]["stage"]] = stage_description(trained["variant"], trained.get("update_budget"))
+        validation_tasks = trained.get("validation_tasks")
+        paths.append(plot_training_curves(record, out / "fewshot_training.png", labels, validation_tasks))
     sampler = TaskSampler(images, config.ways, config.shots, args.queries)
     sx, sy, qx, qy = (a[0] for a in sampler.sample(args.seed + 99, 1))
     learner = ChipFewShotLearner(params, config, jax.random.PRNGKey(args.seed))

@@ -25,6 +25,7 @@ from l2l_pcm.cli.common import (
     seed_arg,
     starting_config,
     sweep_axes,
+    write_per_task,
 )
 
 ROBOT_SWEEP_METRICS = (
@@ -75,22 +76,35 @@ def _robot_eval(args: argparse.Namespace) -> None:
         software = dataclasses.replace(model, hardware=config.model.hardware)
         result = evaluate(params, software, "software", args.tasks, args.seed, precision, model.hardware)
     else:
-        result = evaluate(params, model, "chip", args.tasks, args.seed, precision)
+        result = evaluate(params, model, "chip", args.tasks, args.seed, precision, chips=args.chips)
     result["provenance"] = command_provenance(
         args, model.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
     )
+    write_per_task(args, result, result["provenance"])
     if args.json:
         print(json.dumps(result))
         return
     print(
         f"{result['backend']} ({result['precision']}), {result['tasks']} unseen trajectories: Cartesian MSE "
         f"{result['mse_before']:.4f} ± {result['mse_before_ci95']:.4f} before → {result['mse_after']:.4f} ± "
-        f"{result['mse_after_ci95']:.4f} m² after one update (ratio {result['mse_ratio_after_to_before']:.2f}); "
-        f"mean distance {result['distance_cm_before']:.1f} → {result['distance_cm_after']:.1f} cm"
+        f"{result['mse_after_ci95']:.4f} m² after one update; mean distance {result['distance_cm_before']:.1f} → "
+        f"{result['distance_cm_after']:.1f} cm"
     )
+    print(
+        f"after / before: ratio of means {result['mse_ratio_after_to_before']:.3f} ± {result['mse_ratio_ci95']:.3f}, "
+        f"mean of per-task ratios {result['mse_ratio_per_task_mean']:.3f} ± {result['mse_ratio_per_task_ci95']:.3f}"
+    )
+    if (result.get("chips") or 1) > 1:
+        print(
+            f"{result['chips']} chips × {result['tasks']} trajectories: MSE after per chip "
+            + ", ".join(f"{m:.5f}" for m in result["mse_after_per_chip"])
+            + f"; spread between chips (std) {result['mse_after_between_chips_std']:.5f}, between tasks "
+            f"{result['mse_after_between_tasks_std']:.5f} m²; the ± above counts both"
+        )
     if result["devices_reprogrammed_mean"] is not None:
         print(
-            f"devices re-programmed per update: {result['devices_reprogrammed_mean']:.0f} "
+            f"devices re-programmed per update (distinct devices, one write each): "
+            f"{result['devices_reprogrammed_mean']:.0f} "
             f"({100 * result['devices_reprogrammed_fraction']:.2f} % of the trainee's devices); energy estimate "
             f"{result['energy_estimate_pJ_per_update'] / 1e3:.1f} nJ per update"
         )
@@ -118,7 +132,8 @@ def _robot_sweep(args: argparse.Namespace) -> None:
         point_model = dataclasses.replace(model, hardware=hardware[points.index(point)])
         return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained")
 
-    rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json)
+    per_task = args.per_task is not None
+    rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json, per_task=per_task)
     plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "ylabel": "MSE after / before the update"}
     finish_sweep(args, rows, "robot_sweep", model.hardware, {**plot, "title": "robot arm on the chip", "log_y": True})
 

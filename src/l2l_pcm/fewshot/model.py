@@ -45,7 +45,9 @@ class CNNConfig:
     normalisation: str = "support"
     """"support": every layer is standardised with the support set's statistics, for support and query
     images alike (no leak between query images). "per_set": the authors' transductive rule (batch norm in
-    training mode at test time, paper.md §11.5): support and query sets each with their own statistics,
+    training mode at test time, ``MAMLTraineeOmniglotConv.call`` in
+    github.com/IGITUGraz/RapidLearningInMemoryComputing, ``few_shot_image_classification/maml_trainee_omniglot.py``):
+    support and query sets each with their own statistics,
     so query images influence each other's predictions."""
     norm_epsilon: float = 1e-5
     """ε of the normalisation, 1/sqrt(var + ε); the authors' Keras BatchNorm uses 1e-3."""

@@ -1,4 +1,4 @@
-"""Forward kinematics of the robot arms used in the robot scenario (paper §5).
+"""Forward kinematics of the robot arms used in the robot scenario (Ortner et al. 2025, arXiv:2405.05141).
 
 The network of the robot task outputs joint *angular velocities*; the outer loss also compares the
 resulting end-effector positions with the targets, so the kinematics must be pure JAX, vectorised
@@ -68,7 +68,8 @@ class ScorbotER7:
     ``q3`` elbow, ``q4`` wrist pitch. Wrist roll does not move the tool point and is omitted. In the
     task only ``moving_joints = (0, 1)`` move; ``q3 = q4 = 0``.
 
-    The authors' closed form (paper.md §11.1; their home offsets 23.6°, −22.0°, 22.4° enter it twice
+    The authors' closed form (``Scorbot.direct_kinematics``, ``online_learning_robot/module/scorbot.py`` in
+    github.com/IGITUGraz/RapidLearningInMemoryComputing; their home offsets 23.6°, −22.0°, 22.4° enter it twice
     with opposite signs and cancel exactly, so they do not appear here). With ``d = d2 + d3``::
 
         r = a1 + a2 cos q2 + a3 cos(q2 + q3) + a4 cos(q2 + q3 - q4)

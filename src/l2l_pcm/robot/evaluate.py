@@ -21,7 +21,8 @@ from l2l_pcm.plotting import pyplot, save_figure
 from l2l_pcm.robot.deploy import ChipTrainee
 from l2l_pcm.robot.model import RobotConfig, default_memory, inner_loop
 from l2l_pcm.robot.train import trajectories
-from l2l_pcm.training import check_task_count, mean_ci95
+from l2l_pcm.statistics import chip_and_task_spread, mean_ci95
+from l2l_pcm.training import check_task_count
 
 TEST_KEY = 2**31 - 101
 TASK_BATCH = 25
@@ -56,16 +57,24 @@ def evaluate(
     precision: str = "trained",
     chip_config: ChipConfig | None = None,
     keep_examples: bool = False,
+    chips: int = 1,
 ) -> dict:
     """MSE before/after the single update over ``tasks`` unseen trajectories.
 
     ``backend="software"``: ``precision`` "fp32" (exact weights), "pcm" (the statistical PCM model of
     hardware-aware training) or "trained" (whichever of the two the checkpoint was meta-trained with: a
     network meta-trained with drift in the loop expects drifted weights). ``backend="chip"``: the
-    trainee's weights on the emulated chip. ``chip_config``: the hardware tree to run with instead of the
-    model's; on the software backend only what its model applies may differ (the device, update rule,
-    training age, read noise: :meth:`~l2l_pcm.chip.ChipConfig.for_software_model`), and the fp32 model,
-    which has no devices, takes none.
+    trainee's weights on the emulated chip; ``chips`` instances, each programmed with its own noise and
+    all run on the same trajectories, so the spread between chips is reported apart from the spread
+    between tasks (chip 0 is the one a single-chip evaluation programs). ``chip_config``: the hardware
+    tree to run with instead of the model's; on the software backend only what its model applies may
+    differ (the device, update rule, training age, read noise:
+    :meth:`~l2l_pcm.chip.ChipConfig.for_software_model`), and the fp32 model, which has no devices,
+    takes none. ``result["per_task"]``: one row per (chip, task).
+
+    The result gives the after/before ratio two ways, each with its 95 % interval: the ratio of the mean
+    MSEs (``mse_ratio_after_to_before``, delta method) and the mean of per-task ratios
+    (``mse_ratio_per_task_mean``), which weighs every task alike and is larger when easy tasks improve less.
     """
     if precision == "trained":
         precision = "pcm" if config.hardware_aware else "fp32"
@@ -75,6 +84,10 @@ def evaluate(
     check_task_count(tasks)
     if backend not in ("software", "chip"):
         raise ConfigError(f"backend must be 'software' or 'chip', got {backend!r}")
+    if int(chips) != chips or chips < 1:
+        raise ConfigError(f"chips must be a positive integer, got {chips!r}")
+    if chips > 1 and backend != "chip":
+        raise ConfigError("chips > 1 applies to the chip backend only (the software model has no chip instances)")
     if precision == "4bit":
         raise ConfigError("precision '4bit': the robot scenario has no 4-bit model; choose trained, fp32 or pcm")
     if precision not in ("fp32", "pcm"):
@@ -85,33 +98,41 @@ def evaluate(
             "clock.training_age_s (evaluate with the chip, or leave the deployment age unset)"
         )
     targets_all = test_trajectories(config, tasks, seed)
-    chip = None
-    if backend == "chip":
-        chip = ChipTrainee(params, config, jax.random.PRNGKey(20_000 + seed), chip_config)
-    before, after, distance, distance_before, devices, energy, fraction_nonzero = [], [], [], [], [], [], []
+    before, after, distance, distance_before, devices, energy, nonzero = [], [], [], [], [], [], []
     examples = None
-    for start in range(0, tasks, TASK_BATCH):
-        targets = jax.tree_util.tree_map(lambda a, s=start: a[s : s + TASK_BATCH], targets_all)
-        key = jax.random.PRNGKey(seed * 1_000 + start)
-        if chip is None:
-            hardware = dataclasses.replace(config, hardware_aware=True)
-            memory = software_memory(config.w_max) if precision == "fp32" else default_memory(hardware)
-            read_key = None if precision == "fp32" else jax.random.fold_in(key, 1)
-            result = inner_loop(params, targets, key, config, memory=memory, read_key=read_key)
-        else:
-            energy_before = chip.chip.energy_pJ()
-            result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=jax.random.fold_in(key, 1))
-            devices.extend(chip.record.devices_reprogrammed)
-            # the chip's own report: programming, both passes' MVMs (trainee, and W_out on PCM), calibration reads
-            energy.append(chip.chip.energy_pJ() - energy_before)
-        before.append(_per_task_mse(result.before, targets))
-        after.append(_per_task_mse(result.after, targets))
-        distance.append(_per_task_distance_cm(result.after, targets))
-        distance_before.append(_per_task_distance_cm(result.before, targets))
-        fraction_nonzero.append(np.asarray(result.eprop.update.n_nonzero))
-        if keep_examples and examples is None:
-            examples = (targets, result)
-    before, after, distance, distance_before = (np.concatenate(x) for x in (before, after, distance, distance_before))
+    chip = None
+    for c in range(chips):
+        if backend == "chip":
+            chip_key = jax.random.PRNGKey(20_000 + seed)
+            chip = ChipTrainee(params, config, chip_key if c == 0 else jax.random.fold_in(chip_key, c), chip_config)
+        for start in range(0, tasks, TASK_BATCH):
+            targets = jax.tree_util.tree_map(lambda a, s=start: a[s : s + TASK_BATCH], targets_all)
+            key = jax.random.PRNGKey(seed * 1_000 + start)
+            key = key if c == 0 else jax.random.fold_in(key, 1_000 + c)
+            if chip is None:
+                hardware = dataclasses.replace(config, hardware_aware=True)
+                memory = software_memory(config.w_max) if precision == "fp32" else default_memory(hardware)
+                read_key = None if precision == "fp32" else jax.random.fold_in(key, 1)
+                result = inner_loop(params, targets, key, config, memory=memory, read_key=read_key)
+            else:
+                energy_before = chip.chip.energy_pJ()
+                read_key = jax.random.fold_in(key, 1)
+                result = inner_loop(params, targets, key, config, memory=chip.memory(), read_key=read_key)
+                devices.extend(chip.record.devices_reprogrammed)
+                # the chip's own report: programming, both passes' MVMs (trainee, and W_out on PCM), calibration
+                # reads; per task: the batch's share
+                batch = int(targets.xyz.shape[0])
+                energy.extend([(chip.chip.energy_pJ() - energy_before) / batch] * batch)
+            before.append(_per_task_mse(result.before, targets))
+            after.append(_per_task_mse(result.after, targets))
+            distance.append(_per_task_distance_cm(result.after, targets))
+            distance_before.append(_per_task_distance_cm(result.before, targets))
+            nonzero.append(np.asarray(result.eprop.update.n_nonzero))
+            if keep_examples and examples is None:
+                examples = (targets, result)
+    before, after, distance, distance_before, nonzero = (
+        np.concatenate(x) for x in (before, after, distance, distance_before, nonzero)
+    )
     plastic = config.trainee.n_in * config.trainee.n_rec + config.trainee.n_rec * (config.trainee.n_rec - 1)
     mse_before, ci_before = mean_ci95(before)
     mse_after, ci_after = mean_ci95(after)
@@ -121,6 +142,7 @@ def evaluate(
         "precision": precision if backend == "software" else "pcm-chip",
         "arm": config.arm,
         "tasks": int(tasks),
+        "chips": int(chips) if backend == "chip" else None,
         "mse_before": mse_before,
         "mse_before_ci95": ci_before,
         "mse_after": mse_after,
@@ -132,14 +154,42 @@ def evaluate(
         "distance_cm_before": float(distance_before.mean()),
         "distance_cm_after": float(distance.mean()),
         "distance_cm_after_ci95": mean_ci95(distance)[1],
-        "nonzero_updates_fraction": float(np.mean(np.concatenate(fraction_nonzero)) / plastic),
+        "nonzero_updates_fraction": float(np.mean(nonzero) / plastic),
         "devices_reprogrammed_mean": float(np.mean(devices)) if devices else None,
         "devices_reprogrammed_fraction": float(np.mean(devices) / chip.devices) if devices else None,
-        "energy_estimate_pJ_per_update": float(np.sum(energy) / tasks) if energy else None,
+        "device_counts": DEVICE_COUNTS if devices else None,
+        "energy_estimate_pJ_per_update": float(np.mean(energy)) if energy else None,
     }
+    if chips > 1:
+        summary.update(chip_and_task_spread(after.reshape(chips, tasks), "mse_after"))
+        summary.update(chip_and_task_spread((after / before).reshape(chips, tasks), "mse_ratio_per_task"))
+        summary["mse_after_ci95"] = summary["mse_after_ci95_chips_and_tasks"]
+    summary["per_task"] = [
+        {
+            "chip": n // tasks if backend == "chip" else None,
+            "task": n % tasks,
+            "seed": seed,
+            "mse_before": float(before[n]),
+            "mse_after": float(after[n]),
+            "mse_ratio": float(after[n] / before[n]),
+            "distance_cm_before": float(distance_before[n]),
+            "distance_cm_after": float(distance[n]),
+            "nonzero_updates": int(nonzero[n]),
+            "programming_operations": int(devices[n]) if devices else None,
+            "energy_pJ_batch_share": float(energy[n]) if energy else None,
+        }
+        for n in range(len(before))
+    ]
     if keep_examples:
         return summary, examples
     return summary
+
+
+DEVICE_COUNTS = (
+    "devices_reprogrammed_*: devices written by the one update (programming operations; each is a distinct "
+    "device, as the update is written once), as a fraction of the trainee's devices"
+)
+"""What the device counts of a result count, carried in the result so a reader of the JSON need not guess."""
 
 
 # ----------------------------------------------------------------------------------------------- plots

@@ -3,7 +3,8 @@ r"""Meta-learning objective of the robot scenario: learn the trainee's initial w
 Per task (a target joint-velocity trajectory :math:`\omega^*` and its end-effector path
 :math:`p^* = FK(\int \omega^*)`), the trainee adapts once with natural e-prop
 (:func:`l2l_pcm.eprop.natural_eprop`) and the outer loss scores the trajectory it produces
-*after* that update (paper.md §5):
+*after* that update (Ortner et al. 2025, arXiv:2405.05141; the loss as in the authors' ``L2LTraineeLSG``,
+github.com/IGITUGraz/RapidLearningInMemoryComputing, ``online_learning_robot/model/l2l_trainee_lsg.py``):
 
 .. math::
 
@@ -97,11 +98,13 @@ class RobotConfig:
     arm's whole reach) or ``authors`` (their code, which wraps around at 1 m; imported models need it)."""
     clip_predicted_angles: bool = True
     """Clip the network's integrated joint angles to the safe space before the kinematics, as a real arm's
-    limits would (targets are always clipped). The authors do not clip (paper.md §11.2); their imported
-    models record False. Changes the measured MSE of predictions that leave the safe space."""
+    limits would (targets are always clipped). The authors do not clip (their ``L2LTraineeLSG.loss``,
+    ``online_learning_robot/model/l2l_trainee_lsg.py``, github.com/IGITUGraz/RapidLearningInMemoryComputing);
+    their imported models record False. Changes the measured MSE of predictions that leave the safe space."""
     w_out_on_pcm: bool = False
     """Also hold the trainee's readout ``W_out`` on PCM (programmed with the trainee, read with noise at
-    every step), as the authors' code does (paper.md §11.3); False = a digital readout. Applies wherever
+    every step), as the authors' code does (``lif_step_batch_noise``, ``online_learning_robot/functional/lif.py``
+    in github.com/IGITUGraz/RapidLearningInMemoryComputing); False = a digital readout. Applies wherever
     the trainee is on PCM: hardware-aware training, software ``pcm`` evaluation and the chip."""
     velocity_dt_s: float = 0.01
     """Integration step of angular velocities to angles (as for the targets)."""
@@ -214,7 +217,7 @@ class InnerLoopResult(NamedTuple):
 
 
 def init_params(key: jax.Array, config: RobotConfig) -> dict[str, jax.Array]:
-    """The six meta-parameters, initialised as in paper.md §5 (see :func:`l2l_pcm.snn.init_weights`)."""
+    """The six meta-parameters, initialised as in the authors' code (see :func:`l2l_pcm.snn.init_weights`)."""
     k_trainee, k_lsg = jax.random.split(key)
     trainee = init_weights(k_trainee, config.trainee)
     lsg = init_weights(k_lsg, config.lsg)

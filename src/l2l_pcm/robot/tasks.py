@@ -1,7 +1,8 @@
-"""Target trajectories of the robot task and the binary spike code of Cartesian targets (paper §5).
+"""Target trajectories of the robot task and the binary spike code of Cartesian targets.
 
-Each task of the robot scenario is one random, smooth joint-velocity trajectory. Following the
-authors' code (``olr/datasets/trajectories.py``), for every moving joint ``j``:
+Each task of the robot scenario (Ortner et al. 2025, arXiv:2405.05141) is one random, smooth joint-velocity
+trajectory. Following the authors' code (github.com/IGITUGraz/RapidLearningInMemoryComputing,
+``online_learning_robot/datasets/trajectories.py``), for every moving joint ``j``:
 
 1. Brownian motion of the angular velocity: ``w_j(t) = sum_{s<=t} xi_j(s)``, ``xi ~ N(0, sigma^2)``;
 2. smoothing with a normalised Hann window ``h`` of length ``M`` (``sum h = 1``): the walk is
@@ -83,8 +84,9 @@ def _check_positive_float(name: str, value: object, allow_zero: bool = False) ->
 def hann_window(window: int) -> np.ndarray:
     """Normalised *periodic* Hann window ``h_n = (1 - cos(2 pi n / M)) / 2``, ``sum h = 1`` (float64).
 
-    The periodic form is what the authors' ``tf.signal.hann_window(M)`` returns (paper.md §11.2; its first
-    sample is 0, the symmetric window's first and last are). For ``M <= 2`` a box of ``1/M`` is used.
+    The periodic form is what the authors' ``tf.signal.hann_window(M)`` returns (TensorFlow's default
+    ``periodic=True``; ``online_learning_robot/datasets/trajectories.py``; its first sample is 0, the
+    symmetric window's first and last are). For ``M <= 2`` a box of ``1/M`` is used.
     """
     window = _check_positive_int("window", window)
     h = np.ones(window) if window <= 2 else 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)
@@ -133,7 +135,8 @@ def integrate_velocities(
     ``q(t) = clip(q0 + dt * sum_{s<=t} omega(s), low, high)`` with ``q0 = arm.home_angles`` unless
     ``start_angles`` (``[..., n_moving]``) is given, ``low/high = arm.joint_limits_rad``;
     ``xyz(t) = arm.forward_kinematics(q(t))``. ``clip_angles=False`` skips the clipping: the authors
-    clip their targets but not the network's predicted angles (paper.md §11.2), which raises the
+    clip their targets but not the network's predicted angles (``BrownianTrajectoriesScorbot.generate_data``
+    and ``L2LTraineeLSG.loss`` in github.com/IGITUGraz/RapidLearningInMemoryComputing), which raises the
     measured error of a prediction that leaves the safe space.
 
     Differentiable: ``jnp.clip`` passes the gradient unchanged where the angle is inside the safe
@@ -211,7 +214,8 @@ def spike_encode_xyz(xyz: jnp.ndarray, bits: int = 16, code: str = "full_range")
     """Binary spike code of Cartesian positions, the LSG's target input (``[..., 3] -> [..., 3*bits]``).
 
     Each coordinate ``c`` (m) becomes an integer ``n`` written as ``bits`` binary neurons, **least
-    significant bit first** (the authors' order, paper.md §11.2); the output is
+    significant bit first** (the authors' order, ``BrownianTrajectoriesScorbot.get_data`` in
+    ``online_learning_robot/datasets/trajectories.py``); the output is
     ``[x bits | y bits | z bits]`` as float32 0/1. Not differentiable.
 
     * ``code="authors"``: ``n = trunc((c + 1) 2^(bits-1))`` modulo ``2^bits``, the authors' code: it covers
