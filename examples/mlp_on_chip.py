@@ -173,34 +173,38 @@ def main(argv=None) -> dict:
         f"{100 * uncalibrated[1]:.2f} %; calibrated (Chip.calibrate): {100 * calibrated[0]:.2f} ± "
         f"{100 * calibrated[1]:.2f} %"
     )
-    path = plot(rows, software, Path(args.out) / "mlp_on_chip.png")
+    path = plot(rows, software, Path(args.out) / "mlp_on_chip.png", args.chips, len(test_set[1]))
     print(f"plot: {path}   ({time.perf_counter() - start:.0f} s)")
     return {"software": software, "chip": rows, "dac8_uncalibrated": uncalibrated, "dac8_calibrated": calibrated}
 
 
-def plot(rows: list[dict], software: dict, path: Path) -> Path:
+def plot(rows: list[dict], software: dict, path: Path, chips: int, test_images: int) -> Path:
+    from matplotlib.patches import Patch
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8.0, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(10.0, 7.4), dpi=110, layout="constrained")
     colors = {"fp32-trained": "tab:blue", "hardware-aware": "tab:orange"}
+    names = {"none": "no drift compensation", "array": "calibrated drift compensation, per array"}
     for name, color in colors.items():
         for compensation, style in (("none", "-"), ("array", "--")):
             points = [r for r in rows if r["model"] == name and r["drift_compensation"] == compensation]
             ages = [r["age_s"] for r in points]
             mean = np.array([100 * r["accuracy_mean"] for r in points])
             ci = np.array([100 * r["accuracy_ci95"] for r in points])
-            label = f"{name}, drift compensation {compensation}"
+            label = f"chip, {name}, {names[compensation]}"
             ax.plot(ages, mean, style, marker="o", color=color, label=label)
-            ax.fill_between(ages, mean - ci, mean + ci, color=color, alpha=0.15)
-        ax.axhline(100 * software[name], color=color, linewidth=0.8, alpha=0.6, linestyle=":")
-    ax.set_xscale("log")
-    human_time_axis(ax, [r["age_s"] for r in rows])
-    ax.tick_params(axis="x", labelsize=8)
-    ax.set_xlabel("time since programming")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("64-128-10 MLP on digits, emulated PCM chip (dotted: software)")
-    ax.legend(fontsize=7, loc="lower left")
+            ax.fill_between(ages, mean - ci, mean + ci, color=color, alpha=0.12)
+        software_label = f"software, {name}: {100 * software[name]:.2f} %"
+        ax.axhline(100 * software[name], color=color, linewidth=1.5, linestyle=":", label=software_label)
+    human_time_axis(ax, [r["age_s"] for r in rows], at_data=True)
+    ax.set_xlabel("time since programming (log scale)")
+    ax.set_ylabel(f"test accuracy on {test_images} held-out digits (%)")
+    ax.set_title(f"64-128-10 MLP on digits on the emulated PCM chip\nmean over {chips} programmed chips per point")
+    handles, _ = ax.get_legend_handles_labels()
+    band = f"shaded: 95 % interval over the {chips} chips"
+    handles.append(Patch(color="0.6", alpha=0.4, label=band))
+    fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 

@@ -35,3 +35,32 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved during the test, as drawn: ``{"pixels": (width, height), "texts": [(text,
+    font size in pt), ...]}`` (visible, non-empty texts: titles, labels, tick labels, legend entries)."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    records = []
+    original = Figure.savefig
+
+    def savefig(figure, *args, **kwargs):
+        result = original(figure, *args, **kwargs)
+        texts = [
+            (text.get_text(), text.get_fontsize())
+            for text in figure.findobj(Text)
+            if text.get_visible() and text.get_text().strip()
+        ]
+        records.append({"pixels": tuple(float(v) for v in figure.get_size_inches() * figure.dpi), "texts": texts})
+        return result
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return records
+
+
+def figure_text(record: dict) -> str:
+    """All texts of a :func:`saved_figures` record, one per line."""
+    return "\n".join(text for text, _ in record["texts"])

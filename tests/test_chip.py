@@ -327,6 +327,19 @@ def test_cli_chip_demo_writes_plot(tmp_path, capsys):
     assert (tmp_path / "chip_drift.png").stat().st_size > 10_000
 
 
+def test_drift_demo_shows_the_calibrated_compensation_and_the_oracle_as_reference(tmp_path, saved_figures):
+    from l2l_pcm.chip.diagnostics import drift_demo, plot_drift_demo
+
+    result = drift_demo(jax.random.PRNGKey(0), shape=(64, 32), times_s=(1.0, 86400.0))
+    assert result.error_mean[-1] < -0.05  # a day of drift, uncompensated
+    assert abs(result.error_mean_compensated[-1]) < 0.02 and abs(result.error_mean_oracle[-1]) < 0.02
+    assert result.error_mean_compensated != result.error_mean_oracle  # the chip's own estimate, not the oracle's
+    plot_drift_demo(result, tmp_path / "drift.png")
+    text = "\n".join(text for text, _ in saved_figures[0]["texts"])
+    assert "mean error, calibrated compensation, per array" in text and "global drift compensation" not in text
+    assert "oracle global factor (reference: no chip can measure it)" in text and "64×32 layer" in text
+
+
 def test_cli_rejects_bad_sample_count(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["chip", "stats", "--samples", "0"])

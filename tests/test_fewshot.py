@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED, needs_shared
+from conftest import SHARED, figure_text, needs_shared
 
 from l2l_pcm.chip import ChipConfig, UpdateConfig
 from l2l_pcm.cli import main
@@ -428,8 +428,9 @@ def test_chip_refuses_an_update_step_other_than_the_models(key):
         ChipFewShotLearner(params, TINY.with_hardware(clock__training_age_s=32.0), key, ChipConfig())
 
 
-def test_plots_write_images(tmp_path):
+def test_plots_write_images(tmp_path, saved_figures):
     from l2l_pcm.fewshot.evaluate import plot_example_task, plot_inner_step_curves
+    from l2l_pcm.plotting import MIN_FONT_PT
 
     rng = np.random.default_rng(0)
     ways, shots, queries = 3, 2, 4
@@ -442,8 +443,42 @@ def test_plots_write_images(tmp_path):
     )  # fmt: skip
     assert path.stat().st_size > 1000
     result = {"ways": ways, "shots": shots, "tasks": 10}
-    result.update(accuracy_per_step=[0.33, 0.8], accuracy_per_step_ci95=[0.01, 0.02])
-    assert plot_inner_step_curves({"software": result}, tmp_path / "steps.png").stat().st_size > 1000
+    result.update(accuracy_per_step=[0.33, 0.8, 0.9], accuracy_per_step_ci95=[0.01, 0.02, 0.02])
+    chip = {**result, "accuracy_per_step": [0.33, 0.78, 0.89]}
+    results = {"software 32-bit": result, "emulated PCM chip": chip}
+    assert plot_inner_step_curves(results, tmp_path / "steps.png").stat().st_size > 1000
+    task, steps = saved_figures
+    assert "on the emulated PCM chip" in figure_text(task)
+    text = figure_text(steps)  # every step, and the last ones zoomed, where the backends differ; n; what a bar is
+    assert "n = 10 unseen tasks" in text and "error bars: 95 % CI over tasks" in text
+    assert "steps 1–2 zoomed" in text and "emulated PCM chip: 89.00 ± 2.00 %" in text
+    for record in saved_figures:  # readable on a slide
+        assert min(size for _, size in record["texts"]) >= MIN_FONT_PT
+
+
+def test_training_curves_mark_where_validation_changes(tmp_path, saved_figures):
+    from l2l_pcm.fewshot.evaluate import plot_training_curves, stage_description
+
+    row = {"train_loss": 0.3, "train_accuracy": 0.9, "val_accuracy": 0.9, "val_ci95": 0.01}
+    metrics = [{**row, "iteration": i, "stage": 1, "stage_end": 200} for i in (100, 200)]
+    metrics += [{**row, "iteration": i, "stage": 2, "stage_end": 300} for i in (250, 300)]
+    labels = {1: stage_description("fp32", None), 2: stage_description("pcm", 32)}
+    plot_training_curves(metrics, tmp_path / "training.png", labels, validation_tasks=200)
+    text = figure_text(saved_figures[0])
+    assert "stage 2 from iteration 200:\nvalidates the PCM model, update budget 32" in text
+    assert "stage 1: software 32-bit, no update budget" in text and "validation, 200 tasks" in text
+
+
+def test_baselines_figure_names_what_it_counts(tmp_path, saved_figures):
+    from pathlib import Path
+
+    from l2l_pcm.fewshot.baselines import plot_baselines
+
+    record = json.loads((Path(__file__).parents[1] / "docs/figures/fewshot_baselines.json").read_text())
+    plot_baselines(record, tmp_path / "baselines.png")
+    text = figure_text(saved_figures[0])
+    assert "programming operations per adaptation" in text and "devices re-programmed" not in text
+    assert "software 32-bit" in text and "emulated PCM chip" in text and "n = 600 unseen tasks" in text
 
 
 @needs_shared

@@ -100,7 +100,7 @@ def tiny_checkpoint(tmp_path_factory):
     config = RobotTrainConfig(
         model=small_robot(batch=2), iterations=2, validate_every=2, validation_tasks=3, checkpoint_every=1
     )
-    train(config, out, progress=False)
+    train(config, out, progress=False, tensorboard=out / "tensorboard")
     return out / "last.safetensors", config
 
 
@@ -110,6 +110,31 @@ def test_training_writes_checkpoints_and_metrics(tiny_checkpoint):
     assert loaded == config and meta["iteration"] == 2
     rows = json.loads((path.parent / "metrics.json").read_text())
     assert rows[-1]["iteration"] == 2 and "val_mse_after" in rows[-1]
+
+
+def test_training_writes_tensorboard_events_of_every_validation_row(tiny_checkpoint):
+    """``--tensorboard DIR``: the rows of metrics.json as TensorBoard scalars, tagged by name, step = iteration
+    (read back with the event protobuf tensorboardX ships; records are TFRecord-framed)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    path, _ = tiny_checkpoint
+    (events_file,) = (path.parent / "tensorboard").glob("events.out.tfevents.*")
+    data, scalars = events_file.read_bytes(), {}
+    while data:
+        (length,) = struct.unpack("<Q", data[:8])
+        event = Event.FromString(data[12 : 12 + length])
+        data = data[12 + length + 4 :]
+        for value in event.summary.value:
+            scalars[(value.tag, event.step)] = value.simple_value
+    rows = json.loads((path.parent / "metrics.json").read_text())
+    assert rows and all(
+        scalars[(name, row["iteration"])] == pytest.approx(value, rel=1e-6)
+        for row in rows
+        for name, value in row.items()
+        if name != "iteration" and isinstance(value, (int, float))
+    )
 
 
 def test_resume_continues_to_the_same_parameters(tmp_path):
@@ -163,14 +188,37 @@ def test_cli_eval_json_both_backends(tiny_checkpoint, capsys, tmp_path):
 
 
 @pytest.mark.slow  # end-to-end figure and GIF rendering (10 s)
-def test_figures_and_gif(tiny_checkpoint, tmp_path):
+def test_figures_and_gif(tiny_checkpoint, tmp_path, saved_figures):
+    from PIL import Image
+
+    from l2l_pcm.plotting import MIN_FONT_PT
+
     path, config = tiny_checkpoint
     params, config, _ = load_robot_checkpoint(path)
     _, (targets, result) = evaluate(params, config.model, "chip", 2, keep_examples=True)
-    assert plot_trajectories(targets, result, tmp_path / "t.png").stat().st_size > 5_000
-    assert plot_spikes_and_signals(result, tmp_path / "s.png").stat().st_size > 5_000
-    gif = animate_arm(config.model.arm_model, targets, result, tmp_path / "a.gif", frames=4)
+    backend = "emulated PCM chip, 1 h after programming"
+    assert plot_trajectories(targets, result, tmp_path / "t.png", backend=backend).stat().st_size > 5_000
+    assert plot_spikes_and_signals(result, tmp_path / "s.png", backend=backend).stat().st_size > 5_000
+    gif = animate_arm(config.model.arm_model, targets, result, tmp_path / "a.gif", frames=4, backend=backend)
     assert gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    with Image.open(gif) as image:  # readable at its own size: 800 px wide at least, 14-pt labels
+        assert image.size[0] >= 800 and image.n_frames == 4
+    for record in saved_figures:  # the two figures and the GIF's 4 frames say where the update ran
+        assert backend in "\n".join(text for text, _ in record["texts"])
+        assert min(size for _, size in record["texts"]) >= MIN_FONT_PT
+    assert all("target path" in {text for text, _ in record["texts"]} for record in saved_figures[2:])
+    assert min(size for record in saved_figures[2:] for text, size in record["texts"] if "(m)" in text) >= 14
+
+
+def test_robot_sweep_plot_has_the_software_reference(tiny_checkpoint, tmp_path, capsys, saved_figures):
+    path, _ = tiny_checkpoint
+    argv = ["robot", "sweep", "--checkpoint", str(path), "--tasks", "2", "--times", "1h,1y", "--out", str(tmp_path)]
+    assert main([*argv, "--json"]) == 0
+    points = json.loads(capsys.readouterr().out)["points"]
+    assert [p["time_since_programming_s"] for p in points] == [3600.0, 365 * 86400.0]
+    text = "\n".join(text for text, _ in saved_figures[-1]["texts"])
+    assert "software, PCM model it was meta-trained with, same trajectories" in text
+    assert "shaded: 95 % interval of the ratio (paired delta method) over 2 tasks" in text
 
 
 def test_robot_bad_inputs(tiny_checkpoint, tmp_path, capsys):
@@ -305,3 +353,14 @@ def test_one_writer_per_run_folder_and_a_killed_holder_leaves_no_lock(tiny_check
         holder.wait()
     assert main(argv) == 0  # the OS released the killed holder's lock
     assert not (run / ".l2l-pcm.lock.owner").exists()
+
+
+def test_tensorboard_without_its_extra_is_one_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    from l2l_pcm import training
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if the extra were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'l2l-pcm\[tensorboard\]'"):
+        training.run(None, tmp_path / "run", tensorboard=tmp_path / "tb")
+    assert not (tmp_path / "run").exists()  # refused before anything was made

@@ -5,7 +5,7 @@ import json
 
 import jax
 import pytest
-from conftest import SHARED, needs_shared
+from conftest import SHARED, figure_text, needs_shared
 from test_fewshot import TINY
 
 from l2l_pcm import sweep
@@ -28,7 +28,7 @@ def test_grid_is_the_product_in_order():
 
 
 @needs_shared
-def test_fewshot_sweep_writes_json_csv_plot_with_paired_points(tmp_path, capsys):
+def test_fewshot_sweep_writes_json_csv_plot_with_paired_points(tmp_path, capsys, saved_figures):
     params = init_params(jax.random.PRNGKey(0), TINY.cnn)
     path = save_fewshot_checkpoint(tmp_path / "tiny.safetensors", params, TINY)
     argv = ["fewshot", "sweep", "--checkpoint", str(path), "--tasks", "3", "--queries", "2", "--data-dir", str(SHARED)]
@@ -49,6 +49,13 @@ def test_fewshot_sweep_writes_json_csv_plot_with_paired_points(tmp_path, capsys)
     assert len(rows) == 8 and "accuracy_mean" in rows[0]
     assert (tmp_path / "fewshot_sweep.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "fewshot_sweep.json").read_text())["points"] == points
+    # the plot: time ticks at the swept ages only, the band says what it is and over how many tasks, a
+    # software 32-bit line on the same tasks, the chip named
+    texts = {text for text, _ in saved_figures[-1]["texts"]}
+    assert {"1 s", "1 d"} <= texts and not {"1 min", "1 h", "1 day"} & texts
+    text = figure_text(saved_figures[-1])
+    assert "shaded: 95 % CI of the mean over 3 tasks" in text and "3 unseen tasks" in text
+    assert "software 32-bit, same tasks" in text and "chip, calibrated drift compensation, per array" in text
     # readout scales at one time: plotted against the scale; a range far too small clips updates
     argv = argv[: argv.index("--times")] + ["--times", "1h", "--readout-scales", "1,0.001", "--out", str(tmp_path)]
     assert main([*argv, "--json"]) == 0

@@ -60,6 +60,6 @@ def run_provenance(**settings) -> dict:
     return {
         "l2l_pcm_version": __version__,
         **settings,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
     }

@@ -133,7 +133,7 @@ def plot(
     for row in rows:
         groups.setdefault(_label(row, others), []).append(row)
     handles = []
-    banded = False
+    banded = clipped_note = False
     for index, (label, group) in enumerate(groups.items()):
         color = f"C{index}"
         group = sorted(group, key=lambda r: r[x_key])
@@ -144,24 +144,27 @@ def plot(
         if against_devices:  # which budget gave each point
             for x, y, r in zip(xs, ys, group, strict=True):
                 budget = r.get("update_budget")
+                last = x == max(xs)  # the rightmost label goes to the left of its point, inside the axes
                 ax.annotate(
                     str(budget) if budget else "all",
                     (x, y),
                     textcoords="offset points",
-                    xytext=(0, 12),
-                    ha="center",
+                    xytext=(-10, 8) if last else (7, -24),
+                    ha="right" if last else "left",
                     color=color,
                 )
         if against_scale:  # where the devices' range bounds the weights, say how often
             for x, y, r in zip(xs, ys, group, strict=True):
                 if (r.get("readout_updates_clipped_mean") or 0) >= 0.01:
                     ax.annotate(
-                        f"{r['readout_updates_clipped_mean']:.2g} clipped/task",
+                        f"{r['readout_updates_clipped_mean']:.2g}",
                         (x, y),
                         textcoords="offset points",
-                        xytext=(6, -20),
+                        xytext=(0, -24),
+                        ha="center",
                         color="tab:red",
                     )
+                    clipped_note = True
         if ci is not None and all(r.get(ci) is not None for r in group):
             low = [y - r[ci] * y_scale for y, r in zip(ys, group, strict=True)]
             high = [y + r[ci] * y_scale for y, r in zip(ys, group, strict=True)]
@@ -169,8 +172,6 @@ def plot(
             banded = True
     if reference is not None:
         value = reference["value"] * y_scale
-        if reference.get("ci") is not None:
-            ax.axhspan(value - reference["ci"] * y_scale, value + reference["ci"] * y_scale, color="0.5", alpha=0.15)
         handles.append(ax.axhline(value, color="black", linestyle="--", linewidth=1.8, label=reference["label"]))
     if banded:
         over = f" over {tasks} tasks" if tasks else ""
@@ -186,6 +187,9 @@ def plot(
         ax.set_xticks(scales, [f"{x:g}" for x in scales])
         ax.minorticks_off()
         ax.set_xlabel("readout scale (weight units per device unit; update step = scale / 16)")
+        if clipped_note:
+            note = "red: readout updates clipped\nat the devices' range, per task"
+            ax.text(0.02, 0.04, note, transform=ax.transAxes, color="tab:red")
     else:
         human_time_axis(ax, times, at_data=True)
         ax.set_xlabel("time since programming (log scale; ticks at the measured ages)")

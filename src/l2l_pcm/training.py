@@ -198,10 +198,13 @@ def run(
     progress: bool = True,
     overwrite: bool = False,
     inputs: tuple = (),
+    tensorboard: str | Path | None = None,
 ) -> dict:
     """Meta-train into ``out_dir``; with ``resume`` continue from ``out_dir/last.safetensors``.
 
     ``inputs``: files the run reads (``--init-from``): none may be one of the files the run writes.
+    ``tensorboard``: a folder for TensorBoard event files of every validation row (the metrics CSV/JSON are
+    written either way); needs the optional extra ``tensorboard`` (tensorboardX), checked before training.
 
     One writer per folder: the run holds :func:`run_folder_lock` for its whole life (process 0 of a
     multi-process run).
@@ -223,13 +226,51 @@ def run(
                 )
     if not distributed.is_main():
         return _run(trainer, out_dir, resume, progress, overwrite)
+    board = _TensorBoard(tensorboard) if tensorboard is not None else None  # a missing extra fails here, early
     _check_out_dir(out_dir, resume, overwrite)  # before the folder is made: a mistyped --out leaves nothing
     _io.writable_folder(out_dir)
     with run_folder_lock(out_dir):
-        return _run(trainer, out_dir, resume, progress, overwrite)
+        try:
+            return _run(trainer, out_dir, resume, progress, overwrite, board)
+        finally:
+            if board is not None:
+                board.close()
 
 
-def _run(trainer: MetaTrainer, out_dir: Path, resume: bool, progress: bool, overwrite: bool) -> dict:
+class _TensorBoard:
+    """Validation rows as TensorBoard scalars (tensorboardX's event-file writer, github.com/lanpa/tensorboardX:
+    a small writer that needs neither TensorFlow nor PyTorch). The tag is the metric's name; the step is the
+    iteration, so a resumed run continues its curves."""
+
+    def __init__(self, folder: str | Path):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "--tensorboard needs the optional extra: pip install 'l2l-pcm[tensorboard]' (tensorboardX)"
+            ) from None
+        if not str(folder).strip():
+            raise ConfigError("--tensorboard is empty: name a folder for the event files")
+        self.writer = SummaryWriter(logdir=str(folder))
+
+    def log(self, row: dict) -> None:
+        for name, value in row.items():
+            if name != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(name, value, global_step=row["iteration"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _run(
+    trainer: MetaTrainer,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    overwrite: bool,
+    board: _TensorBoard | None = None,
+) -> dict:
     from tqdm.auto import tqdm
 
     config = trainer.config
@@ -317,6 +358,8 @@ def _run(trainer: MetaTrainer, out_dir: Path, resume: bool, progress: bool, over
                     bar.write(f"it {done}: {summary} ({elapsed / 60:.1f} min)")
                     sys.stdout.flush()
                     _write_metrics(out_dir, rows)
+                    if board is not None:
+                        board.log(rows[-1])
             if done % config.checkpoint_every == 0 or done == config.iterations:
                 elapsed += time.perf_counter() - tic
                 tic = time.perf_counter()

@@ -68,12 +68,20 @@ def device_statistics(
 
 @dataclasses.dataclass
 class DriftDemoResult:
+    """Weight error per read time: without compensation, with the calibrated per-array compensation a chip
+    can do (``*_compensated``, ``drift_compensation="array"``) and with the oracle global factor no chip can
+    measure (``*_oracle``, a reference); then the devices small updates touch."""
+
     times_s: list[float]
     error_mean: list[float]
     error_std: list[float]
     error_mean_compensated: list[float]
     error_std_compensated: list[float]
     update_rows: list[dict]
+    error_mean_oracle: list[float] = dataclasses.field(default_factory=list)
+    error_std_oracle: list[float] = dataclasses.field(default_factory=list)
+    shape: tuple[int, int] | None = None
+    weight_std: float | None = None
 
 
 def drift_demo(key: jax.Array, shape=(256, 128), weight_std: float = 0.3, times_s=DEMO_TIMES_S) -> DriftDemoResult:
@@ -81,31 +89,36 @@ def drift_demo(key: jax.Array, shape=(256, 128), weight_std: float = 0.3, times_
 
     Weight error = (read weight − target weight)·sign(target): negative means "towards zero", so its
     mean shows drift and its std the spread from programming and read noise (one noisy read of every
-    weight). Two identical chips are run, one with global drift compensation.
+    weight). Three identical chips are run (same devices): without compensation, with the calibrated
+    per-array compensation (``drift_compensation="array"``: the chip's own reads of known patterns
+    against its record of the layer as programmed), and with the oracle ``"global"`` factor from the
+    noise-free device state, which no chip can measure (a reference).
     """
     key_w, key_prog, key_read, key_update = jax.random.split(key, 4)
     target = jnp.clip(weight_std * jax.random.normal(key_w, shape), -1, 1)
     chips = {}
-    for compensated in (False, True):
-        chip = Chip(ChipConfig(drift_compensation=compensated))
+    for compensation in ("none", "array", "global"):
+        chip = Chip(ChipConfig(drift_compensation=compensation))
         chip.place_dense("layer", shape)
         chip.program("layer", target, key_prog)
-        chips[compensated] = chip
-    result = DriftDemoResult([], [], [], [], [], [])
+        chips[compensation] = chip
+    result = DriftDemoResult([], [], [], [], [], [], shape=tuple(shape), weight_std=weight_std)
+    series = {
+        "none": (result.error_mean, result.error_std),
+        "array": (result.error_mean_compensated, result.error_std_compensated),
+        "global": (result.error_mean_oracle, result.error_std_oracle),
+    }
     eye = jnp.eye(shape[0], dtype=jnp.float32)
     for t, read_key in zip(times_s, jax.random.split(key_read, len(times_s)), strict=True):
         result.times_s.append(float(t))
-        for compensated, chip in chips.items():
+        for compensation, chip in chips.items():
             chip.advance(t - chip.now_s)
             read = chip.mvm("layer", eye, read_key)  # one noisy read of every weight
             error = np.asarray((read - target) * jnp.sign(target))
-            if compensated:
-                result.error_mean_compensated.append(float(error.mean()))
-                result.error_std_compensated.append(float(error.std()))
-            else:
-                result.error_mean.append(float(error.mean()))
-                result.error_std.append(float(error.std()))
-    chip = chips[False]
+            means, stds = series[compensation]
+            means.append(float(error.mean()))
+            stds.append(float(error.std()))
+    chip = chips["none"]
     for scale, update_key in zip((1e-2, 3e-2, 1e-1), jax.random.split(key_update, 3), strict=True):
         update = scale * jax.random.normal(update_key, shape)
         report = chip.reprogram("layer", update, update_key, rounding="nearest")
@@ -125,23 +138,38 @@ def drift_demo(key: jax.Array, shape=(256, 128), weight_std: float = 0.3, times_
 
 
 def plot_drift_demo(result: DriftDemoResult, path: str | Path) -> Path:
-    """Weight error (mean ± std over devices) against time since programming, log time axis."""
+    """Weight error (mean ± std over devices) against time since programming, log time axis: without
+    compensation and with the calibrated per-array compensation; the oracle global factor, where the
+    result has it, as a thin dashed reference."""
     plt = pyplot()
     times = np.asarray(result.times_s)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(10.0, 8.0), dpi=110, layout="constrained")
     for mean, std, label, color in (
         (result.error_mean, result.error_std, "no compensation", "tab:red"),
-        (result.error_mean_compensated, result.error_std_compensated, "global drift compensation", "tab:blue"),
+        (result.error_mean_compensated, result.error_std_compensated, "calibrated compensation, per array", "tab:blue"),
     ):
         mean, std = np.asarray(mean), np.asarray(std)
         ax.plot(times, mean, marker="o", color=color, label=f"mean error, {label}")
-        ax.fill_between(times, mean - std, mean + std, color=color, alpha=0.15, label=f"± 1 std, {label}")
+        ax.fill_between(times, mean - std, mean + std, color=color, alpha=0.15, label=f"± 1 std over devices, {label}")
+    if result.error_mean_oracle:
+        ax.plot(
+            times,
+            result.error_mean_oracle,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="mean error, oracle global factor (reference: no chip can measure it)",
+        )
     ax.axhline(0, color="black", linewidth=0.8)
-    human_time_axis(ax, times)
-    ax.set_xlabel("time since programming")
-    ax.set_ylabel("(read − target)·sign(target)   [w_max = 1]")
-    ax.set_title("PCM weights drift towards zero; read noise widens the spread")
-    ax.legend(fontsize=7, loc="lower left")
+    human_time_axis(ax, times, at_data=True)
+    ax.set_xlabel("time since programming (log scale)")
+    ax.set_ylabel("weight error (read − target)·sign(target)\n(weight units, w_max = 1)")
+    layer = f"one {result.shape[0]}×{result.shape[1]} layer, " if result.shape else ""
+    weights = f"weights ~ N(0, {result.weight_std:g}²), " if result.weight_std is not None else ""
+    ax.set_title(
+        "emulated PCM chip: weights drift towards zero, read noise widens the spread\n"
+        f"{layer}{weights}one read of every weight per age"
+    )
+    fig.legend(loc="outside lower center", frameon=False)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
     return save_figure(fig, path)

@@ -266,6 +266,12 @@ def add_train_arguments(
         sub.add_argument("--init-from", help=f"{init_from} (fresh optimiser)")
     add_hardware_arguments(sub, "the config's")
     sub.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines still print)")
+    sub.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write every validation row as TensorBoard event files to DIR (needs: pip install "
+        "'l2l-pcm[tensorboard]'); metrics.csv/json are written either way",
+    )
     add_distributed_arguments(sub)
 
 

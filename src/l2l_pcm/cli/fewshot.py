@@ -52,6 +52,7 @@ def _fewshot_train(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         init_from=args.init_from,
         overwrite=args.overwrite,
+        tensorboard=args.tensorboard,
     )
     print_summary(summary)
 
@@ -73,6 +74,7 @@ def _fewshot_pretrain(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        tensorboard=args.tensorboard,
     )
     print_summary(summary)
 

@@ -60,6 +60,7 @@ def _robot_train(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         init_from=args.init_from,
         overwrite=args.overwrite,
+        tensorboard=args.tensorboard,
     )
     print_summary(summary)
 
@@ -120,7 +121,7 @@ def _robot_overrides(args: argparse.Namespace, model):
 
 def _robot_sweep(args: argparse.Namespace) -> None:
     from l2l_pcm import sweep
-    from l2l_pcm.robot.evaluate import evaluate
+    from l2l_pcm.robot.evaluate import evaluate, software_reference
     from l2l_pcm.robot.train import load_robot_checkpoint
 
     params, config, _ = load_robot_checkpoint(checkpoint_path(args))
@@ -134,8 +135,13 @@ def _robot_sweep(args: argparse.Namespace) -> None:
 
     per_task = args.per_task is not None
     rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json, per_task=per_task)
-    plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "ylabel": "MSE after / before the update"}
-    finish_sweep(args, rows, "robot_sweep", model.hardware, {**plot, "title": "robot arm on the chip", "log_y": True})
+    plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "log_y": True, "tasks": args.tasks}
+    plot["ylabel"] = "Cartesian MSE after / before the update (log)"
+    plot["ci_label"] = "95 % interval of the ratio (paired delta method)"
+    plot["title"] = f"robot arm ({model.arm}): one e-prop update on the emulated PCM chip"
+    if not args.devices:  # the software model reads the device; with several swept there is no one reference
+        plot["reference"] = software_reference(params, model, args.tasks, args.seed)
+    finish_sweep(args, rows, "robot_sweep", model.hardware, plot)
 
 
 def _robot_demo(args: argparse.Namespace) -> None:
@@ -158,10 +164,13 @@ def _robot_demo(args: argparse.Namespace) -> None:
         f"chip: {chip['devices_reprogrammed_mean']:.0f} devices re-programmed per update "
         f"({100 * chip['devices_reprogrammed_fraction']:.2f} %)"
     )
+    from l2l_pcm.plotting import short_time_label
+
+    on_chip = f"emulated PCM chip, {short_time_label(model.hardware.clock.age_in_use_s)} after programming"
     paths = [
-        plot_trajectories(targets, result, out / "robot_trajectory.png"),
-        plot_spikes_and_signals(result, out / "robot_spikes.png"),
-        animate_arm(config.model.arm_model, targets, result, out / "robot_arm.gif"),
+        plot_trajectories(targets, result, out / "robot_trajectory.png", backend=on_chip),
+        plot_spikes_and_signals(result, out / "robot_spikes.png", backend=on_chip),
+        animate_arm(config.model.arm_model, targets, result, out / "robot_arm.gif", backend=on_chip),
         atomic_write_text(
             out / "robot_results.json",
             json.dumps(

@@ -210,8 +210,12 @@ def evaluate_chip(
         **spread,
     )
     summary["tasks"] = tasks  # per chip: every chip ran the same tasks
-    if chips > 1:  # the headline interval counts both sources of spread
+    if chips > 1:  # the headline intervals count both sources of spread
         summary["accuracy_ci95"] = spread["accuracy_ci95_chips_and_tasks"]
+        summary["accuracy_per_step_ci95"] = [
+            chip_and_task_spread(per_step[:, k].reshape(chips, tasks), "a")["a_ci95_chips_and_tasks"]
+            for k in range(per_step.shape[1])
+        ]
     return summary
 
 
@@ -253,7 +257,9 @@ def _clipping_warnings(clipped: np.ndarray, config: MAMLConfig, threshold: float
     ]
 
 
-def software_reference(params, config: MAMLConfig, images: OmniglotImages, tasks: int, queries: int = 15, seed: int = 0):
+def software_reference(
+    params, config: MAMLConfig, images: OmniglotImages, tasks: int, queries: int = 15, seed: int = 0
+) -> dict:
     """Software 32-bit accuracy on the same tasks a chip evaluation with these arguments sees, as a plot's
     reference line (``{"value", "ci", "label"}``; :func:`l2l_pcm.sweep.plot`). The fp32 model has no
     devices, so the chip's settings (age, compensation, converters, readout scale) do not change it; the
@@ -298,10 +304,11 @@ def plot_inner_step_curves(results: dict[str, dict], path) -> Path:
             steps[zoom_from:] + dodge[index],
             mean[zoom_from:],
             yerr=ci[zoom_from:],
-            label=f"{label}: {mean[-1]:.1f} ± {ci[-1]:.1f} %",
+            label=f"{label}: {mean[-1]:.2f} ± {ci[-1]:.2f} %",
             **style,
         )
-        low, high = min(low, np.min(mean[zoom_from:] - ci[zoom_from:])), max(high, np.max(mean[zoom_from:] + ci[zoom_from:]))
+        low = min(low, np.min(mean[zoom_from:] - ci[zoom_from:]))
+        high = max(high, np.max(mean[zoom_from:] + ci[zoom_from:]))
     chance = 100 / first["ways"]
     ax_all.axhline(chance, color="gray", linestyle=":", label=f"chance: {chance:.0f} %")
     ax_all.set_ylim(0, 100)
@@ -309,7 +316,8 @@ def plot_inner_step_curves(results: dict[str, dict], path) -> Path:
     ax_all.legend(loc="lower right")
     pad = max(0.5, 0.1 * (high - low))
     ax_zoom.set_ylim(low - pad, min(100.0, high + pad))
-    ax_zoom.set_title(f"steps {zoom_from}–{steps[-1]} zoomed (same data)")
+    shown = f"steps {zoom_from}–{steps[-1]}" if steps[-1] > zoom_from else f"step {zoom_from}"
+    ax_zoom.set_title(f"{shown} zoomed (same data)")
     ax_zoom.legend(loc="lower right", title="after the last step (mean ± 95 % CI)")
     for ax, shown in ((ax_all, steps), (ax_zoom, steps[zoom_from:])):
         ax.set_xticks(shown)
@@ -322,7 +330,7 @@ def plot_inner_step_curves(results: dict[str, dict], path) -> Path:
             (zoom_from - 0.25, zoom_low), steps[-1] - zoom_from + 0.5, zoom_high - zoom_low, fill=False, edgecolor="0.3"
         )
     )
-    ax_all.annotate("zoomed →", (steps[-1] + 0.25, zoom_low), textcoords="offset points", xytext=(-4, -20), ha="right")
+    ax_all.annotate("zoomed at right", (steps[-1], zoom_low), textcoords="offset points", xytext=(0, -22), ha="right")
     fig.suptitle(
         f"{first['ways']}-way {first['shots']}-shot Omniglot: n = {first['tasks']} unseen tasks, the same for "
         f"every backend; error bars: 95 % CI over tasks"
@@ -347,7 +355,8 @@ def plot_training_curves(
     ax_loss.set_xlabel("outer iteration (meta-training step)")
     ax_loss.set_ylabel("query loss on training tasks (cross-entropy, smoothed)")
     ax_loss.grid(alpha=0.3)
-    ax_acc.plot(it, [100 * row["train_accuracy"] for row in metrics], marker=".", color="C0", label="training tasks (smoothed)")
+    train_accuracy = [100 * row["train_accuracy"] for row in metrics]
+    ax_acc.plot(it, train_accuracy, marker=".", color="C0", label="training tasks (smoothed)")
     val = np.asarray([row["val_accuracy"] for row in metrics]) * 100
     ci = np.asarray([row["val_ci95"] for row in metrics]) * 100
     held_out = f"{validation_tasks} tasks of held-out alphabets" if validation_tasks else "held-out alphabets"
@@ -359,18 +368,19 @@ def plot_training_curves(
         for ax in (ax_loss, ax_acc):
             ax.axvline(began, color="black", linestyle="--", linewidth=2)
             ax.axvspan(began, it.max() + 0.03 * (it.max() - it.min()), color="C2", alpha=0.10, linewidth=0)
-            text = f"stage {stage} from iteration {began}" + (f": {stage_labels[stage]}" if stage in stage_labels else "")
+        text = f"stage {stage} from iteration {began}"
+        text += f":\nvalidates the {stage_labels[stage]}" if stage in stage_labels else ""
+        for ax, height in ((ax_loss, 0.72), (ax_acc, 0.42)):  # in each panel's empty part, an arrow to the line
             ax.annotate(
                 text,
-                (began, 0.5),
+                (began, height),
                 xycoords=("data", "axes fraction"),
-                textcoords="offset points",
-                xytext=(-6, 0),
-                rotation=90,
+                xytext=(0.88, height),
+                textcoords="axes fraction",
                 ha="right",
                 va="center",
-                fontsize=13,
-                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6", "alpha": 0.9},
+                arrowprops={"arrowstyle": "->", "color": "black", "linewidth": 1.5},
+                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6"},
             )
     ax_loss.set_xlim(it.min() - 0.03 * (it.max() - it.min()), it.max() + 0.03 * (it.max() - it.min()))
     ax_acc.set_xlim(*ax_loss.get_xlim())

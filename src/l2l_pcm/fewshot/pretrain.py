@@ -195,7 +195,9 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    tensorboard: str | Path | None = None,
 ) -> dict:
     """Pre-train on Omniglot's background meta-training alphabets into ``out_dir`` (as ``fewshot train``)."""
     train_set, val_set = split_background(load_omniglot("background", data_dir))
-    return training.run(make_trainer(config, train_set, val_set), out_dir, resume, progress, overwrite)
+    trainer = make_trainer(config, train_set, val_set)
+    return training.run(trainer, out_dir, resume, progress, overwrite, tensorboard=tensorboard)

@@ -185,12 +185,14 @@ def train(
     progress: bool = True,
     init_from: str | Path | None = None,
     overwrite: bool = False,
+    tensorboard: str | Path | None = None,
 ) -> dict:
     """Meta-train, writing ``last.safetensors``, ``best.safetensors`` and ``metrics.csv/json`` to ``out_dir``
     (a bare model config runs with the default run settings).
 
     ``init_from``: start from the parameters of another few-shot checkpoint of the same model size
-    (fresh optimiser state), e.g. to continue a run with a changed inner learning rate.
+    (fresh optimiser state), e.g. to continue a run with a changed inner learning rate. ``tensorboard``: also
+    write the metrics as TensorBoard event files to this folder (:func:`l2l_pcm.training.run`).
     """
     config = FewshotTrainConfig(model=config) if isinstance(config, MAMLConfig) else config
     train_set, val_set = split_background(load_omniglot("background", data_dir))
@@ -201,4 +203,5 @@ def train(
         progress=progress,
         overwrite=overwrite,
         inputs=() if init_from is None else (init_from,),
+        tensorboard=tensorboard,
     )

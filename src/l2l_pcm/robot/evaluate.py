@@ -192,73 +192,97 @@ DEVICE_COUNTS = (
 """What the device counts of a result count, carried in the result so a reader of the JSON need not guess."""
 
 
+def software_reference(params, config: RobotConfig, tasks: int, seed: int = 0) -> dict:
+    """MSE after / before in software, with the model the checkpoint was meta-trained with, on the trajectories
+    a chip evaluation with these arguments sees, as a plot's reference line (``{"value", "ci", "label"}``;
+    :func:`l2l_pcm.sweep.plot`). Software reads at the training age with no drift compensation, so the
+    chip's age and compensation do not change it."""
+    clock = dataclasses.replace(config.hardware.clock, deployment_age_s=None)  # the chip's age, not the model's
+    config = dataclasses.replace(config, hardware=dataclasses.replace(config.hardware, clock=clock))
+    result = evaluate(params, config, "software", tasks, seed, "trained")
+    model = "PCM model it was meta-trained with" if result["precision"] == "pcm" else "32-bit"
+    ratio, ci = result["mse_ratio_after_to_before"], result["mse_ratio_ci95"]
+    return {"value": ratio, "ci": ci, "label": f"software, {model}, same trajectories: {ratio:.3f} ± {ci:.3f}"}
+
+
 # ----------------------------------------------------------------------------------------------- plots
-def plot_trajectories(targets, result, path, task: int = 0) -> Path:
-    """Target vs produced end-effector path before and after the update, in 3-D and per coordinate."""
+def plot_trajectories(targets, result, path, task: int = 0, *, backend: str) -> Path:
+    """Target vs produced end-effector path before and after the update, in 3-D and per coordinate.
+    ``backend``: where the update ran, for the title (e.g. "emulated PCM chip, 1 h after programming" or
+    "software")."""
     plt = pyplot()
     target = np.asarray(targets.xyz[task])
     before = np.asarray(result.before.xyz[task])
     after = np.asarray(result.after.xyz[task])
     mse_before = float(np.mean((before - target) ** 2))
     mse_after = float(np.mean((after - target) ** 2))
-    fig = plt.figure(figsize=(13.5, 4.4), dpi=110)
-    ax3d = fig.add_subplot(1, 4, 1, projection="3d")
-    for xyz, label, style in (
-        (target, "target", "k-"),
-        (before, "before update", "C1--"),
-        (after, "after one update", "C0-"),
-    ):
-        ax3d.plot(*xyz.T, style, label=label)
-    ax3d.set_xlabel("x (m)")
-    ax3d.set_ylabel("y (m)")
-    ax3d.set_zlabel("z (m)")
-    ax3d.legend(fontsize=7, loc="upper left")
-    t = np.arange(target.shape[0])
+    fig = plt.figure(figsize=(16.0, 6.4), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(3, 2, width_ratios=(0.9, 1))
+    ax3d = fig.add_subplot(grid[:, 0], projection="3d")
+    styles = (
+        (target, "target path", {"color": "black", "linestyle": "-", "linewidth": 2.5}),
+        (before, "before the update", {"color": "C1", "linestyle": "--", "linewidth": 2}),
+        (after, "after one update", {"color": "C0", "linestyle": "-", "linewidth": 2}),
+    )
+    for xyz, label, style in styles:
+        ax3d.plot(*xyz.T, label=label, **style)
+    ax3d.set_xlabel("x (m)", labelpad=10)
+    ax3d.set_ylabel("y (m)", labelpad=10)
+    ax3d.set_zlabel("z (m)", labelpad=10)
+    ax3d.set_title("end-effector path in 3-D")
+    t = np.arange(target.shape[0])  # one step per ms
     for i, name in enumerate("xyz"):
-        ax = fig.add_subplot(1, 4, i + 2)
-        ax.plot(t, target[:, i], "k-", label="target")
-        ax.plot(t, before[:, i], "C1--", label="before")
-        ax.plot(t, after[:, i], "C0-", label="after")
-        ax.set_xlabel("time step")
+        ax = fig.add_subplot(grid[i, 1])
+        for xyz, label, style in styles:
+            ax.plot(t, xyz[:, i], label=label, **style)
         ax.set_ylabel(f"{name} (m)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"end-effector path, one natural-e-prop update: MSE {mse_before:.4f} → {mse_after:.4f} m² (this task)")
-    fig.subplots_adjust(left=0.02, right=0.98, wspace=0.45, bottom=0.14)
+        if i < 2:
+            ax.tick_params(labelbottom=False)
+    ax.set_xlabel("time (ms)")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle(
+        f"{backend}: one natural e-prop update\nCartesian MSE of this trajectory {mse_before:.4f} → {mse_after:.4f} m²"
+    )
     return save_figure(fig, path)
 
 
-def plot_spikes_and_signals(result, path, task: int = 0, neurons: int = 100) -> Path:
-    """Spike rasters of the trainee (before/after) and the LSG, and the learning signals."""
+def plot_spikes_and_signals(result, path, task: int = 0, neurons: int = 100, *, backend: str) -> Path:
+    """Spike rasters of the trainee (before/after) and the LSG, and the learning signals; ``backend``:
+    where the update ran, for the title."""
     plt = pyplot()
     eprop = result.eprop
     before = np.asarray(eprop.before.z[min(task, eprop.before.z.shape[0] - 1)])[:, :neurons]
     after = np.asarray(eprop.after.z[task])[:, :neurons]
     lsg = np.asarray(eprop.lsg_spikes[task])[:, :neurons]
     signals = np.asarray(eprop.learning_signals[task])[:, :neurons]
-    fig, axes = plt.subplots(4, 1, figsize=(8, 8), dpi=110, sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 12), dpi=100, sharex=True, layout="constrained")
     for ax, spikes, title in (
         (axes[0], before, "trainee before the update"),
         (axes[1], after, "trainee after the update"),
         (axes[2], lsg, "learning-signal generator"),
     ):
         t, n = np.nonzero(spikes)
-        ax.scatter(t, n, s=1.5, c="black", marker="|")
+        ax.scatter(t, n, s=3, c="black", marker="|")
         ax.set_ylabel("neuron")
-        ax.set_title(f"{title} (first {neurons} neurons, {spikes.mean() * 1000:.0f} Hz mean)", fontsize=9)
+        ax.set_title(f"{title} (first {neurons} neurons, {spikes.mean() * 1000:.0f} Hz mean)")
     limit = np.abs(signals).max() or 1.0
     image = axes[3].imshow(signals.T, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
     axes[3].set_ylabel("trainee neuron")
-    axes[3].set_xlabel("time step (1 ms)")
-    axes[3].set_title("learning signals L_j(t) from the LSG", fontsize=9)
-    fig.colorbar(image, ax=axes[3], fraction=0.03).set_label("learning signal (a.u.)", fontsize=8)
-    fig.tight_layout()
+    axes[3].set_xlabel("time (ms)")
+    axes[3].set_title("learning signals L_j(t) from the LSG")
+    fig.colorbar(image, ax=axes[3], fraction=0.03).set_label("learning signal (a.u.)")
+    fig.suptitle(f"spikes and learning signals of one trajectory, {backend}")
     return save_figure(fig, path)
 
 
-def animate_arm(arm, targets, result, path, task: int = 0, frames: int = 60) -> Path:
-    """Animated GIF: the arm after the update following the target path (matplotlib + Pillow)."""
+def animate_arm(arm, targets, result, path, task: int = 0, frames: int = 60, *, backend: str) -> Path:
+    """Animated GIF (840 px square, 14-pt labels): the arm after the update following the target path
+    (matplotlib + Pillow); ``backend``: where the update ran, for the title."""
     import io
 
+    from matplotlib.ticker import MaxNLocator
     from PIL import Image
 
     from l2l_pcm._io import atomic_write_bytes
@@ -273,25 +297,28 @@ def animate_arm(arm, targets, result, path, task: int = 0, frames: int = 60) -> 
     low = np.minimum(np.minimum(joints.min(axis=(0, 1)), target.min(axis=0)), before.min(axis=0)) - 0.05
     high = np.maximum(np.maximum(joints.max(axis=(0, 1)), target.max(axis=0)), before.max(axis=0)) + 0.05
     for step in steps:
-        fig = plt.figure(figsize=(4.2, 4.2), dpi=80)
-        ax = fig.add_subplot(projection="3d")
-        ax.plot(*target.T, "k-", linewidth=1, label="target")
-        ax.plot(*before.T, "C1--", linewidth=1, label="before the update")
-        ax.plot(*produced[: step + 1].T, "C0-", linewidth=2, label="after the update")
-        ax.plot(*joints[step].T, "o-", color="C3", linewidth=4, markersize=4, label="arm")
+        fig = plt.figure(figsize=(8.4, 8.4), dpi=100)
+        ax = fig.add_axes((0.03, 0.06, 0.90, 0.74), projection="3d")
+        ax.plot(*target.T, "k-", linewidth=2.5, label="target path")
+        ax.plot(*before.T, "C1--", linewidth=2, label="path before the update")
+        ax.plot(*produced[: step + 1].T, "C0-", linewidth=3, label="path after the update")
+        ax.plot(*joints[step].T, "o-", color="C4", linewidth=6, markersize=8, label="arm (after the update)")
         ax.set_xlim(low[0], high[0])
         ax.set_ylim(low[1], high[1])
         ax.set_zlim(min(low[2], 0.0), high[2])
         ax.set_box_aspect((high[0] - low[0], high[1] - low[1], high[2] - min(low[2], 0.0)))  # equal aspect
-        ax.set_xlabel("x (m)", fontsize=7)
-        ax.set_ylabel("y (m)", fontsize=7)
-        ax.set_zlabel("z (m)", fontsize=7)
-        ax.set_title(f"t = {step} ms", fontsize=9)
-        ax.legend(fontsize=6, loc="upper left")
+        for set_label, name in ((ax.set_xlabel, "x"), (ax.set_ylabel, "y"), (ax.set_zlabel, "z")):
+            set_label(f"{name} (m)", fontsize=14, labelpad=12)
+        ax.tick_params(labelsize=12)
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_major_locator(MaxNLocator(4))
+        fig.suptitle(f"{backend}\narm after one e-prop update, t = {step} ms", fontsize=16, y=0.98)
+        fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.89), ncol=2, fontsize=14, frameon=False)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         plt.close(fig)
-        images.append(Image.open(io.BytesIO(buffer.getvalue())).convert("P", palette=Image.ADAPTIVE))
+        frame = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        images.append(frame.convert("P", palette=Image.ADAPTIVE, colors=128))
     gif = io.BytesIO()
-    images[0].save(gif, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
+    images[0].save(gif, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0, optimize=True)
     return atomic_write_bytes(path, gif.getvalue())

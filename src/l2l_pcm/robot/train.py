@@ -131,11 +131,14 @@ def train(
     progress: bool = True,
     init_from: str | Path | None = None,
     overwrite: bool = False,
+    tensorboard: str | Path | None = None,
 ) -> dict:
     """Meta-train the trainee's initial weights and the LSG; see :mod:`l2l_pcm.training` for the files."""
     inputs = () if init_from is None else (init_from,)
     trainer = make_trainer(config, init_from)
-    return training.run(trainer, out_dir, resume=resume, progress=progress, overwrite=overwrite, inputs=inputs)
+    return training.run(
+        trainer, out_dir, resume=resume, progress=progress, overwrite=overwrite, inputs=inputs, tensorboard=tensorboard
+    )
 
 
 def load_robot_checkpoint(path) -> tuple[dict, RobotTrainConfig, dict]:
