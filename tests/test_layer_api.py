@@ -96,7 +96,7 @@ def test_hardware_aware_params_use_the_device_model_and_leave_biases(key):
     np.testing.assert_allclose(quiet["w"], params["w"], rtol=1e-6)
 
 
-@pytest.mark.slow  # an end-to-end run of the example script (35 s); the layer API it uses is tested above
+# the tutorial docs/tutorials/mlp.md shows this script: it runs in the default suite at toy size (about 30 s)
 def test_the_mlp_example_runs_at_toy_size(tmp_path):
     path = Path(__file__).parents[1] / "examples" / "mlp_on_chip.py"
     spec = importlib.util.spec_from_file_location("mlp_on_chip", path)

@@ -1,10 +1,12 @@
-"""MkDocs hook: the CLI reference page is generated from the parser at build time, so it cannot drift from
-the code (https://www.mkdocs.org/user-guide/configuration/#hooks)."""
+"""MkDocs hooks (https://www.mkdocs.org/user-guide/configuration/#hooks): the CLI reference page is generated
+from the parser at build time, so it cannot drift from the code; Sphinx role names are dropped from the
+rendered docstrings."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 
 MARKER = "<!-- cli-reference -->"
 
@@ -32,3 +34,12 @@ def on_page_markdown(markdown: str, page, **kwargs) -> str:
     if MARKER in markdown:
         return markdown.replace(MARKER, cli_reference())
     return markdown
+
+
+_SPHINX_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|exc|math):(?=<code)")
+
+
+def on_page_content(html: str, page, **kwargs) -> str:
+    """Docstrings are written for Sphinx-aware readers (``:func:`name```); mkdocstrings renders the role's
+    argument as code and leaves the role's name in front of it: drop the name."""
+    return _SPHINX_ROLE.sub("", html)
