@@ -33,6 +33,7 @@ bench: $(STAMP)
 # the documentation site (mkdocs-material + mkdocstrings) into site/; warnings are errors
 docs: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[docs]"
+	bash docs/vendor_mathjax.sh
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # wheel and sdist into dist/, the wheel installed into fresh environments (.ci/package_check)

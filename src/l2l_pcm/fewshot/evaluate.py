@@ -345,7 +345,8 @@ def plot_training_curves(
 
     Where a later stage (``--init-from``) begins, a vertical line in both panels and a label say what
     validation measures from there on: ``stage_labels`` maps a stage to its settings (e.g. ``{2: "PCM
-    model, budget 32"}``; :func:`stage_description`), stages without one are only numbered.
+    model, budget 32"}``; :func:`stage_description`); a stage without one is said to have no record (a
+    checkpoint stores its own stage's settings, not those of the stages it was started from).
     ``validation_tasks``: tasks per validation point (in the title)."""
     plt = pyplot()
     stage_labels = dict(stage_labels or {})
@@ -362,7 +363,7 @@ def plot_training_curves(
     held_out = f"{validation_tasks} tasks of held-out alphabets" if validation_tasks else "held-out alphabets"
     ax_acc.errorbar(it, val, yerr=ci, marker="o", capsize=4, color="C1", label=f"validation, {held_out} (95 % CI)")
     stages = sorted({row.get("stage", 1) for row in metrics})
-    settings = [f"stage {stage}: {stage_labels[stage]}" for stage in stages if stage in stage_labels]
+    settings = [f"stage {stage}: {stage_labels.get(stage, 'settings not recorded in the file')}" for stage in stages]
     for previous, stage in zip(stages, stages[1:], strict=False):  # where a later (--init-from) stage began
         began = max(row.get("stage_end", row["iteration"]) for row in metrics if row.get("stage", 1) == previous)
         for ax in (ax_loss, ax_acc):
@@ -391,7 +392,8 @@ def plot_training_curves(
     if len(stages) > 1:
         fig.suptitle(
             "training record, all stages; validation measures each stage's own model"
-            + ("\n" + "; ".join(settings) if settings else "")
+            + "\n"
+            + "; ".join(settings)
         )
     return save_figure(fig, path)
 
