@@ -194,8 +194,12 @@ def plot(rows: list[dict], software: dict, path: Path, chips: int, test_images: 
             label = f"chip, {name}, {names[compensation]}"
             ax.plot(ages, mean, style, marker="o", color=color, label=label)
             ax.fill_between(ages, mean - ci, mean + ci, color=color, alpha=0.12)
-        software_label = f"software, {name}: {100 * software[name]:.2f} %"
-        ax.axhline(100 * software[name], color=color, linewidth=1.5, linestyle=":", label=software_label)
+        if len(set(software.values())) > 1:  # one software line per model where they differ
+            software_label = f"software, {name}: {100 * software[name]:.2f} %"
+            ax.axhline(100 * software[name], color=color, linewidth=1.5, linestyle=":", label=software_label)
+    if len(set(software.values())) == 1:
+        both = f"software, both models: {100 * next(iter(software.values())):.2f} %"
+        ax.axhline(100 * next(iter(software.values())), color="black", linewidth=1.5, linestyle=":", label=both)
     human_time_axis(ax, [r["age_s"] for r in rows], at_data=True)
     ax.set_xlabel("time since programming (log scale)")
     ax.set_ylabel(f"test accuracy on {test_images} held-out digits (%)")

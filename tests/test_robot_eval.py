@@ -212,12 +212,14 @@ def test_figures_and_gif(tiny_checkpoint, tmp_path, saved_figures):
 
 def test_robot_sweep_plot_has_the_software_reference(tiny_checkpoint, tmp_path, capsys, saved_figures):
     path, _ = tiny_checkpoint
+    _, config, _ = load_robot_checkpoint(path)
     argv = ["robot", "sweep", "--checkpoint", str(path), "--tasks", "2", "--times", "1h,1y", "--out", str(tmp_path)]
     assert main([*argv, "--json"]) == 0
     points = json.loads(capsys.readouterr().out)["points"]
     assert [p["time_since_programming_s"] for p in points] == [3600.0, 365 * 86400.0]
     text = "\n".join(text for text, _ in saved_figures[-1]["texts"])
-    assert "software, PCM model it was meta-trained with, same trajectories" in text
+    model = "PCM model it was meta-trained with" if config.model.hardware_aware else "32-bit"  # as trained
+    assert f"software, {model}, same trajectories" in text and "1 h" in text and "1 y" in text
     assert "shaded: 95 % interval of the ratio (paired delta method) over 2 tasks" in text
 
 

@@ -50,11 +50,11 @@ def _chip_demo(args: argparse.Namespace) -> None:
     result = drift_demo(jax.random.PRNGKey(args.seed))
     print("Weight error of a 256x128 layer (weights ~ N(0, 0.3²)) vs time since programming")
     print("error = (read − target)·sign(target); negative = drift towards zero")
-    print(f"{'time':>9} | {'mean':>8} {'std':>7} | {'mean (drift comp.)':>18} {'std':>7}")
+    print(f"{'time':>9} | {'mean':>8} {'std':>7} | {'mean (calibrated comp.)':>23} {'std':>7}")
     for i, t in enumerate(result.times_s):
         print(
             f"{human_time(t):>9} | {result.error_mean[i]:8.4f} {result.error_std[i]:7.4f} | "
-            f"{result.error_mean_compensated[i]:18.4f} {result.error_std_compensated[i]:7.4f}"
+            f"{result.error_mean_compensated[i]:23.4f} {result.error_std_compensated[i]:7.4f}"
         )
     print("\nDevices touched by a small update (quantized to 1/16, nearest rounding)")
     print(f"{'update std':>10} | {'non-zero Δw_q':>13} {'pairs':>7} {'devices':>8} {'fraction':>9} {'energy est.':>12}")

@@ -252,7 +252,7 @@ def _fewshot_demo(args: argparse.Namespace) -> None:
     if metadata.get("metrics"):
         record, trained = training_record(metadata), metadata.get("config", {})  # as trained, before any flag
         labels = {}
-        if "variant" in trained:  # the checkpoint's own stage, the last; earlier stages' settings are not stored
+        if "variant" in trained and record:  # the checkpoint's own stage, the last; earlier ones are not stored
             labels[record[-1]["stage"]] = stage_description(trained["variant"], trained.get("update_budget"))
         validation_tasks = trained.get("validation_tasks")
         paths.append(plot_training_curves(record, out / "fewshot_training.png", labels, validation_tasks))

@@ -289,7 +289,7 @@ def plot_inner_step_curves(results: dict[str, dict], path) -> Path:
     plt = pyplot()
     first = next(iter(results.values()))
     steps = np.arange(len(first["accuracy_per_step"]))
-    zoom_from = min(2, len(steps) - 1)
+    zoom_from = max(1, min(2, len(steps) - 2))  # two steps at least where there are as many after step 0
     fig, (ax_all, ax_zoom) = plt.subplots(
         1, 2, figsize=(14.0, 6.2), dpi=110, layout="constrained", gridspec_kw={"width_ratios": (1, 1.15)}
     )
@@ -390,11 +390,7 @@ def plot_training_curves(
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(loc="lower right")
     if len(stages) > 1:
-        fig.suptitle(
-            "training record, all stages; validation measures each stage's own model"
-            + "\n"
-            + "; ".join(settings)
-        )
+        fig.suptitle("training record, all stages; validation measures each stage's own model\n" + "; ".join(settings))
     return save_figure(fig, path)
 
 
