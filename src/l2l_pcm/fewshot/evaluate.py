@@ -155,12 +155,14 @@ def evaluate_chip(
     if int(chips) != chips or chips < 1:
         raise ConfigError(f"chips must be a positive integer, got {chips!r}")
     base_key = jax.random.PRNGKey(10_000 + seed)
+    first_batches = _task_batches(images, config, tasks, queries, seed)  # impossible requests fail here, early
     per_step, operations, distinct, energy, clipped = [], [], [], [], []
     with tqdm(total=tasks * chips, desc="chip tasks", unit="task", disable=not progress) as bar:
         for c in range(chips):
             chip_key = base_key if c == 0 else jax.random.fold_in(base_key, c)
             learner = ChipFewShotLearner(params, config, chip_key, chip_config)
-            for start, (sx, sy, qx, qy) in _task_batches(images, config, tasks, queries, seed):
+            batches = first_batches if c == 0 else _task_batches(images, config, tasks, queries, seed)
+            for start, (sx, sy, qx, qy) in batches:
                 for i in range(sx.shape[0]):
                     key = jax.random.PRNGKey(seed * 100_003 + start + i)
                     result = learner.adapt(sx[i], sy[i], qx[i], qy[i], key if c == 0 else jax.random.fold_in(key, c))
