@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,frameworks,nir,tensorboard]"
+	$(BIN)/pip install --quiet -e ".[test,frameworks,nir,tensorboard,sim]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 	$(BIN)/l2l-pcm robot demo --tasks 200 --out outputs
 	$(BIN)/l2l-pcm fewshot sweep --tasks 50 --times 1s,1h,1d,30d,1y --compensation none,array --out outputs
 	$(BIN)/l2l-pcm robot sweep --tasks 50 --times 1min,1h,1d,30d,1y --compensation none,array --out outputs
+	@if $(BIN)/python -c "import mujoco, mujoco.mjx" 2>/dev/null; then \
+		$(BIN)/l2l-pcm robot demo --dynamics mujoco --tasks 200 --out outputs/mujoco; \
+	else echo "skipped the simulated-arm demo: pip install -e '.[sim]'"; fi
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -27,6 +27,7 @@ from l2l_pcm.cli.common import (
     sweep_axes,
     write_per_task,
 )
+from l2l_pcm.errors import L2LPCMError
 
 ROBOT_SWEEP_METRICS = (
     "mse_before",
@@ -73,11 +74,14 @@ def _robot_eval(args: argparse.Namespace) -> None:
     refuse_chip_only_flags(args)
     model = _robot_overrides(args, config.model)
     precision = command_precision(args, "trained")
+    arm_sim = _arm_simulation(args, model)
     if args.backend == "software":  # it checks the tree it is given against the model's (for_software_model)
         software = dataclasses.replace(model, hardware=config.model.hardware)
-        result = evaluate(params, software, "software", args.tasks, args.seed, precision, model.hardware)
+        result = evaluate(
+            params, software, "software", args.tasks, args.seed, precision, model.hardware, arm_sim=arm_sim
+        )
     else:
-        result = evaluate(params, model, "chip", args.tasks, args.seed, precision, chips=args.chips)
+        result = evaluate(params, model, "chip", args.tasks, args.seed, precision, chips=args.chips, arm_sim=arm_sim)
     result["provenance"] = command_provenance(
         args, model.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
     )
@@ -95,6 +99,13 @@ def _robot_eval(args: argparse.Namespace) -> None:
         f"after / before: ratio of means {result['mse_ratio_after_to_before']:.3f} ± {result['mse_ratio_ci95']:.3f}, "
         f"mean of per-task ratios {result['mse_ratio_per_task_mean']:.3f} ± {result['mse_ratio_per_task_ci95']:.3f}"
     )
+    if arm_sim is not None:
+        print(
+            f"executed by the simulated arm (MuJoCo): the controllers' own error on the targets' velocities "
+            f"{result['mse_floor']:.5f} ± {result['mse_floor_ci95']:.5f} m²; closed-form kinematics instead: "
+            f"{result['mse_before_kinematic']:.4f} → {result['mse_after_kinematic']:.5f} m²; "
+            f"{result['tasks_below_table']} of {result['tasks']} targets reach below the table top"
+        )
     if (result.get("chips") or 1) > 1:
         print(
             f"{result['chips']} chips × {result['tasks']} trajectories: MSE after per chip "
@@ -109,6 +120,18 @@ def _robot_eval(args: argparse.Namespace) -> None:
             f"({100 * result['devices_reprogrammed_fraction']:.2f} % of the trainee's devices); energy estimate "
             f"{result['energy_estimate_pJ_per_update'] / 1e3:.1f} nJ per update"
         )
+
+
+def _arm_simulation(args: argparse.Namespace, model):
+    """``--dynamics mujoco``: the simulated Scorbot that executes the network's commands (None: kinematic)."""
+    if getattr(args, "dynamics", "kinematic") == "kinematic":
+        return None
+    from l2l_pcm.robot.arm import ScorbotER7
+    from l2l_pcm.robot.sim import ScorbotMJX
+
+    if not isinstance(model.arm_model, ScorbotER7):
+        raise L2LPCMError(f"--dynamics mujoco simulates the Scorbot ER-VII; this checkpoint's arm is {model.arm!r}")
+    return ScorbotMJX(model.arm_model, tick_s=model.velocity_dt_s)
 
 
 def _robot_overrides(args: argparse.Namespace, model):
@@ -128,10 +151,11 @@ def _robot_sweep(args: argparse.Namespace) -> None:
     model = _robot_overrides(args, config.model)
     points = sweep.grid(sweep_axes(args, model.hardware, readout_axes=False))
     hardware = [point_hardware(model.hardware, point) for point in points]  # every point checked first
+    arm_sim = _arm_simulation(args, model)
 
     def evaluate_point(point: dict) -> dict:
         point_model = dataclasses.replace(model, hardware=hardware[points.index(point)])
-        return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained")
+        return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained", arm_sim=arm_sim)
 
     per_task = args.per_task is not None
     rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json, per_task=per_task)
@@ -153,8 +177,11 @@ def _robot_demo(args: argparse.Namespace) -> None:
     params, config, _ = load_robot_checkpoint(checkpoint_path(args))
     model = _robot_overrides(args, config.model)
     out = Path(args.out)
-    software = evaluate(params, model, "software", args.tasks, args.seed)
-    chip, (targets, result) = evaluate(params, model, "chip", args.tasks, args.seed, keep_examples=True)
+    arm_sim = _arm_simulation(args, model)
+    software = evaluate(params, model, "software", args.tasks, args.seed, arm_sim=arm_sim)
+    chip, (targets, result) = evaluate(
+        params, model, "chip", args.tasks, args.seed, keep_examples=True, arm_sim=arm_sim
+    )
     for r in (software, chip):
         print(
             f"{r['backend']:>8}: MSE {r['mse_before']:.4f} → {r['mse_after']:.4f} ± {r['mse_after_ci95']:.4f} m² "
@@ -167,6 +194,13 @@ def _robot_demo(args: argparse.Namespace) -> None:
     from l2l_pcm.plotting import short_time_label
 
     on_chip = f"emulated PCM chip, {short_time_label(model.hardware.clock.age_in_use_s)} after programming"
+    if arm_sim is not None:  # the figures show what the simulated arm executed
+        from l2l_pcm.robot.sim import executed_trajectories
+
+        result = result._replace(
+            before=executed_trajectories(arm_sim, result.before), after=executed_trajectories(arm_sim, result.after)
+        )
+        on_chip += ", executed by the simulated arm (MuJoCo)"
     paths = [
         plot_trajectories(targets, result, out / "robot_trajectory.png", backend=on_chip),
         plot_spikes_and_signals(result, out / "robot_spikes.png", backend=on_chip),
@@ -221,6 +255,13 @@ def add_commands(commands) -> None:
         sub.add_argument("--tasks", type=positive_int, default=200, help="unseen trajectories (default 200)")
         sub.add_argument("--seed", type=seed_arg, default=0, help="trajectory seed: same seed, same trajectories")
         add_hardware_arguments(sub, "the checkpoint's")
+        sub.add_argument(
+            "--dynamics",
+            choices=("kinematic", "mujoco"),
+            default="kinematic",
+            help="score the path of the closed-form kinematics (default), or the path the simulated Scorbot "
+            "executes when its PID controllers follow the commands (MuJoCo MJX; pip install 'l2l-pcm[sim]')",
+        )
         sub.add_argument(
             "--angle-clipping",
             choices=("on", "off"),

@@ -8,6 +8,7 @@ key that training and validation never use; both backends see the same ones for 
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from pathlib import Path
 
 import jax
@@ -58,6 +59,7 @@ def evaluate(
     chip_config: ChipConfig | None = None,
     keep_examples: bool = False,
     chips: int = 1,
+    arm_sim=None,
 ) -> dict:
     """MSE before/after the single update over ``tasks`` unseen trajectories.
 
@@ -71,6 +73,12 @@ def evaluate(
     differ (the device, update rule, training age, read noise:
     :meth:`~l2l_pcm.chip.ChipConfig.for_software_model`), and the fp32 model, which has no devices,
     takes none. ``result["per_task"]``: one row per (chip, task).
+
+    ``arm_sim``: a :class:`~l2l_pcm.robot.sim.ScorbotMJX`; the network's commanded velocities (before and
+    after the update) are then executed by the simulated arm's controllers and physics, and ``mse_before``,
+    ``mse_after`` and the ratios score the *executed* paths; ``mse_floor`` is the arm's own error when it is
+    commanded the target's exact velocities, and the closed-form kinematic results stay in the result as
+    ``mse_before_kinematic`` / ``mse_after_kinematic``.
 
     The result gives the after/before ratio two ways, each with its 95 % interval: the ratio of the mean
     MSEs (``mse_ratio_after_to_before``, delta method) and the mean of per-task ratios
@@ -99,6 +107,7 @@ def evaluate(
         )
     targets_all = test_trajectories(config, tasks, seed)
     before, after, distance, distance_before, devices, energy, nonzero = [], [], [], [], [], [], []
+    commands_after, commands_before = [], []  # for the simulated arm: every task's, and each batch's pass 1
     examples = None
     chip = None
     for c in range(chips):
@@ -123,6 +132,9 @@ def evaluate(
                 # reads; per task: the batch's share
                 batch = int(targets.xyz.shape[0])
                 energy.extend([(chip.chip.energy_pJ() - energy_before) / batch] * batch)
+            if arm_sim is not None:
+                commands_after.append(result.after.angular_velocity)
+                commands_before.append(result.before.angular_velocity[:1])  # pass 1: the same for the batch
             before.append(_per_task_mse(result.before, targets))
             after.append(_per_task_mse(result.after, targets))
             distance.append(_per_task_distance_cm(result.after, targets))
@@ -133,6 +145,12 @@ def evaluate(
     before, after, distance, distance_before, nonzero = (
         np.concatenate(x) for x in (before, after, distance, distance_before, nonzero)
     )
+    executed = {}
+    if arm_sim is not None:
+        executed = _execute_on_the_arm(arm_sim, targets_all, commands_after, commands_before, chips)
+        executed["mse_before_kinematic"], executed["mse_after_kinematic"] = before, after
+        before, after = executed.pop("before"), executed.pop("after")
+        distance, distance_before = executed.pop("distance_after"), executed.pop("distance_before")
     plastic = config.trainee.n_in * config.trainee.n_rec + config.trainee.n_rec * (config.trainee.n_rec - 1)
     mse_before, ci_before = mean_ci95(before)
     mse_after, ci_after = mean_ci95(after)
@@ -159,7 +177,16 @@ def evaluate(
         "devices_reprogrammed_fraction": float(np.mean(devices) / chip.devices) if devices else None,
         "device_counts": DEVICE_COUNTS if devices else None,
         "energy_estimate_pJ_per_update": float(np.mean(energy)) if energy else None,
+        "dynamics": "kinematic" if arm_sim is None else "mujoco",
     }
+    if arm_sim is not None:
+        floor, kinematic_before, kinematic_after = (
+            executed[k] for k in ("mse_floor", "mse_before_kinematic", "mse_after_kinematic")
+        )
+        summary["mse_floor"], summary["mse_floor_ci95"] = mean_ci95(floor)
+        summary["mse_before_kinematic"] = float(np.mean(kinematic_before))
+        summary["mse_after_kinematic"], summary["mse_after_kinematic_ci95"] = mean_ci95(kinematic_after)
+        summary["tasks_below_table"] = int(executed["tasks_below_table"])
     if chips > 1:
         summary.update(chip_and_task_spread(after.reshape(chips, tasks), "mse_after"))
         summary.update(chip_and_task_spread((after / before).reshape(chips, tasks), "mse_ratio_per_task"))
@@ -180,9 +207,47 @@ def evaluate(
         }
         for n in range(len(before))
     ]
+    if arm_sim is not None:
+        for n, row in enumerate(summary["per_task"]):
+            row["mse_floor"] = float(floor[n % tasks])
+            row["mse_before_kinematic"] = float(kinematic_before[n])
+            row["mse_after_kinematic"] = float(kinematic_after[n])
     if keep_examples:
         return summary, examples
     return summary
+
+
+def _execute_on_the_arm(arm_sim, targets, commands_after, commands_before, chips: int) -> dict:
+    """Executed paths of the target's own velocities (the floor), of every task's commands after the update
+    and of each batch's commands before it (pass 1, shared by the batch), in one batched simulation."""
+    from l2l_pcm.robot.sim import below_table
+
+    after = jnp.concatenate(commands_after)  # [chips * tasks, T, 2]
+    before = jnp.concatenate(commands_before)  # [chips * batches, T, 2]
+    tasks = targets.xyz.shape[0]
+    executed = arm_sim.execute(jnp.concatenate([targets.angular_velocity, after, before])).xyz
+    floor_xyz, after_xyz = executed[:tasks], executed[tasks : tasks + after.shape[0]]
+    before_xyz = executed[tasks + after.shape[0] :]
+    batches = -(-tasks // TASK_BATCH)
+    task_batch = np.arange(tasks) // TASK_BATCH  # which batch's pass 1 each task saw, chip by chip
+    index = np.concatenate([c * batches + task_batch for c in range(chips)])
+    before_xyz = before_xyz[index]
+    target_xyz = jnp.concatenate([targets.xyz] * chips)
+
+    def mse(xyz, target):
+        return np.asarray(jnp.mean(jnp.square(xyz - target), axis=(1, 2)))
+
+    def distance_cm(xyz, target):
+        return 100 * np.asarray(jnp.mean(jnp.linalg.norm(xyz - target, axis=-1), axis=1))
+
+    return {
+        "mse_floor": mse(floor_xyz, targets.xyz),
+        "before": mse(before_xyz, target_xyz),
+        "after": mse(after_xyz, target_xyz),
+        "distance_before": distance_cm(before_xyz, target_xyz),
+        "distance_after": distance_cm(after_xyz, target_xyz),
+        "tasks_below_table": int(np.sum(below_table(targets.xyz))),
+    }
 
 
 DEVICE_COUNTS = (
@@ -312,7 +377,8 @@ def animate_arm(arm, targets, result, path, task: int = 0, frames: int = 60, *, 
         ax.tick_params(labelsize=12)
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
             axis.set_major_locator(MaxNLocator(4))
-        fig.suptitle(f"{backend}\narm after one e-prop update, t = {step} ms", fontsize=16, y=0.98)
+        heading = textwrap.fill(backend, 52)  # an 840 px frame holds about 52 characters at 16 pt
+        fig.suptitle(f"{heading}\narm after one e-prop update, step {step}", fontsize=16, y=0.99)
         fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.89), ncol=2, fontsize=14, frameon=False)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
