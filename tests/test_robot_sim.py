@@ -110,3 +110,12 @@ def test_without_the_extra_the_arm_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco", None)
     with pytest.raises(ConfigError, match=r"pip install 'l2l-pcm\[sim\]'"):
         sim.ScorbotMJX()
+
+
+def test_importing_the_simulator_prints_nothing_on_stdout():
+    """MJX prints a note about its optional GPU backend on import; a `--json` line must stay the only output."""
+    import subprocess
+
+    code = "from l2l_pcm.robot.sim import ScorbotMJX; ScorbotMJX()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == ""

@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 ARMS = ("scorbot", "two_link")
+DYNAMICS = ("kinematic", "mujoco")
 PARAM_NAMES = ("trainee_w_in", "trainee_w_rec", "trainee_w_out", "lsg_w_in", "lsg_w_rec", "lsg_w_out")
 
 
@@ -108,6 +109,10 @@ class RobotConfig:
     the trainee is on PCM: hardware-aware training, software ``pcm`` evaluation and the chip."""
     velocity_dt_s: float = 0.01
     """Integration step of angular velocities to angles (as for the targets)."""
+    dynamics: str = "kinematic"
+    """What meta-training's outer loss (and validation) scores: ``kinematic``, the closed-form path of the
+    integrated commands, or ``mujoco``, the path the simulated Scorbot executes (:mod:`l2l_pcm.robot.sim`,
+    differentiated through MJX; extra ``sim``). Evaluation chooses for itself (``robot eval --dynamics``)."""
     eta: float = 1e-4
     """Inner (e-prop) learning rate."""
     lr: float = 1.5e-3
@@ -162,6 +167,10 @@ class RobotConfig:
         for name in ("hardware_aware", "clip_predicted_angles", "w_out_on_pcm", "quantize_update"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"RobotConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.dynamics not in DYNAMICS:
+            raise ConfigError(f"RobotConfig.dynamics must be one of {DYNAMICS}, got {self.dynamics!r}")
+        if self.dynamics == "mujoco" and self.arm != "scorbot":
+            raise ConfigError("RobotConfig.dynamics 'mujoco' simulates the Scorbot ER-VII; arm must be 'scorbot'")
         if self.xyz_code not in XYZ_CODES:
             raise ConfigError(f"RobotConfig.xyz_code must be one of {XYZ_CODES}, got {self.xyz_code!r}")
         if not isinstance(self.hardware, ChipConfig):
@@ -336,6 +345,14 @@ def meta_loss(
     result = inner_loop(params, targets, key, config, read_key=read_key)
     eprop = result.eprop
     mse_omega = _mse(result.after.angular_velocity, targets.angular_velocity)
+    if config.dynamics == "mujoco":  # the path the simulated arm executes, differentiated through MJX
+        from l2l_pcm.robot.sim import arm_simulation
+
+        simulate = arm_simulation(config.arm_model, config.velocity_dt_s)
+        result = result._replace(
+            before=result.before._replace(xyz=simulate.execute(result.before.angular_velocity).xyz),
+            after=result.after._replace(xyz=simulate.execute(result.after.angular_velocity).xyz),
+        )
     mse_xyz = _mse(result.after.xyz, targets.xyz)
     loss_task = 0.5 * mse_omega + 0.5 * mse_xyz
 

@@ -58,12 +58,15 @@ JOINTS = ("base", "shoulder", "elbow", "wrist_pitch", "wrist_roll")
 
 def _import_mujoco():
     """MuJoCo and MJX, or one clear error naming the extra that installs them."""
-    try:
-        import logging
+    import contextlib
+    import io
 
-        logging.getLogger("mujoco").setLevel(logging.ERROR)  # MJX reports its optional Warp backend as missing
-        import mujoco
-        from mujoco import mjx
+    try:
+        # MJX 3.17 prints "Failed to import warp" (its optional GPU backend) to stdout on import, which would
+        # break a `--json` line: keep it off stdout
+        with contextlib.redirect_stdout(io.StringIO()):
+            import mujoco
+            from mujoco import mjx
     except ImportError:
         raise ConfigError(
             "the MuJoCo arm needs the optional extra: pip install 'l2l-pcm[sim]' (mujoco and mujoco-mjx 3.17.0)"
@@ -309,6 +312,13 @@ class ScorbotMJX:
         flat = omega.reshape((-1,) + omega.shape[-2:])
         result = self._rollout(flat)
         return Executed(*(x.reshape(lead + x.shape[1:]) for x in result))
+
+
+@functools.lru_cache(maxsize=4)
+def arm_simulation(arm: ScorbotER7, tick_s: float) -> ScorbotMJX:
+    """One simulated arm per (arm, command tick), shared by meta-training's loss and validation (its compiled
+    rollout is built once)."""
+    return ScorbotMJX(arm, tick_s=tick_s)
 
 
 def executed_trajectories(arm_sim: ScorbotMJX, commanded):
