@@ -119,3 +119,29 @@ def test_importing_the_simulator_prints_nothing_on_stdout():
     code = "from l2l_pcm.robot.sim import ScorbotMJX; ScorbotMJX()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == ""
+
+
+def test_dynamics_in_the_loop_is_a_checked_setting():
+    from l2l_pcm.robot.model import RobotConfig
+
+    with pytest.raises(ConfigError, match="dynamics must be one of"):
+        RobotConfig(dynamics="physics")
+    with pytest.raises(ConfigError, match="arm must be 'scorbot'"):
+        RobotConfig(dynamics="mujoco", arm="two_link")
+
+
+@pytest.mark.slow  # compiling the gradient through 60 ticks of MJX takes about a minute
+def test_the_meta_gradient_flows_through_the_simulated_arm():
+    import dataclasses
+
+    from l2l_pcm.robot.model import init_params, meta_loss
+    from l2l_pcm.robot.train import trajectories
+
+    config = dataclasses.replace(small_robot(batch=2), dynamics="mujoco")
+    params = init_params(jax.random.PRNGKey(0), config)
+    targets = trajectories(config, jax.random.PRNGKey(1), 2)
+    (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(params, targets, jax.random.PRNGKey(2), config)
+    kinematic = meta_loss(params, targets, jax.random.PRNGKey(2), dataclasses.replace(config, dynamics="kinematic"))
+    assert np.isfinite(float(loss)) and float(loss) != pytest.approx(float(kinematic[0]), rel=1e-6)
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)]
+    assert all(np.isfinite(norms)) and max(norms) > 0
