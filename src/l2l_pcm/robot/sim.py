@@ -20,7 +20,8 @@ batched with ``vmap``:
 * **Motors**: DC servo motors behind gear trains, driven by a voltage of at most ±24 V (Eshed Robotec,
   ACL Reference Guide for Controller-A, 1995, p. 7-3: DAC ±5000 ≙ ±24 V). Pittman GM9434 on axes 1–3
   (torque constant 0.0365 N·m/A, 2.96 Ω, rotor 4.17e-6 kg·m²) and GM9413 on the wrist (0.0395 N·m/A,
-  8.33 Ω), as configured in github.com/rorromr/scorbot's EtherCAT retrofit. No gear ratio of the ER-VII is
+  8.33 Ω, 2.80e-6 kg·m²), the constants of github.com/rorromr/scorbot's EtherCAT retrofit (which motor sits on
+  which axis is not stated there: the larger current limit of axes 1–3 suggests this assignment). No gear ratio of the ER-VII is
   published; those of its successor, the ER-IX (214.1, 243.8, 213.3, 180, 100; SCORBOT-ER IX User's Manual,
   p. 6-7), are used. A motor gives the joint τ = n·k_t/R·(V − n·k_t·q̇): the back-EMF term is a joint damping
   n²k_t²/R (integrated implicitly by MuJoCo) and the rotor adds n²·J_rotor of reflected inertia
@@ -86,8 +87,8 @@ class ScorbotDynamics:
     torque_constants_Nm_per_A: tuple[float, ...] = (0.0365, 0.0365, 0.0365, 0.0395, 0.0395)
     """Motor torque constant k_t (= back-EMF constant in SI units)."""
     winding_resistances_ohm: tuple[float, ...] = (2.96, 2.96, 2.96, 8.33, 8.33)
-    rotor_inertias_kgm2: tuple[float, ...] = (4.17e-6, 4.17e-6, 4.17e-6, 4.17e-6, 4.17e-6)
-    """The GM9434's; the GM9413's is not given in the source and is taken equal (an assumption)."""
+    rotor_inertias_kgm2: tuple[float, ...] = (4.17e-6, 4.17e-6, 4.17e-6, 2.80e-6, 2.80e-6)
+    """GM9434 and GM9413 rotor inertias (github.com/rorromr/scorbot, ``matlab/motor_code.m``)."""
     supply_voltage_V: float = 24.0
     joint_ranges_deg: tuple[tuple[float, float], ...] = (
         (-155.0, 155.0),
