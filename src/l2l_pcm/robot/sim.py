@@ -22,8 +22,8 @@ batched with ``vmap``:
   (torque constant 0.0365 N·m/A, 2.96 Ω, rotor 4.17e-6 kg·m²) and GM9413 on the wrist (0.0395 N·m/A,
   8.33 Ω, 2.80e-6 kg·m²), the constants of github.com/rorromr/scorbot's EtherCAT retrofit (which motor sits on
   which axis is not stated there: the larger current limit of axes 1–3 suggests this assignment). No gear
-  ratio of the ER-VII is published; those of its successor, the ER-IX (214.1, 243.8, 213.3, 180, 100; SCORBOT-ER IX User's Manual,
-  p. 6-7), are used. A motor gives the joint τ = n·k_t/R·(V − n·k_t·q̇): the back-EMF term is a joint damping
+  ratio of the ER-VII is published; those of its successor, the ER-IX (214.1, 243.8, 213.3, 180, 100;
+  SCORBOT-ER IX User's Manual, p. 6-7), are used. A motor gives the joint τ = n·k_t/R·(V − n·k_t·q̇): the back-EMF term is a joint damping
   n²k_t²/R (integrated implicitly by MuJoCo) and the rotor adds n²·J_rotor of reflected inertia
   (``armature``). Voltage saturation thus limits torque *and* speed (no-load 24 V/(n·k_t) ≈ 3.1 rad/s at the
   base), as on the real arm.
