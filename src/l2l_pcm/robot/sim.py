@@ -17,16 +17,15 @@ batched with ``vmap``:
 * **Joint ranges**: the ER-VII manual's total travels (base 310°, shoulder 170°, elbow 225°, pitch 180°,
   roll 360°; Eshed Robotec, Scorbot-ER VII User's Manual, 1996, as quoted by A.-G. Ungureanu, thesis, 2025,
   Table 4.1), taken symmetric about the home pose.
-* **Motors**: DC servo motors behind gear trains, driven by a voltage of at most ±24 V (Eshed Robotec,
-  ACL Reference Guide for Controller-A, 1995, p. 7-3: DAC ±5000 ≙ ±24 V). Pittman GM9434 on axes 1–3
-  (torque constant 0.0365 N·m/A, 2.96 Ω, rotor 4.17e-6 kg·m²) and GM9413 on the wrist (0.0395 N·m/A,
-  8.33 Ω, 2.80e-6 kg·m²), the constants of github.com/rorromr/scorbot's EtherCAT retrofit (which motor sits on
-  which axis is not stated there: the larger current limit of axes 1–3 suggests this assignment). No gear
-  ratio of the ER-VII is published; those of its successor, the ER-IX (214.1, 243.8, 213.3, 180, 100;
-  SCORBOT-ER IX User's Manual, p. 6-7), are used. A motor gives the joint τ = n·k_t/R·(V − n·k_t·q̇): the back-EMF term is a joint damping
-  n²k_t²/R (integrated implicitly by MuJoCo) and the rotor adds n²·J_rotor of reflected inertia
-  (``armature``). Voltage saturation thus limits torque *and* speed (no-load 24 V/(n·k_t) ≈ 3.1 rad/s at the
-  base), as on the real arm.
+* **Motors**: DC servo motors behind gear trains, driven by a voltage of at most ±24 V (Eshed Robotec, ACL Reference
+  Guide for Controller-A, 1995, p. 7-3: DAC ±5000 ≙ ±24 V). Pittman GM9434 on axes 1–3 (torque constant 0.0365
+  N·m/A, 2.96 Ω, rotor 4.17e-6 kg·m²) and GM9413 on the wrist (0.0395 N·m/A, 8.33 Ω, 2.80e-6 kg·m²), the constants
+  of github.com/rorromr/scorbot's EtherCAT retrofit (which motor sits on which axis is not stated there: the larger
+  current limit of axes 1–3 suggests this assignment). No gear ratio of the ER-VII is published; those of its
+  successor, the ER-IX (214.1, 243.8, 213.3, 180, 100; SCORBOT-ER IX User's Manual, p. 6-7), are used. A motor gives
+  the joint τ = n·k_t/R·(V − n·k_t·q̇): the back-EMF term is a joint damping n²k_t²/R (integrated implicitly by
+  MuJoCo) and the rotor adds n²·J_rotor of reflected inertia (``armature``). Voltage saturation thus limits torque
+  *and* speed (no-load 24 V/(n·k_t) ≈ 3.1 rad/s at the base), as on the real arm.
 * **Controller**: one PID position loop per axis, as Controller-A runs (ACL Reference Guide, pp. 7-3 f.: P, I
   and D parameters per axis), its output the motor voltage. The network's velocity commands arrive every
   10 ms (Controller-A's trajectory tick, ACL p. 7-5; the task's ``velocity_dt_s``) and are integrated into
