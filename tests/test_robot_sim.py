@@ -145,3 +145,7 @@ def test_the_meta_gradient_flows_through_the_simulated_arm():
     assert np.isfinite(float(loss)) and float(loss) != pytest.approx(float(kinematic[0]), rel=1e-6)
     norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)]
     assert all(np.isfinite(norms)) and max(norms) > 0
+    # the simulated arm first built inside one traced function serves another (validation) without leaking
+    from l2l_pcm.robot.train import validate
+
+    assert np.isfinite(validate(params, config, 2)["val_mse_after"])

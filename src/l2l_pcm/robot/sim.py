@@ -249,7 +249,8 @@ class ScorbotMJX:
         self.model = mujoco.MjModel.from_xml_string(mjcf(arm, dynamics))
         self.tool_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "tool")
         self._mjx = mjx
-        self._device_model = mjx.put_model(self.model)
+        with jax.ensure_compile_time_eval():  # concrete arrays even when first built inside a traced loss
+            self._device_model = mjx.put_model(self.model)
         data = mujoco.MjData(self.model)
         mujoco.mj_forward(self.model, data)
         # the voltage that holds the home pose against gravity (qfrc_bias at rest is gravity alone)
@@ -267,6 +268,10 @@ class ScorbotMJX:
 
     @functools.cached_property
     def _rollout(self):
+        with jax.ensure_compile_time_eval():  # its constants stay concrete when first built inside a trace
+            return self._build_rollout()
+
+    def _build_rollout(self):
         mjx, model, d = self._mjx, self._device_model, self.dynamics
         kp, ki, kd = (jnp.asarray(g, jnp.float32) for g in (d.kp_V_per_rad, d.ki_V_per_rad_s, d.kd_V_s_per_rad))
         vmax = d.supply_voltage_V
