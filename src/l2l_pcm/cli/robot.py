@@ -38,6 +38,8 @@ ROBOT_SWEEP_METRICS = (
     "mse_ratio_ci95",
     "devices_reprogrammed_fraction",
 )
+DYNAMIC_SWEEP_METRICS = ("mse_floor", "mse_after_kinematic")
+"""With ``--dynamics mujoco``: the controllers' own error and the closed-form result beside the executed one."""
 
 
 def _robot_train(args: argparse.Namespace) -> None:
@@ -158,13 +160,16 @@ def _robot_sweep(args: argparse.Namespace) -> None:
         return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained", arm_sim=arm_sim)
 
     per_task = args.per_task is not None
-    rows = sweep.run(points, evaluate_point, ROBOT_SWEEP_METRICS, progress=not args.json, per_task=per_task)
+    metrics = ROBOT_SWEEP_METRICS + (DYNAMIC_SWEEP_METRICS if arm_sim is not None else ())
+    rows = sweep.run(points, evaluate_point, metrics, progress=not args.json, per_task=per_task)
     plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "log_y": True, "tasks": args.tasks}
     plot["ylabel"] = "Cartesian MSE after / before the update (log)"
     plot["ci_label"] = "95 % interval of the ratio (paired delta method)"
     plot["title"] = f"robot arm ({model.arm}): one e-prop update on the emulated PCM chip"
+    if arm_sim is not None:
+        plot["title"] += ", path executed by the simulated arm"
     if not args.devices:  # the software model reads the device; with several swept there is no one reference
-        plot["reference"] = software_reference(params, model, args.tasks, args.seed)
+        plot["reference"] = software_reference(params, model, args.tasks, args.seed, arm_sim)
     finish_sweep(args, rows, "robot_sweep", model.hardware, plot)
 
 

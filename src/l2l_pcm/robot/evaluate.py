@@ -257,15 +257,17 @@ DEVICE_COUNTS = (
 """What the device counts of a result count, carried in the result so a reader of the JSON need not guess."""
 
 
-def software_reference(params, config: RobotConfig, tasks: int, seed: int = 0) -> dict:
+def software_reference(params, config: RobotConfig, tasks: int, seed: int = 0, arm_sim=None) -> dict:
     """MSE after / before in software, with the model the checkpoint was meta-trained with, on the trajectories
     a chip evaluation with these arguments sees, as a plot's reference line (``{"value", "ci", "label"}``;
     :func:`l2l_pcm.sweep.plot`). Software reads at the training age with no drift compensation, so the
     chip's age and compensation do not change it."""
     clock = dataclasses.replace(config.hardware.clock, deployment_age_s=None)  # the chip's age, not the model's
     config = dataclasses.replace(config, hardware=dataclasses.replace(config.hardware, clock=clock))
-    result = evaluate(params, config, "software", tasks, seed, "trained")
+    result = evaluate(params, config, "software", tasks, seed, "trained", arm_sim=arm_sim)
     model = "PCM model it was meta-trained with" if result["precision"] == "pcm" else "32-bit"
+    if arm_sim is not None:
+        model += ", executed by the simulated arm"
     ratio, ci = result["mse_ratio_after_to_before"], result["mse_ratio_ci95"]
     return {"value": ratio, "ci": ci, "label": f"software, {model}, same trajectories: {ratio:.3f} ± {ci:.3f}"}
 
