@@ -75,6 +75,13 @@ def test_below_table_counts_trajectories_that_reach_under_the_mounting_plane():
     assert below_table(xyz).tolist() == [False, True, False]
 
 
+def test_the_table_is_a_visual_geom_only_when_asked_for():
+    from l2l_pcm.robot.sim import mjcf
+
+    assert 'name="table"' in mjcf(dynamics=ScorbotDynamics(table=True)) and 'name="table"' not in mjcf()
+    assert 'contact="disable"' in mjcf(dynamics=ScorbotDynamics(table=True))  # drawn, never touched
+
+
 def test_settings_that_cannot_be_simulated_are_refused():
     with pytest.raises(ConfigError, match="whole number of physics steps"):
         ScorbotMJX(tick_s=0.0123)

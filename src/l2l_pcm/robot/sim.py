@@ -34,8 +34,9 @@ batched with ``vmap``:
   published; :class:`ScorbotDynamics` documents the choice. The integrators start at the voltage that holds
   the home pose against gravity: the arm has been standing at home before the task starts.
 
-No collision is simulated: the table (``table=True``) is drawn as an obstacle for the figures and counted
-(:func:`below_table`), because the authors' targets reach below the table top with the shoulder's ±70°.
+No collision is simulated: the table (``table=True``) is a visual geom of the MJCF only, and the trajectories
+that reach below it are counted (:func:`below_table`), because the authors' targets reach below the table top
+with the shoulder's ±70°.
 Optional extra ``sim`` (``mujoco==3.17.0``, ``mujoco-mjx==3.17.0``).
 """
 
@@ -109,7 +110,7 @@ class ScorbotDynamics:
     timestep_s: float = 0.005
     """Physics and controller step (two per 10 ms command tick)."""
     table: bool = False
-    """Draw the table top (z = 0, the base's mounting plane) in figures; never a collision."""
+    """Add the table top (z = 0, the base's mounting plane) to the MJCF as a visual geom; never a collision."""
 
     def __post_init__(self) -> None:
         for name in (
