@@ -6,8 +6,10 @@ kill leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -115,6 +117,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: list[Mapping]) -> Path:
+    """Rows of dicts as CSV, atomically; the header is every key in the order it first appears (a row
+    without a column leaves it empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(name for row in rows for name in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 CONTENT_HASH = "content_sha256"

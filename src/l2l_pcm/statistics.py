@@ -9,8 +9,6 @@ Analysis of Experiments*, ch. 5 and 13: the row and column means carry the two e
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2l_pcm._io import atomic_write_text
+from l2l_pcm._io import atomic_write_csv, atomic_write_text
 from l2l_pcm.errors import ConfigError
 
 _T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -42,6 +40,14 @@ def mean_ci95(values) -> tuple[float, float]:
     if values.size < 2:
         return float(values.mean()), float("nan")
     return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
+
+
+def chip_instance_key(key, instance: int):
+    """The random key of chip instance ``instance`` (programming noise, or a task's reads on that chip):
+    instance 0 keeps ``key`` itself, so a single-chip evaluation's numbers are chip 0's of a several-chip one."""
+    import jax
+
+    return key if instance == 0 else jax.random.fold_in(key, instance)
 
 
 def chip_and_task_spread(matrix, prefix: str) -> dict:
@@ -99,13 +105,7 @@ def write_per_task(path: str | Path, rows: Sequence[dict], provenance: dict | No
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         return atomic_write_text(path, json.dumps({"rows": list(rows), "provenance": provenance}, indent=1))
-    flat = [_flatten(row) for row in rows]
-    fields = list(dict.fromkeys(name for row in flat for name in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(flat)
-    return atomic_write_text(path, buffer.getvalue())
+    return atomic_write_csv(path, [_flatten(row) for row in rows])
 
 
 def _flatten(row: dict) -> dict:

@@ -9,14 +9,12 @@ progress bar and writes the outputs.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from l2l_pcm._io import atomic_write_text
+from l2l_pcm._io import atomic_write_csv, atomic_write_text
 from l2l_pcm.errors import ConfigError
 from l2l_pcm.plotting import human_time_axis, pyplot, save_figure, short_time_label
 
@@ -60,13 +58,9 @@ def write(rows: list[dict], out: Path, stem: str, provenance: dict) -> list[Path
     """``{stem}.json`` (one object: provenance and the points) and ``{stem}.csv`` (one row per point)."""
     out.mkdir(parents=True, exist_ok=True)
     record = {"points": rows, "provenance": provenance}
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
     return [
         atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=1)),
-        atomic_write_text(out / f"{stem}.csv", buffer.getvalue()),
+        atomic_write_csv(out / f"{stem}.csv", rows),
     ]
 
 

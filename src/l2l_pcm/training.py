@@ -14,9 +14,7 @@ state, and only process 0 writes.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -111,11 +109,7 @@ def checkpoint_config(path, kind: str, config_from_json: Callable[[dict], Any]):
 
 
 def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    _io.atomic_write_text(out_dir / METRICS[0], buffer.getvalue())
+    _io.atomic_write_csv(out_dir / METRICS[0], rows)
     _io.atomic_write_text(out_dir / METRICS[1], json.dumps(rows, indent=1))
 
 

@@ -12,3 +12,5 @@ CONVERTER_BITS = (2, 32)
 PRECISIONS = ("trained", "fp32", "4bit", "pcm")
 """The weights a software evaluation runs with, one vocabulary for both scenarios (the robot has no 4-bit
 model and refuses it)."""
+ARM_DYNAMICS = ("kinematic", "mujoco")
+"""How the robot's commanded velocities become the scored path: closed-form kinematics or the simulated arm."""

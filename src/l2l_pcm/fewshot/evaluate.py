@@ -18,7 +18,7 @@ from l2l_pcm.fewshot.deploy import ChipFewShotLearner
 from l2l_pcm.fewshot.maml import VARIANTS, MAMLConfig, evaluate_batch
 from l2l_pcm.fewshot.omniglot import OmniglotImages
 from l2l_pcm.plotting import pyplot, save_figure
-from l2l_pcm.statistics import chip_and_task_spread, mean_ci95
+from l2l_pcm.statistics import chip_and_task_spread, chip_instance_key, mean_ci95
 from l2l_pcm.training import check_task_count
 
 TASK_BATCH = 50
@@ -159,13 +159,12 @@ def evaluate_chip(
     per_step, operations, distinct, energy, clipped = [], [], [], [], []
     with tqdm(total=tasks * chips, desc="chip tasks", unit="task", disable=not progress) as bar:
         for c in range(chips):
-            chip_key = base_key if c == 0 else jax.random.fold_in(base_key, c)
-            learner = ChipFewShotLearner(params, config, chip_key, chip_config)
+            learner = ChipFewShotLearner(params, config, chip_instance_key(base_key, c), chip_config)
             batches = first_batches if c == 0 else _task_batches(images, config, tasks, queries, seed)
             for start, (sx, sy, qx, qy) in batches:
                 for i in range(sx.shape[0]):
                     key = jax.random.PRNGKey(seed * 100_003 + start + i)
-                    result = learner.adapt(sx[i], sy[i], qx[i], qy[i], key if c == 0 else jax.random.fold_in(key, c))
+                    result = learner.adapt(sx[i], sy[i], qx[i], qy[i], chip_instance_key(key, c))
                     per_step.append(result.accuracy_per_step)
                     operations.append(result.devices_reprogrammed)
                     distinct.append(result.unique_devices_reprogrammed)
@@ -233,16 +232,14 @@ def _per_task_rows(per_step: np.ndarray, seed: int, chips: int = 1, **columns) -
     """One dict per (chip, task): the accuracy after every inner step and the given per-task columns
     (None columns are left out)."""
     tasks = per_step.shape[0] // chips
+    columns = {name: np.asarray(values).tolist() for name, values in columns.items() if values is not None}
     rows = []
-    for n, accuracies in enumerate(per_step):
+    for n, accuracies in enumerate(per_step.tolist()):
         row = {"chip": n // tasks, "task": n % tasks, "seed": seed}
-        row["accuracy_before"] = float(accuracies[0])
-        row["accuracy_after"] = float(accuracies[-1])
-        row["accuracy_per_step"] = [float(a) for a in accuracies]
-        for name, values in columns.items():
-            if values is not None:
-                value = np.asarray(values)[n]
-                row[name] = value.item() if hasattr(value, "item") else value
+        row["accuracy_before"] = accuracies[0]
+        row["accuracy_after"] = accuracies[-1]
+        row["accuracy_per_step"] = accuracies
+        row.update({name: values[n] for name, values in columns.items()})
         rows.append(row)
     return rows
 

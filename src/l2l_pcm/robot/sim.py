@@ -239,7 +239,10 @@ class ScorbotMJX:
         arm = ScorbotER7() if arm is None else arm
         dynamics = ScorbotDynamics() if dynamics is None else dynamics
         if not isinstance(arm, ScorbotER7) or arm.moving_joints != (0, 1) or any(arm.home_angles):
-            raise ConfigError("ScorbotMJX simulates the Scorbot ER-VII with base and shoulder moving from home")
+            raise ConfigError(
+                "the simulated arm is the Scorbot ER-VII with base and shoulder moving from home; got "
+                f"{type(arm).__name__} moving joints {getattr(arm, 'moving_joints', None)}"
+            )
         substeps = tick_s / dynamics.timestep_s
         if abs(substeps - round(substeps)) > 1e-9 or round(substeps) < 1:
             raise ConfigError(
