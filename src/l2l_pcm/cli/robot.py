@@ -27,7 +27,7 @@ from l2l_pcm.cli.common import (
     sweep_axes,
     write_per_task,
 )
-from l2l_pcm.errors import L2LPCMError
+from l2l_pcm.vocabulary import ARM_DYNAMICS
 
 ROBOT_SWEEP_METRICS = (
     "mse_before",
@@ -76,14 +76,11 @@ def _robot_eval(args: argparse.Namespace) -> None:
     refuse_chip_only_flags(args)
     model = _robot_overrides(args, config.model)
     precision = command_precision(args, "trained")
-    arm_sim = _arm_simulation(args, model)
     if args.backend == "software":  # it checks the tree it is given against the model's (for_software_model)
         software = dataclasses.replace(model, hardware=config.model.hardware)
-        result = evaluate(
-            params, software, "software", args.tasks, args.seed, precision, model.hardware, arm_sim=arm_sim
-        )
+        result = evaluate(params, software, "software", args.tasks, args.seed, precision, model.hardware)
     else:
-        result = evaluate(params, model, "chip", args.tasks, args.seed, precision, chips=args.chips, arm_sim=arm_sim)
+        result = evaluate(params, model, "chip", args.tasks, args.seed, precision, chips=args.chips)
     result["provenance"] = command_provenance(
         args, model.hardware, backend=args.backend, precision=precision if args.backend == "software" else None
     )
@@ -101,7 +98,7 @@ def _robot_eval(args: argparse.Namespace) -> None:
         f"after / before: ratio of means {result['mse_ratio_after_to_before']:.3f} ± {result['mse_ratio_ci95']:.3f}, "
         f"mean of per-task ratios {result['mse_ratio_per_task_mean']:.3f} ± {result['mse_ratio_per_task_ci95']:.3f}"
     )
-    if arm_sim is not None:
+    if result["dynamics"] == "mujoco":
         print(
             f"executed by the simulated arm (MuJoCo): the controllers' own error on the targets' velocities "
             f"{result['mse_floor']:.5f} ± {result['mse_floor_ci95']:.5f} m²; closed-form kinematics instead: "
@@ -124,23 +121,14 @@ def _robot_eval(args: argparse.Namespace) -> None:
         )
 
 
-def _arm_simulation(args: argparse.Namespace, model):
-    """``--dynamics mujoco``: the simulated Scorbot that executes the network's commands (None: kinematic)."""
-    if getattr(args, "dynamics", "kinematic") == "kinematic":
-        return None
-    from l2l_pcm.robot.arm import ScorbotER7
-    from l2l_pcm.robot.sim import ScorbotMJX
-
-    if not isinstance(model.arm_model, ScorbotER7):
-        raise L2LPCMError(f"--dynamics mujoco simulates the Scorbot ER-VII; this checkpoint's arm is {model.arm!r}")
-    return ScorbotMJX(model.arm_model, tick_s=model.velocity_dt_s)
-
-
 def _robot_overrides(args: argparse.Namespace, model):
-    """The checkpoint's robot config with ``--hardware``, ``--device`` and ``--angle-clipping`` applied."""
+    """The checkpoint's robot config with ``--hardware``, ``--device``, ``--angle-clipping`` and ``--dynamics``
+    applied (the evaluation follows ``RobotConfig.dynamics``)."""
     changes = {"hardware": command_hardware(args, model.hardware)}
     if args.angle_clipping is not None:
         changes["clip_predicted_angles"] = args.angle_clipping == "on"
+    if args.dynamics is not None:
+        changes["dynamics"] = args.dynamics
     return dataclasses.replace(model, **changes)
 
 
@@ -153,23 +141,23 @@ def _robot_sweep(args: argparse.Namespace) -> None:
     model = _robot_overrides(args, config.model)
     points = sweep.grid(sweep_axes(args, model.hardware, readout_axes=False))
     hardware = [point_hardware(model.hardware, point) for point in points]  # every point checked first
-    arm_sim = _arm_simulation(args, model)
+    executed = model.dynamics == "mujoco"
 
     def evaluate_point(point: dict) -> dict:
         point_model = dataclasses.replace(model, hardware=hardware[points.index(point)])
-        return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained", arm_sim=arm_sim)
+        return evaluate(params, point_model, "chip", args.tasks, args.seed, "trained")
 
     per_task = args.per_task is not None
-    metrics = ROBOT_SWEEP_METRICS + (DYNAMIC_SWEEP_METRICS if arm_sim is not None else ())
+    metrics = ROBOT_SWEEP_METRICS + (DYNAMIC_SWEEP_METRICS if executed else ())
     rows = sweep.run(points, evaluate_point, metrics, progress=not args.json, per_task=per_task)
     plot = {"metric": "mse_ratio_after_to_before", "ci": "mse_ratio_ci95", "log_y": True, "tasks": args.tasks}
     plot["ylabel"] = "Cartesian MSE after / before the update (log)"
     plot["ci_label"] = "95 % interval of the ratio (paired delta method)"
     plot["title"] = f"robot arm ({model.arm}): one e-prop update on the emulated PCM chip"
-    if arm_sim is not None:
+    if executed:
         plot["title"] += ", path executed by the simulated arm"
     if not args.devices:  # the software model reads the device; with several swept there is no one reference
-        plot["reference"] = software_reference(params, model, args.tasks, args.seed, arm_sim)
+        plot["reference"] = software_reference(params, model, args.tasks, args.seed)
     finish_sweep(args, rows, "robot_sweep", model.hardware, plot)
 
 
@@ -182,11 +170,8 @@ def _robot_demo(args: argparse.Namespace) -> None:
     params, config, _ = load_robot_checkpoint(checkpoint_path(args))
     model = _robot_overrides(args, config.model)
     out = Path(args.out)
-    arm_sim = _arm_simulation(args, model)
-    software = evaluate(params, model, "software", args.tasks, args.seed, arm_sim=arm_sim)
-    chip, (targets, result) = evaluate(
-        params, model, "chip", args.tasks, args.seed, keep_examples=True, arm_sim=arm_sim
-    )
+    software = evaluate(params, model, "software", args.tasks, args.seed)
+    chip, (targets, result) = evaluate(params, model, "chip", args.tasks, args.seed, keep_examples=True)
     for r in (software, chip):
         print(
             f"{r['backend']:>8}: MSE {r['mse_before']:.4f} → {r['mse_after']:.4f} ± {r['mse_after_ci95']:.4f} m² "
@@ -199,8 +184,10 @@ def _robot_demo(args: argparse.Namespace) -> None:
     from l2l_pcm.plotting import short_time_label
 
     on_chip = f"emulated PCM chip, {short_time_label(model.hardware.clock.age_in_use_s)} after programming"
-    if arm_sim is not None:  # the figures show what the simulated arm executed
-        from l2l_pcm.robot.sim import executed_trajectories
+    if model.dynamics == "mujoco":  # the figures show what the simulated arm executed
+        from l2l_pcm.robot.sim import arm_simulation, executed_trajectories
+
+        arm_sim = arm_simulation(model.arm_model, model.velocity_dt_s)
 
         result = result._replace(
             before=executed_trajectories(arm_sim, result.before), after=executed_trajectories(arm_sim, result.after)
@@ -262,10 +249,10 @@ def add_commands(commands) -> None:
         add_hardware_arguments(sub, "the checkpoint's")
         sub.add_argument(
             "--dynamics",
-            choices=("kinematic", "mujoco"),
-            default="kinematic",
-            help="score the path of the closed-form kinematics (default), or the path the simulated Scorbot "
-            "executes when its PID controllers follow the commands (MuJoCo MJX; pip install 'l2l-pcm[sim]')",
+            choices=ARM_DYNAMICS,
+            help="score the path of the closed-form kinematics, or the path the simulated Scorbot executes when "
+            "its PID controllers follow the commands (MuJoCo MJX; pip install 'l2l-pcm[sim]'); default: what "
+            "the checkpoint was meta-trained with (kinematic for the shipped models)",
         )
         sub.add_argument(
             "--angle-clipping",

@@ -22,7 +22,7 @@ from l2l_pcm.plotting import pyplot, save_figure
 from l2l_pcm.robot.deploy import ChipTrainee
 from l2l_pcm.robot.model import RobotConfig, default_memory, inner_loop
 from l2l_pcm.robot.train import trajectories
-from l2l_pcm.statistics import chip_and_task_spread, mean_ci95
+from l2l_pcm.statistics import chip_and_task_spread, chip_instance_key, mean_ci95
 from l2l_pcm.training import check_task_count
 
 TEST_KEY = 2**31 - 101
@@ -74,7 +74,8 @@ def evaluate(
     :meth:`~l2l_pcm.chip.ChipConfig.for_software_model`), and the fp32 model, which has no devices,
     takes none. ``result["per_task"]``: one row per (chip, task).
 
-    ``arm_sim``: a :class:`~l2l_pcm.robot.sim.ScorbotMJX`; the network's commanded velocities (before and
+    ``arm_sim``: a :class:`~l2l_pcm.robot.sim.ScorbotMJX` (default: the shared one when ``config.dynamics`` is
+    ``"mujoco"``, none for ``"kinematic"``); the network's commanded velocities (before and
     after the update) are then executed by the simulated arm's controllers and physics, and ``mse_before``,
     ``mse_after`` and the ratios score the *executed* paths; ``mse_floor`` is the arm's own error when it is
     commanded the target's exact velocities, and the closed-form kinematic results stay in the result as
@@ -105,6 +106,10 @@ def evaluate(
             "hardware.clock.deployment_age_s applies to the chip only: the software model reads at "
             "clock.training_age_s (evaluate with the chip, or leave the deployment age unset)"
         )
+    if arm_sim is None and config.dynamics == "mujoco":
+        from l2l_pcm.robot.sim import arm_simulation
+
+        arm_sim = arm_simulation(config.arm_model, config.velocity_dt_s)
     targets_all = test_trajectories(config, tasks, seed)
     before, after, distance, distance_before, devices, energy, nonzero = [], [], [], [], [], [], []
     commands_after, commands_before = [], []  # for the simulated arm: every task's, and each batch's pass 1
@@ -112,12 +117,11 @@ def evaluate(
     chip = None
     for c in range(chips):
         if backend == "chip":
-            chip_key = jax.random.PRNGKey(20_000 + seed)
-            chip = ChipTrainee(params, config, chip_key if c == 0 else jax.random.fold_in(chip_key, c), chip_config)
+            chip = ChipTrainee(params, config, chip_instance_key(jax.random.PRNGKey(20_000 + seed), c), chip_config)
         for start in range(0, tasks, TASK_BATCH):
             targets = jax.tree_util.tree_map(lambda a, s=start: a[s : s + TASK_BATCH], targets_all)
             key = jax.random.PRNGKey(seed * 1_000 + start)
-            key = key if c == 0 else jax.random.fold_in(key, 1_000 + c)
+            key = key if c == 0 else jax.random.fold_in(key, 1_000 + c)  # the reads of chip c (as measured)
             if chip is None:
                 hardware = dataclasses.replace(config, hardware_aware=True)
                 memory = software_memory(config.w_max) if precision == "fp32" else default_memory(hardware)
@@ -257,16 +261,16 @@ DEVICE_COUNTS = (
 """What the device counts of a result count, carried in the result so a reader of the JSON need not guess."""
 
 
-def software_reference(params, config: RobotConfig, tasks: int, seed: int = 0, arm_sim=None) -> dict:
+def software_reference(params, config: RobotConfig, tasks: int, seed: int = 0) -> dict:
     """MSE after / before in software, with the model the checkpoint was meta-trained with, on the trajectories
     a chip evaluation with these arguments sees, as a plot's reference line (``{"value", "ci", "label"}``;
     :func:`l2l_pcm.sweep.plot`). Software reads at the training age with no drift compensation, so the
     chip's age and compensation do not change it."""
     clock = dataclasses.replace(config.hardware.clock, deployment_age_s=None)  # the chip's age, not the model's
     config = dataclasses.replace(config, hardware=dataclasses.replace(config.hardware, clock=clock))
-    result = evaluate(params, config, "software", tasks, seed, "trained", arm_sim=arm_sim)
+    result = evaluate(params, config, "software", tasks, seed, "trained")
     model = "PCM model it was meta-trained with" if result["precision"] == "pcm" else "32-bit"
-    if arm_sim is not None:
+    if result["dynamics"] == "mujoco":
         model += ", executed by the simulated arm"
     ratio, ci = result["mse_ratio_after_to_before"], result["mse_ratio_ci95"]
     return {"value": ratio, "ci": ci, "label": f"software, {model}, same trajectories: {ratio:.3f} ± {ci:.3f}"}

@@ -47,6 +47,7 @@ from l2l_pcm.pcm import PCMDevice
 from l2l_pcm.robot.arm import Arm, ScorbotER7, TwoLinkArm
 from l2l_pcm.robot.tasks import XYZ_CODES, Trajectories, integrate_velocities, spike_encode_xyz
 from l2l_pcm.snn import LSGConfig, TraineeConfig, clock_input, init_weights, recurrent_mask
+from l2l_pcm.vocabulary import ARM_DYNAMICS
 
 __all__ = [
     "ARMS",
@@ -64,7 +65,6 @@ __all__ = [
 ]
 
 ARMS = ("scorbot", "two_link")
-DYNAMICS = ("kinematic", "mujoco")
 PARAM_NAMES = ("trainee_w_in", "trainee_w_rec", "trainee_w_out", "lsg_w_in", "lsg_w_rec", "lsg_w_out")
 
 
@@ -110,9 +110,9 @@ class RobotConfig:
     velocity_dt_s: float = 0.01
     """Integration step of angular velocities to angles (as for the targets)."""
     dynamics: str = "kinematic"
-    """What meta-training's outer loss (and validation) scores: ``kinematic``, the closed-form path of the
+    """What the outer loss, validation and evaluation score: ``kinematic``, the closed-form path of the
     integrated commands, or ``mujoco``, the path the simulated Scorbot executes (:mod:`l2l_pcm.robot.sim`,
-    differentiated through MJX; extra ``sim``). Evaluation chooses for itself (``robot eval --dynamics``)."""
+    differentiated through MJX in training; extra ``sim``). ``robot eval/demo/sweep --dynamics`` override it."""
     eta: float = 1e-4
     """Inner (e-prop) learning rate."""
     lr: float = 1.5e-3
@@ -167,8 +167,8 @@ class RobotConfig:
         for name in ("hardware_aware", "clip_predicted_angles", "w_out_on_pcm", "quantize_update"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"RobotConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.dynamics not in DYNAMICS:
-            raise ConfigError(f"RobotConfig.dynamics must be one of {DYNAMICS}, got {self.dynamics!r}")
+        if self.dynamics not in ARM_DYNAMICS:
+            raise ConfigError(f"RobotConfig.dynamics must be one of {ARM_DYNAMICS}, got {self.dynamics!r}")
         if self.dynamics == "mujoco" and self.arm != "scorbot":
             raise ConfigError("RobotConfig.dynamics 'mujoco' simulates the Scorbot ER-VII; arm must be 'scorbot'")
         if self.xyz_code not in XYZ_CODES:
